@@ -1,0 +1,49 @@
+"""phpo.schemas: everything that crosses a boundary (client, server, agent), declared once.
+
+Imports nothing of phpo's and nothing of SQLAlchemy, FastAPI or httpx.
+"""
+
+from .api import API_PREFIX, ErrorBody, Health, Me, Page, Role, SteeringIteration, TokenCreate, TokenCreated
+from .artifacts import Artifact, ArtifactKind
+from .jobs import (
+    AcquireRequest,
+    AgentResources,
+    CompleteRequest,
+    EvaluationSettings,
+    FailRequest,
+    GPUInfo,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    IntermediateReport,
+    Job,
+    JobAck,
+    JobKind,
+    JobPoint,
+    PointResult,
+    SteeringSettings,
+)
+from .points import BestPoint, EvaluationOutput, IntermediateValue, Loss, Point, check_loss
+from .search_space import (
+    ArrayParam,
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    NormalParam,
+    SearchSpace,
+    SearchSpaceError,
+    parse_search_space,
+)
+from .segments import Segment
+from .states import (
+    IllegalTransition,
+    JobState,
+    NodeState,
+    PointState,
+    TaskState,
+    WorkflowState,
+    check_transition,
+)
+from .tasks import DEFAULT_OPTIMIZER, SegmentSearchSpace, SegmentSpec, Task, TaskCounts, TaskSpec, parse_duration_minutes
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,105 @@
+"""Request/response bodies of the REST API and its route table.
+
+All routes live under ``/api/v1`` and need ``Authorization: Bearer <token>`` (except health).
+Errors are :class:`ErrorBody` JSON with a machine-readable ``code``.
+
+=======  ======================================  ===========  ==============================
+method   path                                    role         body -> answer
+=======  ======================================  ===========  ==============================
+GET      /health                                 (none)       -> Health
+GET      /me                                     any          -> Me
+POST     /tokens                                 admin        TokenCreate -> TokenCreated
+PUT      /sandboxes                              user         raw bytes (tar.gz) -> Artifact
+POST     /tasks                                  user         TaskSpec -> Task (201)
+GET      /tasks?state=&name=&limit=&offset=      user         -> Page[Task]
+GET      /tasks/{id}                             user         -> Task
+POST     /tasks/{id}/cancel|pause|resume         user         -> Task
+GET      /tasks/{id}/segments?limit&offset&sort  user         -> Page[Segment]
+GET      /tasks/{id}/points?segment=&state=&limit&offset&sort   -> Page[Point]
+GET      /tasks/{id}/best?segment=               user         -> list[BestPoint] (one per segment)
+GET      /tasks/{id}/iterations?limit&offset     user         -> Page[SteeringIteration]
+GET      /tasks/{id}/artifacts?kind=&point_id=   user         -> Page[Artifact]
+GET      /artifacts/{id}                         user|agent   -> bytes (streamed)
+POST     /jobs/acquire                           agent        AcquireRequest -> Job | 204
+POST     /jobs/{id}/heartbeat                    agent        HeartbeatRequest -> HeartbeatResponse
+POST     /jobs/{id}/points/{point_id}/result     agent        PointResult -> JobAck
+POST     /jobs/{id}/complete                     agent        CompleteRequest -> JobAck
+POST     /jobs/{id}/fail                         agent        FailRequest -> JobAck
+PUT      /jobs/{id}/artifacts/{kind}?name=&point_id=  agent   raw bytes -> Artifact
+=======  ======================================  ===========  ==============================
+
+Result calls are idempotent: a result sent twice (an agent resending after a lost answer)
+gets ``duplicate: true`` and changes nothing. A call on a job whose lease has been lost
+answers 409 ``lease_lost``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+API_PREFIX = "/api/v1"
+
+
+class Role(StrEnum):
+    user = "user"
+    agent = "agent"
+    admin = "admin"
+
+
+class ErrorBody(BaseModel):
+    """Every error answer. ``field`` names the offending input where there is one."""
+
+    code: str = Field(description="machine-readable, e.g. validation_error, not_found, lease_lost")
+    message: str = Field(description="a sentence a person can act on")
+    field: str | None = None
+    details: list[dict] | None = None
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    version: str
+    database: str = Field(description="sqlite or postgresql")
+
+
+class Me(BaseModel):
+    name: str
+    role: Role
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    role: Role = Role.user
+
+
+class TokenCreated(BaseModel):
+    name: str
+    role: Role
+    token: str
+
+
+class SteeringIteration(BaseModel):
+    """One steering call, recorded so users can see why a task waits."""
+
+    id: int
+    task_id: int
+    segment_id: int | None = None
+    optimizer: str
+    requested: int
+    produced: int = 0
+    started_at: datetime
+    duration_s: float | None = None
+    error: str | None = None

@@ -1,0 +1,155 @@
+"""Jobs: what an agent leases, runs and reports (CONTRACTS §3)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .points import Loss, check_loss
+from .states import JobState
+
+
+class JobKind(StrEnum):
+    evaluation = "evaluation"
+    steering = "steering"
+
+
+class GPUInfo(BaseModel):
+    index: int
+    vendor: str = "nvidia"
+    model: str = ""
+    memory_mb: int = 0
+
+
+class AgentResources(BaseModel):
+    """What an agent advertises on ``acquire`` and the server matches against
+    ``--site`` and ``--architecture`` (e.g. ``#x86_64-*-avx2&nvidia:vram>=40960``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    arch: str = "x86_64"
+    cpu_flags: list[str] = Field(default_factory=list)
+    cpus: int = 1
+    memory_mb: int = 0
+    gpus: list[GPUInfo] = Field(default_factory=list, description="GPUs free for this job")
+    container_runtimes: list[str] = Field(default_factory=list, description="e.g. docker, podman")
+
+
+class AcquireRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent: str = Field(min_length=1, max_length=200, description="agent name, unique per process")
+    site: str = Field(min_length=1, max_length=200)
+    resources: AgentResources = Field(default_factory=AgentResources)
+    kinds: list[JobKind] = Field(default_factory=lambda: [JobKind.evaluation, JobKind.steering])
+
+
+class JobPoint(BaseModel):
+    point_id: int
+    serial: int
+    params: dict[str, Any]
+    attempt: int = Field(description="1 for the first try")
+    checkpoint_artifact: int | None = Field(default=None, description="latest checkpoint to resume from")
+
+
+class EvaluationSettings(BaseModel):
+    """The part of the task spec the agent needs to run an evaluation."""
+
+    container: str | None = None
+    exec: str
+    input: str = "input.json"
+    training_data: str = "input_ds.json"
+    output: str = "output.json"
+    meta: str | None = None
+    metrics: str | None = None
+    checkpoint_to_save: list[str] = Field(default_factory=list)
+    checkpoint_to_load: str | None = None
+    checkpoint_interval_s: float = 300.0
+    timeout_s: float | None = None
+    training_files: list[str] = Field(default_factory=list)
+    sandbox_artifact: int | None = None
+
+
+class SteeringSettings(BaseModel):
+    """A steering iteration (CONTRACTS §2): write ``input`` to %IN, run ``exec``, read %OUT."""
+
+    container: str | None = None
+    exec: str
+    input: dict[str, Any] = Field(description="the %IN file's content")
+    num_points: int
+    max_points: int
+    sandbox_artifact: int | None = None
+    timeout_s: float = 600.0
+
+
+class Job(BaseModel):
+    """What ``acquire`` hands an agent."""
+
+    id: int
+    kind: JobKind
+    task_id: int
+    segment_id: int = 0
+    segment: str = ""
+    state: JobState = JobState.running
+    lease_seconds: float
+    lease_expires_at: datetime
+    points: list[JobPoint] = Field(default_factory=list)
+    evaluation: EvaluationSettings | None = None
+    steering: SteeringSettings | None = None
+
+
+class IntermediateReport(BaseModel):
+    point_id: int
+    step: int
+    value: float
+
+
+class HeartbeatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    intermediate: list[IntermediateReport] = Field(default_factory=list)
+    message: str | None = None
+
+
+class HeartbeatResponse(BaseModel):
+    lease_expires_at: datetime
+    cancel: bool = Field(default=False, description="stop the job: its task was cancelled/paused")
+    stop_points: list[int] = Field(default_factory=list, description="points to stop early (pruning)")
+
+
+class PointResult(BaseModel):
+    """One point's outcome, from the payload's output file plus what the agent saw."""
+
+    model_config = ConfigDict(extra="forbid")
+    point_id: int
+    status: int = 0
+    loss: Loss | None = None
+    metrics: dict[str, Any] | None = None
+    message: str | None = Field(default=None, max_length=100_000)
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss(cls, v: Any) -> Any:
+        return check_loss(v)
+
+
+class CompleteRequest(BaseModel):
+    """Ends a job. Results not reported earlier through ``/points/{id}/result`` go here.
+    Points of the job with no result at all are returned to ``ready`` (attempt spent)."""
+
+    model_config = ConfigDict(extra="forbid")
+    results: list[PointResult] = Field(default_factory=list)
+    steering_output: list[Any] | None = Field(default=None, description="%OUT of a steering job")
+    message: str | None = Field(default=None, max_length=100_000)
+
+
+class FailRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    error: str = Field(max_length=100_000)
+    retry: bool = Field(default=True, description="false: no point of this job should be retried")
+
+
+class JobAck(BaseModel):
+    job_id: int
+    state: JobState
+    duplicate: bool = Field(default=False, description="this result had already been received")

@@ -1,0 +1,136 @@
+"""The state machines of phpo, declared once.
+
+Every entity's states and the transitions allowed between them live here; the server's
+``set_state`` is the only writer of a ``state`` column and asks :func:`check_transition`
+before every change, so an illegal transition is refused in one place.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    submitted = "submitted"
+    running = "running"
+    paused = "paused"
+    finished = "finished"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class PointState(StrEnum):
+    ready = "ready"  # generated, waiting for an evaluation job
+    leased = "leased"  # held by a running job
+    evaluated = "evaluated"  # has a loss
+    failed = "failed"  # every attempt failed; never given a made-up loss
+    cancelled = "cancelled"  # its task ended before it was evaluated
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    lost = "lost"  # lease expired without a heartbeat
+    cancelled = "cancelled"
+
+
+class NodeState(StrEnum):
+    waiting = "waiting"
+    ready = "ready"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    skipped = "skipped"
+
+
+class WorkflowState(StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.submitted: frozenset({TaskState.running, TaskState.paused, TaskState.failed, TaskState.cancelled}),
+    TaskState.running: frozenset({TaskState.paused, TaskState.finished, TaskState.failed, TaskState.cancelled}),
+    TaskState.paused: frozenset({TaskState.running, TaskState.failed, TaskState.cancelled}),
+    TaskState.finished: frozenset(),
+    TaskState.failed: frozenset(),
+    TaskState.cancelled: frozenset(),
+}
+
+POINT_TRANSITIONS: dict[PointState, frozenset[PointState]] = {
+    PointState.ready: frozenset({PointState.leased, PointState.cancelled}),
+    # leased -> ready: lost lease or failed attempt with attempts left
+    PointState.leased: frozenset(
+        {PointState.evaluated, PointState.failed, PointState.ready, PointState.cancelled}
+    ),
+    PointState.evaluated: frozenset(),
+    PointState.failed: frozenset(),
+    PointState.cancelled: frozenset(),
+}
+
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.queued: frozenset({JobState.running, JobState.cancelled}),
+    JobState.running: frozenset({JobState.succeeded, JobState.failed, JobState.lost, JobState.cancelled}),
+    JobState.succeeded: frozenset(),
+    JobState.failed: frozenset(),
+    JobState.lost: frozenset(),
+    JobState.cancelled: frozenset(),
+}
+
+NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    NodeState.waiting: frozenset({NodeState.ready, NodeState.skipped, NodeState.failed}),
+    NodeState.ready: frozenset({NodeState.running, NodeState.skipped, NodeState.failed}),
+    NodeState.running: frozenset({NodeState.done, NodeState.failed}),
+    # loops re-arm finished nodes for the next iteration
+    NodeState.done: frozenset({NodeState.waiting}),
+    NodeState.failed: frozenset(),
+    NodeState.skipped: frozenset({NodeState.waiting}),
+}
+
+WORKFLOW_TRANSITIONS: dict[WorkflowState, frozenset[WorkflowState]] = {
+    WorkflowState.running: frozenset({WorkflowState.succeeded, WorkflowState.failed, WorkflowState.cancelled}),
+    WorkflowState.succeeded: frozenset(),
+    WorkflowState.failed: frozenset(),
+    WorkflowState.cancelled: frozenset(),
+}
+
+MACHINES: dict[str, dict] = {
+    "task": TASK_TRANSITIONS,
+    "point": POINT_TRANSITIONS,
+    "job": JOB_TRANSITIONS,
+    "node": NODE_TRANSITIONS,
+    "workflow": WORKFLOW_TRANSITIONS,
+}
+
+TERMINAL_TASK_STATES = frozenset({TaskState.finished, TaskState.failed, TaskState.cancelled})
+TERMINAL_JOB_STATES = frozenset(
+    {JobState.succeeded, JobState.failed, JobState.lost, JobState.cancelled}
+)
+
+
+class IllegalTransition(ValueError):
+    """A state change the machine does not allow; the server answers 409."""
+
+    def __init__(self, kind: str, current: str, target: str):
+        allowed = sorted(str(s) for s in MACHINES[kind][type(next(iter(MACHINES[kind])))(current)])
+        super().__init__(
+            f"a {kind} in state '{current}' cannot become '{target}'"
+            + (f" (allowed: {', '.join(allowed)})" if allowed else f" ('{current}' is final)")
+        )
+        self.kind, self.current, self.target = kind, str(current), str(target)
+
+
+def allowed(kind: str, current: str, target: str) -> bool:
+    machine = MACHINES[kind]
+    enum = type(next(iter(machine)))
+    return enum(target) in machine[enum(current)]
+
+
+def check_transition(kind: str, current: str, target: str) -> None:
+    """Raise :class:`IllegalTransition` unless ``current -> target`` is allowed for ``kind``."""
+    if not allowed(kind, current, target):
+        raise IllegalTransition(kind, current, target)

@@ -1,0 +1,233 @@
+"""The task spec (every option of CONTRACTS §1 plus phpo's extensions) and the task record.
+
+Field names are the upstream option names (camelCase, no dashes), so a ``--loadJson`` file and
+``--dumpJson`` output map onto this model one to one. Unknown keys are refused by name.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .search_space import SearchSpace, SearchSpaceError, parse_search_space
+from .states import TaskState
+
+DEFAULT_OPTIMIZER = "optuna.tpe"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
+
+
+def parse_duration_minutes(value: float | int | str) -> float:
+    """``checkPointInterval``: a bare number is minutes (upstream); ``30s``/``2m``/``1h`` carry a unit.
+    Returns seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected minutes or a duration such as '30s', '2m', '1h'")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"must be positive, got {value}")
+        return float(value) * 60.0
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not minutes or a duration such as '30s', '2m', '1h'")
+    n = float(m.group(1))
+    if n <= 0:
+        raise ValueError(f"must be positive, got {value!r}")
+    return n * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, None: 60}[m.group(2)]
+
+
+class SegmentSpec(BaseModel):
+    """One entry of ``--segmentSpecFile`` (CONTRACTS §4)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-+=:]+$")
+    files: list[str] = Field(default_factory=list)
+    datasets: list[str] = Field(default_factory=list)
+
+
+class SegmentSearchSpace(BaseModel):
+    """One element of a segmented ``searchSpaceFile`` list."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_id: int | str
+    search_space: dict[str, Any]
+
+
+class TaskSpec(BaseModel):
+    """What a user submits. ``searchSpace``/``segments`` hold the *contents* of
+    ``searchSpaceFile``/``segmentSpecFile`` (the client reads the files); the file names are
+    kept only so ``--dumpJson`` can write them back."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    # --- upstream options (CONTRACTS §1) ---
+    outDS: str | None = Field(default=None, max_length=250, description="task name")
+    nParallelEvaluation: int = Field(default=1, ge=1, le=100_000)
+    maxPoints: int = Field(default=10, ge=1, le=10_000_000)
+    maxEvaluationJobs: int | None = Field(default=None, ge=1, description="default 2 × maxPoints")
+    maxPointsPerEvaluationJob: int = Field(default=1, ge=1, le=10_000)
+    nPointsPerIteration: int = Field(default=2, ge=1, le=100_000)
+    minUnevaluatedPoints: int | None = Field(default=None, ge=0)
+    steeringContainer: str | None = None
+    steeringExec: str | None = None
+    searchSpaceFile: str | None = None
+    evaluationContainer: str | None = None
+    evaluationExec: str = Field(min_length=1)
+    evaluationInput: str = "input.json"
+    evaluationTrainingData: str = "input_ds.json"
+    evaluationOutput: str = "output.json"
+    evaluationMeta: str | None = None
+    evaluationMetrics: str | None = None
+    checkPointToSave: str | None = None
+    checkPointToLoad: str | None = None
+    checkPointInterval: float | str = 5
+    architecture: str | None = None
+    segmentSpecFile: str | None = None
+    trainingDS: str | list[str] | None = None
+    site: str | None = None
+
+    # --- phpo extensions ---
+    searchSpace: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        default=None, description="contents of searchSpaceFile, as the user wrote it"
+    )
+    segments: list[SegmentSpec] | None = Field(default=None, description="contents of segmentSpecFile")
+    optimizer: str | None = Field(default=None, description=f"built-in optimizer; default {DEFAULT_OPTIMIZER}")
+    optimizerOptions: dict[str, Any] = Field(default_factory=dict)
+    directions: list[Literal["minimize", "maximize"]] | None = Field(
+        default=None, description="one per objective; default a single 'minimize'"
+    )
+    maxAttempts: int = Field(default=3, ge=1, le=100)
+    penaltyLoss: float | None = Field(default=None, description="upstream-compatible loss for failed points")
+    evaluationTimeout: float | None = Field(default=None, gt=0, description="seconds per payload run")
+    trainingFiles: list[str] = Field(default_factory=list, description="resolved trainingDS file list")
+    sandbox: str | None = Field(default=None, description="id of the uploaded sandbox tarball")
+
+    @field_validator("checkPointInterval")
+    @classmethod
+    def _interval(cls, v: float | str) -> float | str:
+        parse_duration_minutes(v)
+        return v
+
+    @field_validator("checkPointToSave")
+    @classmethod
+    def _ckpt(cls, v: str | None) -> str | None:
+        if v is not None:
+            for item in v.split(","):
+                item = item.strip()
+                if not item or item.startswith("/") or ".." in item.split("/"):
+                    raise ValueError(f"'{item}' must be a relative path inside the working directory")
+        return v
+
+    @field_validator("evaluationInput", "evaluationTrainingData", "evaluationOutput", "evaluationMeta",
+                     "evaluationMetrics", "checkPointToLoad")
+    @classmethod
+    def _relname(cls, v: str | None) -> str | None:
+        if v is not None and (not v or v.startswith("/") or ".." in v.split("/")):
+            raise ValueError(f"'{v}' must be a relative file name inside the working directory")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if self.steeringExec and self.optimizer not in (None, "external"):
+            raise ValueError(
+                f"optimizer: '{self.optimizer}' conflicts with steeringExec (which implies 'external'); give one"
+            )
+        if self.optimizer == "external" and not self.steeringExec:
+            raise ValueError("steeringExec: the 'external' optimizer needs a steering command")
+        if self.searchSpace is None and not self.steeringExec:
+            raise ValueError("searchSpace: a built-in optimizer needs a search space (searchSpaceFile)")
+        if self.segments is not None:
+            if not self.segments:
+                raise ValueError("segments: the segment list is empty")
+            names = [s.name for s in self.segments]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"segments: duplicate segment names {dup}")
+        if self.directions is not None and not self.directions:
+            raise ValueError("directions: give at least one of 'minimize'/'maximize'")
+        # validate the spaces now, so a bad space is a 422 at submit
+        self.segment_spaces()
+        return self
+
+    # --- derived values -------------------------------------------------------------
+
+    @property
+    def optimizer_name(self) -> str:
+        if self.steeringExec:
+            return "external"
+        return self.optimizer or DEFAULT_OPTIMIZER
+
+    @property
+    def max_evaluation_jobs(self) -> int:
+        return self.maxEvaluationJobs if self.maxEvaluationJobs is not None else 2 * self.maxPoints
+
+    @property
+    def checkpoint_interval_seconds(self) -> float:
+        return parse_duration_minutes(self.checkPointInterval)
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.directions) if self.directions else 1
+
+    @property
+    def segment_names(self) -> list[str]:
+        return [s.name for s in self.segments] if self.segments else [""]
+
+    def segment_spaces(self) -> list[SearchSpace | None]:
+        """The canonical space of each segment (``None`` when only external steering knows it)."""
+        names = self.segment_names
+        raw = self.searchSpace
+        if raw is None:
+            return [None] * len(names)
+        try:
+            if isinstance(raw, list):
+                if not self.segments:
+                    raise ValueError(
+                        "searchSpace: a list of search spaces needs segments (segmentSpecFile)"
+                    )
+                items = [SegmentSearchSpace.model_validate(x) for x in raw]
+                by_id = {str(i.model_id): i.search_space for i in items}
+                # model_id is the segment's 0-based position (upstream) or its name
+                keys = [str(i) if str(i) in by_id else n for i, n in enumerate(names)]
+                missing = [n for n, k in zip(names, keys) if k not in by_id]
+                extra = sorted(set(by_id) - set(keys))
+                if missing or extra:
+                    raise ValueError(
+                        "searchSpace: the model_ids of the search-space list do not match the segments"
+                        + (f"; no space for segments {missing}" if missing else "")
+                        + (f"; unknown model_ids {extra}" if extra else "")
+                    )
+                return [parse_search_space(by_id[k]) for k in keys]
+            space = parse_search_space(raw)
+            return [space] * len(names)
+        except SearchSpaceError as e:
+            raise ValueError(f"searchSpace: {e}") from None
+
+
+class TaskCounts(BaseModel):
+    ready: int = 0
+    leased: int = 0
+    evaluated: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    jobs: int = 0
+
+
+class Task(BaseModel):
+    """A task as the API returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: int
+    name: str | None
+    owner: str
+    state: TaskState
+    message: str | None = None
+    spec: TaskSpec
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    counts: TaskCounts = Field(default_factory=TaskCounts)
+    n_segments: int = 1
+    best_loss: float | list[float] | None = None
