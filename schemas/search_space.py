@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 
 class SearchSpaceError(ValueError):
@@ -121,6 +121,7 @@ Param = Annotated[
     Union[FloatParam, IntParam, NormalParam, CategoricalParam, FixedParam, ArrayParam],
     Field(discriminator="type"),
 ]
+_PARAM_ADAPTER: TypeAdapter[Any] = TypeAdapter(Param)
 CANONICAL_TYPES = frozenset({"float", "int", "normal", "categorical", "fixed", "array"})
 
 
@@ -223,12 +224,24 @@ def _num(name: str, d: dict, key: str, *alts: str) -> float:
     raise SearchSpaceError(f"parameter '{name}': '{key}' is missing")
 
 
+def _messages(e: ValueError) -> str:
+    """Pydantic's messages without its 'Value error, ' prefix, joined."""
+    errors = getattr(e, "errors", None)
+    if not callable(errors):
+        return str(e)
+    out = []
+    for err in errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("params",))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        out.append(f"{loc}: {msg}" if loc and err["type"] != "value_error" else msg)
+    return "; ".join(out)
+
+
 def _build(name: str, cls: type, **kw: Any) -> Any:
     try:
         return cls(**kw)
     except ValueError as e:  # pydantic ValidationError is a ValueError
-        msg = "; ".join(err["msg"] for err in getattr(e, "errors", lambda: [{"msg": str(e)}])())
-        raise SearchSpaceError(f"parameter '{name}': {msg}") from None
+        raise SearchSpaceError(f"parameter '{name}': {_messages(e)}") from None
 
 
 METHODS = (
@@ -327,10 +340,9 @@ def _convert_param(name: str, spec: Any) -> Any:
         return _from_ng(name, spec)
     if kind in CANONICAL_TYPES:
         try:
-            return SearchSpace.model_validate({"params": {name: spec}}).params[name]
+            return _PARAM_ADAPTER.validate_python(spec)
         except ValueError as e:
-            msgs = "; ".join(err["msg"] for err in e.errors())  # type: ignore[attr-defined]
-            raise SearchSpaceError(f"parameter '{name}': {msgs}") from None
+            raise SearchSpaceError(f"parameter '{name}': {_messages(e)}") from None
     if kind is not None:
         raise SearchSpaceError(
             f"parameter '{name}': unknown type {kind!r} "
@@ -354,5 +366,4 @@ def parse_search_space(raw: Any) -> SearchSpace:
     try:
         return SearchSpace(params=params)
     except ValueError as e:
-        msgs = "; ".join(err["msg"] for err in e.errors())  # type: ignore[attr-defined]
-        raise SearchSpaceError(msgs) from None
+        raise SearchSpaceError(_messages(e)) from None
