@@ -1,0 +1,350 @@
+"""The task commands: submit, list, show, best, kill, pause, resume, logs, wait.
+
+Each takes the parsed arguments and a :class:`~phpo.client.Client` and returns the exit code.
+Human output goes to stdout as rich tables; ``--json`` prints plain JSON instead (nothing else
+on stdout), so every command can be scripted. Progress and hints go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from phpo.schemas import BestPoint, Point, Task, TaskState
+
+from ..errors import PhpoError
+from ..progress import format_loss, summary_line
+from ..sandbox import build_sandbox, sandbox_files
+from .upstream import CliError, build_spec, collect_options, dump_options, write_dump
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+
+def out_console() -> Console:
+    """stdout; when it is not a terminal (a pipe, a file) tables get a generous width instead of
+    rich's 80 columns, so ids and names are not cut."""
+    con = Console(soft_wrap=True, highlight=False)
+    if not con.is_terminal and not os.environ.get("COLUMNS"):
+        con = Console(soft_wrap=True, highlight=False, width=160)
+    return con
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    return task.model_dump(mode="json")
+
+
+# --- submit ------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, make_client) -> int:
+    err = err_console()
+    options = collect_options(args)
+    dump_path = options.get("dumpJson")
+    try:
+        spec = build_spec(options, warn=lambda m: err.print(f"[yellow]warning:[/] {m}"))
+        if options.get("noSubmit"):
+            data = build_sandbox(os.getcwd())  # the size cap is checked even when nothing is sent
+            files = [p.name for p in sandbox_files(os.getcwd())] if data else []
+            print_json(spec.model_dump(mode="json", exclude_unset=True))
+            err.print(
+                f"--noSubmit: the task is valid; nothing was submitted "
+                f"(sandbox would hold {len(files)} files: {', '.join(files) or 'none'})"
+            )
+            if dump_path:
+                write_dump(
+                    dump_path,
+                    dump_options(
+                        options, return_code=0, return_out="not submitted (--noSubmit)", task_id=None
+                    ),
+                )
+            return EXIT_OK
+        with make_client() as client:
+            sandbox = client.upload_sandbox(os.getcwd())
+            task = client.submit(spec, **({"sandbox": sandbox} if sandbox is not None else {}))
+    except (CliError, PhpoError) as e:
+        if dump_path:
+            write_dump(
+                dump_path,
+                dump_options(
+                    options,
+                    return_code=e.code if isinstance(e, CliError) else 1,
+                    return_out=str(e),
+                    task_id=None,
+                ),
+            )
+        raise
+    message = f"submitted task {task.id}" + (f" '{task.name}'" if task.name else "")
+    if dump_path:
+        write_dump(dump_path, dump_options(options, return_code=0, return_out=message, task_id=task.id))
+    if args.json:
+        print_json(task_json(task))
+    else:
+        out_console().print(message)
+        err.print(f"follow it with: phpo wait {task.id}   (or phpo show {task.id})", style="dim")
+    return EXIT_OK
+
+
+# --- list / show -------------------------------------------------------------------------
+
+
+def _tasks_table(tasks: list[Task]) -> RichTable:
+    t = RichTable(title=None, header_style="bold")
+    for col in ("id", "name", "state", "evaluated", "running", "failed", "best loss", "optimizer", "created"):
+        t.add_column(col, justify="right" if col in ("id", "evaluated", "running", "failed") else "left")
+    for task in tasks:
+        c = task.counts
+        t.add_row(
+            str(task.id),
+            task.name or "",
+            _state(task.state),
+            f"{c.evaluated}/{task.spec.maxPoints * task.n_segments}",
+            str(c.leased),
+            str(c.failed),
+            format_loss(task.best_loss),
+            task.spec.optimizer_name,
+            task.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    return t
+
+
+def _state(state: TaskState) -> str:
+    color = {
+        "finished": "green",
+        "failed": "red",
+        "cancelled": "yellow",
+        "running": "cyan",
+        "paused": "magenta",
+    }.get(state.value, "white")
+    return f"[{color}]{state.value}[/]"
+
+
+def cmd_list(args: argparse.Namespace, make_client) -> int:
+    with make_client() as client:
+        tasks = client.tasks(state=args.state, name=args.name, limit=args.limit)
+    if args.json:
+        print_json([task_json(t) for t in tasks])
+        return EXIT_OK
+    if not tasks:
+        err_console().print("no tasks" + (" matching" if args.state or args.name else " yet"))
+        return EXIT_OK
+    out_console().print(_tasks_table(tasks))
+    return EXIT_OK
+
+
+def _points_table(points: list[Point], limit: int) -> RichTable:
+    names: dict[str, None] = {}
+    for p in points:
+        names.update(dict.fromkeys(p.params))
+    t = RichTable(header_style="bold")
+    for col in ("point", "segment", "state", "loss", *names, "attempts", "error"):
+        t.add_column(col)
+    for p in points[:limit]:
+        t.add_row(
+            str(p.id),
+            p.segment or str(p.segment_id),
+            p.state.value,
+            format_loss(p.loss),
+            *[_val(p.params.get(n)) for n in names],
+            str(p.attempts),
+            (p.error or "")[:60],
+        )
+    return t
+
+
+def _val(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _sort_key(p: Point) -> tuple:
+    loss = p.loss[0] if isinstance(p.loss, list) else p.loss
+    return (loss is None, loss if loss is not None else 0.0, p.id)
+
+
+def cmd_show(args: argparse.Namespace, make_client) -> int:
+    with make_client() as client:
+        task = client.task(args.id)
+        if args.json:
+            print_json(task_json(task))
+            return EXIT_OK
+        points = list(client.points(args.id)) if args.points else []
+        best = list(client.best(args.id))
+        segments = list(client.segments(args.id)) if task.n_segments > 1 else []
+    con = out_console()
+    s = task.spec
+    c = task.counts
+    lines = [
+        f"[bold]task {task.id}[/] {task.name or ''}  {_state(task.state)}",
+        f"owner {task.owner}; created {task.created_at:%Y-%m-%d %H:%M:%S}; updated {task.updated_at:%H:%M:%S}"
+        + (f"; finished {task.finished_at:%H:%M:%S}" if task.finished_at else ""),
+        f"optimizer {s.optimizer_name}; {s.maxPoints} points x {task.n_segments} segment(s), "
+        f"{s.nParallelEvaluation} in parallel; evaluationExec: {s.evaluationExec}",
+        f"points: {c.evaluated} evaluated, {c.leased} running, {c.ready} waiting, {c.failed} failed, "
+        f"{c.cancelled} cancelled; {c.jobs} jobs",
+    ]
+    if task.message:
+        lines.append(f"message: {task.message}")
+    for line in lines:
+        con.print(line)
+    if segments:
+        t = RichTable(title="segments", header_style="bold")
+        for col in ("id", "name", "evaluated", "running", "failed", "best loss", "finished"):
+            t.add_column(col)
+        for g in segments:
+            t.add_row(
+                str(g.id),
+                g.name,
+                str(g.n_evaluated),
+                str(g.n_leased),
+                str(g.n_failed),
+                format_loss(g.best_loss),
+                "yes" if g.finished else "",
+            )
+        con.print(t)
+    for b in best:
+        if b.loss is not None:
+            seg = f" [{b.segment}]" if b.segment else ""
+            con.print(f"best{seg}: loss {format_loss(b.loss)} at point {b.point_id}: {json.dumps(b.params)}")
+    if points:
+        points.sort(key=_sort_key)
+        con.print(_points_table(points, args.points))
+        if len(points) > args.points:
+            con.print(
+                f"… {len(points) - args.points} more points (phpo show {task.id} --points N, or the "
+                "Python client's Client.points)",
+                style="dim",
+            )
+    return EXIT_OK
+
+
+# --- best --------------------------------------------------------------------------------
+
+
+def _best_json(b: BestPoint, with_segment: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {"loss": b.loss, "params": b.params}
+    if b.pareto:
+        d["pareto"] = [{"loss": p.loss, "params": p.params} for p in b.pareto]
+    if with_segment:
+        d = {"segment": b.segment, "segment_id": b.segment_id, **d}
+    return d
+
+
+def cmd_best(args: argparse.Namespace, make_client) -> int:
+    with make_client() as client:
+        best = list(client.best(args.id))
+    if len(best) > 1 and not args.segments:
+        raise CliError(
+            f"task {args.id} has {len(best)} segments, each with its own best point: "
+            f"use phpo best {args.id} --segments",
+            code=EXIT_USAGE,
+        )
+    if not best:
+        best = [BestPoint()]
+    if args.json:
+        print_json([_best_json(b, True) for b in best] if args.segments else _best_json(best[0], False))
+        return EXIT_OK
+    if args.csv:
+        names: dict[str, None] = {}
+        for b in best:
+            names.update(dict.fromkeys(b.params or {}))
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        head = (["segment"] if args.segments else []) + ["point", "loss", *names]
+        w.writerow(head)
+        for b in best:
+            loss = json.dumps(b.loss) if isinstance(b.loss, list) else ("" if b.loss is None else b.loss)
+            row = ([b.segment] if args.segments else []) + [
+                b.point_id if b.point_id is not None else "",
+                loss,
+            ]
+            w.writerow(row + [(b.params or {}).get(n, "") for n in names])
+        sys.stdout.write(buf.getvalue())
+        return EXIT_OK
+    con = out_console()
+    for b in best:
+        seg = f"segment {b.segment or b.segment_id}: " if args.segments else ""
+        if b.loss is None:
+            con.print(f"{seg}no evaluated point yet")
+            continue
+        con.print(f"{seg}loss {format_loss(b.loss)} (point {b.point_id})")
+        for k, v in (b.params or {}).items():
+            con.print(f"  {k} = {_val(v)}")
+    return EXIT_OK
+
+
+# --- kill / pause / resume ---------------------------------------------------------------
+
+
+def cmd_action(args: argparse.Namespace, make_client) -> int:
+    with make_client() as client:
+        task = {"kill": client.cancel, "pause": client.pause, "resume": client.resume}[args.command](args.id)
+    if args.json:
+        print_json(task_json(task))
+    else:
+        out_console().print(f"task {task.id}: {task.state.value}")
+    return EXIT_OK
+
+
+# --- logs --------------------------------------------------------------------------------
+
+
+def cmd_logs(args: argparse.Namespace, make_client) -> int:
+    with make_client() as client:
+        arts = sorted(client.artifacts(args.id, kind="log", point=args.point), key=lambda a: a.id)
+        texts = [(a, client.read_artifact(a.id).decode("utf-8", errors="replace")) for a in arts]
+    if args.json:
+        print_json([{"artifact": a.model_dump(mode="json"), "text": t} for a, t in texts])
+        return EXIT_OK
+    if not texts:
+        err_console().print(
+            f"no logs yet for task {args.id}" + (f" point {args.point}" if args.point else "")
+        )
+        return EXIT_OK
+    for a, text in texts:
+        sys.stdout.write(f"==> point {a.point_id} job {a.job_id}: {a.name} <==\n")
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+# --- wait --------------------------------------------------------------------------------
+
+
+def cmd_wait(args: argparse.Namespace, make_client) -> int:
+    with make_client() as client:
+        try:
+            task = client.wait(
+                args.id, progress=not args.quiet, poll=args.poll, timeout=args.timeout, console=err_console()
+            )
+        except TimeoutError as e:
+            err_console().print(f"[yellow]{e}[/]")
+            if args.json:
+                print_json(task_json(client.task(args.id)))
+            return EXIT_TIMEOUT
+    if args.json:
+        print_json(task_json(task))
+    else:
+        out_console().print(summary_line(task))
+        if task.message:
+            out_console().print(f"message: {task.message}")
+    return EXIT_OK if task.state == TaskState.finished else EXIT_FAILED

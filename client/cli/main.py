@@ -1,0 +1,258 @@
+"""The ``phpo`` command.
+
+``phpo --loadJson conf.json --outDS name ...`` (no command) submits a task exactly like upstream
+PanDA ``phpo``; ``phpo submit ...`` is the same. The other commands follow one pattern:
+``phpo COMMAND [ID] [--json]``. ``phpo server`` / ``phpo agent`` hand the rest of the command
+line to the server's and the agent's own CLIs, imported only when asked for, so a client-only
+install stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import Client
+from ..errors import PhpoError
+from . import commands
+from .upstream import CliError, add_submit_options
+
+COMMANDS: dict[str, str] = {
+    "submit": "submit a task (the default when no command is given)",
+    "list": "your tasks",
+    "show": "one task: state, counts, best point, points",
+    "best": "the best point (--segments: of each segment)",
+    "kill": "cancel a task",
+    "pause": "pause a task (running jobs finish, no new ones start)",
+    "resume": "resume a paused task",
+    "logs": "the evaluation logs of a task (--point N: of one point)",
+    "wait": "follow a task live until it ends; exit 0 when it finished",
+    "up": "run the embedded stack (server on SQLite + one local agent) until Ctrl-C",
+    "demo": "run a real HPO on the embedded stack and show the result",
+    "server": "the phpo server (phpo server --help)",
+    "agent": "an evaluation agent (phpo agent --help)",
+}
+PASSTHROUGH = {"server": ("phpo.server.cli", "server"), "agent": ("phpo.evaluation_container.cli", "agent")}
+
+EPILOG = (
+    "commands:\n"
+    + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items())
+    + (
+        "\n\nphpo COMMAND --help describes each. Server and token come from --url/--token, else "
+        "PHPO_URL/PHPO_TOKEN, else the config file `phpo up` writes ($XDG_CONFIG_HOME/phpo/config.toml)."
+    )
+)
+
+
+def _connection(p: argparse.ArgumentParser, json_help: str = "print JSON instead of a table") -> None:
+    g = p.add_argument_group("connection and output")
+    g.add_argument("--url", help="phpo server URL (default: PHPO_URL or the config file)")
+    g.add_argument("--token", help="your token (default: PHPO_TOKEN or the config file)")
+    g.add_argument("--json", action="store_true", help=json_help)
+
+
+def submit_parser(prog: str = "phpo") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} [submit] [--loadJson FILE] [--OPTION VALUE ...]  |  phpo COMMAND ...",
+        description="Submit an HPO task (upstream PanDA phpo options). The sandbox, the *.json *.py *.sh "
+        "*.yaml files of the current directory, is uploaded with it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_submit_options(p)
+    _connection(p, "print the new task as JSON")
+    p.add_argument("--version", action="version", version=_version())
+    return p
+
+
+def command_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="phpo", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cmd(name: str, **kw) -> argparse.ArgumentParser:
+        kw.setdefault("description", COMMANDS[name])
+        return sub.add_parser(name, help=COMMANDS[name], **kw)
+
+    s = cmd("submit", usage="phpo submit [--loadJson FILE] [--OPTION VALUE ...]")
+    add_submit_options(s)
+    _connection(s, "print the new task as JSON")
+
+    s = cmd("list")
+    s.add_argument("--state", help="only tasks in this state (running, finished, ...)")
+    s.add_argument("--name", help="only tasks with this name (outDS)")
+    s.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _connection(s)
+
+    s = cmd("show")
+    s.add_argument("id", type=int)
+    s.add_argument(
+        "--points", type=int, default=20, metavar="N", help="list the N best points (default 20; 0: none)"
+    )
+    _connection(s, "print the task as JSON")
+
+    s = cmd("best")
+    s.add_argument("id", type=int)
+    s.add_argument("--segments", action="store_true", help="the best point of each segment")
+    s.add_argument("--csv", action="store_true", help="print CSV (point, loss, one column per parameter)")
+    _connection(s, 'print {"loss": ..., "params": {...}} (with --segments a list, each with its segment)')
+
+    for name in ("kill", "pause", "resume"):
+        s = cmd(name)
+        s.add_argument("id", type=int)
+        _connection(s, "print the task as JSON")
+
+    s = cmd("logs")
+    s.add_argument("id", type=int)
+    s.add_argument("--point", type=int, metavar="N", help="only the logs of point N (its id)")
+    _connection(s, "print a list of {artifact, text}")
+
+    s = cmd("wait")
+    s.add_argument("id", type=int)
+    s.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 3)")
+    s.add_argument(
+        "--poll", type=float, default=1.0, metavar="SECONDS", help="seconds between checks (default 1)"
+    )
+    s.add_argument("--quiet", action="store_true", help="no live progress")
+    _connection(s, "print the final task as JSON")
+
+    s = cmd(
+        "up",
+        description="Run the embedded stack in the foreground until Ctrl-C: a server on SQLite and one "
+        "local agent. It writes the URL and a user token to the client config so that "
+        "`phpo ...` in another shell just works.",
+    )
+    s.add_argument(
+        "--data-dir",
+        help="where the database, artifacts and agent work dirs live "
+        "(default $XDG_DATA_HOME/phpo, i.e. ~/.local/share/phpo)",
+    )
+    s.add_argument("--port", type=int, default=None, help="server port on 127.0.0.1 (default 8765)")
+    s.add_argument("--slots", type=int, default=None, help="jobs the local agent runs at a time (default 2)")
+    s.add_argument("--no-config", action="store_true", help="do not write the client config file")
+
+    s = cmd(
+        "demo",
+        description="Start the embedded stack in a temporary directory, run a real HPO (an MLP on "
+        "scikit-learn's handwritten digits, checkpointed every epoch), show live "
+        "progress and the best point. Does not touch your client config.",
+    )
+    s.add_argument(
+        "--max-points", type=int, default=None, metavar="N", help="points to evaluate (default 20)"
+    )
+    s.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="points evaluated at the same time (default 2)",
+    )
+    s.add_argument("--data-dir", help="use this directory instead of a temporary one (kept)")
+    s.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+    s.add_argument("--optimizer", default=None, help="built-in optimizer (default optuna.tpe)")
+    return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"phpo {version('phpo')}"
+    except Exception:  # noqa: BLE001
+        return "phpo (unknown version)"
+
+
+def _first_word(argv: Sequence[str]) -> int:
+    """Index of the first argument that is not a global --url/--token (or its value)."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--url", "--token"):
+            i += 2
+        elif a.startswith(("--url=", "--token=")):
+            i += 1
+        else:
+            return i
+    return i
+
+
+def run_passthrough(which: str, rest: list[str]) -> int:
+    module, extra = PASSTHROUGH[which]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        print(
+            f"error: `phpo {which}` is not available in this installation ({e}); "
+            f"install phpo[{extra}], e.g. pip install 'phpo[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+    rc = mod.main(rest)
+    return int(rc or 0)
+
+
+HANDLERS: dict[str, Callable] = {
+    "submit": commands.cmd_submit,
+    "list": commands.cmd_list,
+    "show": commands.cmd_show,
+    "best": commands.cmd_best,
+    "kill": commands.cmd_action,
+    "pause": commands.cmd_action,
+    "resume": commands.cmd_action,
+    "logs": commands.cmd_logs,
+    "wait": commands.cmd_wait,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = _first_word(argv)
+    word = argv[i] if i < len(argv) else None
+    if word in PASSTHROUGH:
+        return run_passthrough(word, argv[i + 1 :])
+    try:
+        if word in COMMANDS:
+            args = command_parser().parse_args(argv)
+        elif word is None and not argv:
+            submit_parser().print_help(sys.stderr)
+            return commands.EXIT_USAGE
+        elif word is not None and not word.startswith("-"):
+            close = [c for c in COMMANDS if c.startswith(word[:2])]
+            raise CliError(
+                f"unknown command '{word}'"
+                + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                + f"; commands: {', '.join(COMMANDS)}; options without a command submit a task"
+            )
+        else:
+            args = submit_parser().parse_args(argv)
+            args.command = "submit"
+        if args.command == "up":
+            from .stack import cmd_up
+
+            return cmd_up(args)
+        if args.command == "demo":
+            from .demo import cmd_demo
+
+            return cmd_demo(args)
+
+        def make_client() -> Client:
+            return Client(args.url, args.token)
+
+        return HANDLERS[args.command](args, make_client)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except PhpoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return commands.EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

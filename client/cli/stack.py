@@ -1,0 +1,360 @@
+"""The embedded stack: one phpo server on SQLite and one local agent, as child processes.
+
+``phpo up`` runs it in the foreground until Ctrl-C; ``phpo demo`` runs it in a temporary
+directory around one task. The children are ``python -m phpo.server`` and
+``python -m phpo.evaluation_container`` exactly as an operator would start them on separate
+machines, so the embedded stack exercises the same code paths as a real deployment. Each runs in
+its own process group: Ctrl-C reaches only this process, which then stops the agent first (so
+it can hand back its jobs) and the server last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+import tomli_w
+
+from ..config import config_path, save_config
+from .upstream import CliError
+
+DEFAULT_PORT = 8765
+DEFAULT_SLOTS = 2
+TOKENS_FILE = "stack-tokens.toml"
+
+SERVER_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic")
+AGENT_MODULES = ("tenacity", "psutil")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "phpo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_installed() -> None:
+    """A clear error, naming the extra to install, before any process is started."""
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing or importlib.util.find_spec("phpo.server.cli") is None:
+        raise CliError(
+            f"the embedded stack needs the phpo server ({', '.join(missing) or 'phpo.server'} "
+            "missing): pip install 'phpo[server,agent]'"
+        )
+    missing = [m for m in AGENT_MODULES if importlib.util.find_spec(m) is None]
+    if missing or importlib.util.find_spec("phpo.evaluation_container.cli") is None:
+        raise CliError(
+            f"the embedded stack needs the phpo agent ({', '.join(missing) or 'phpo.evaluation_container'} "
+            "missing): pip install 'phpo[server,agent]'"
+        )
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+class Stack:
+    """Server + agent for one data directory. Use as a context manager or start()/stop()."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int | None = None,
+        slots: int = DEFAULT_SLOTS,
+        site: str = "local",
+        python: str = sys.executable,
+        agent_args: list[str] | None = None,
+    ):
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.slots = slots
+        self.site = site
+        self.python = python
+        self.agent_args = list(agent_args or [])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = self.data_dir / "logs"
+        self.agent_dir = self.data_dir / "agent"
+        self.server: subprocess.Popen | None = None
+        self.agent: subprocess.Popen | None = None
+        self.user_token: str | None = None
+        self.agent_token: str | None = None
+        self.user_name = _user_name()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        self.agent_dir.mkdir(exist_ok=True)
+        if port_in_use(self.port):
+            raise CliError(
+                f"port {self.port} on 127.0.0.1 is in use (another `phpo up`?); choose one with --port",
+                code=1,
+            )
+        try:
+            self.start_server()
+            self.ensure_tokens()
+            self.start_agent()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_server(self) -> None:
+        log = open(self.log_dir / "server.log", "ab")
+        self.server = subprocess.Popen(
+            [
+                self.python,
+                "-m",
+                "phpo.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.server.poll() is not None:
+                raise CliError(
+                    f"the phpo server exited with code {self.server.returncode}; its log "
+                    f"({self.log_dir / 'server.log'}) ends with:\n{_tail(self.log_dir / 'server.log')}",
+                    code=1,
+                )
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise CliError(
+            f"the phpo server did not answer on {self.url} within 90 s; see {self.log_dir / 'server.log'}",
+            code=1,
+        )
+
+    def ensure_tokens(self) -> None:
+        """Reuse this data directory's tokens when the server still knows them, else create them
+        with ``python -m phpo.server create-token`` (the same command an operator uses)."""
+        path = self.data_dir / TOKENS_FILE
+        saved: dict[str, str] = {}
+        if path.exists():
+            try:
+                saved = tomllib.loads(path.read_text())
+            except (OSError, tomllib.TOMLDecodeError):
+                saved = {}
+        user = saved.get("user_token")
+        agent = saved.get("agent_token")
+        if not (user and self._token_role(user) == "user"):
+            user = self._create_token(saved.get("user_name") or self.user_name, "user")
+        if not (agent and self._token_role(agent) == "agent"):
+            agent = self._create_token("local-agent", "agent")
+        self.user_token, self.agent_token = user, agent
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(tomli_w.dumps({"user_name": self.user_name, "user_token": user, "agent_token": agent}))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+    def _token_role(self, token: str) -> str | None:
+        try:
+            r = httpx.get(self.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        except httpx.TransportError:
+            return None
+        if r.status_code != 200:
+            return None
+        try:
+            return str(r.json().get("role"))
+        except ValueError:
+            return None
+
+    def _create_token(self, name: str, role: str) -> str:
+        last = ""
+        for attempt in range(3):
+            n = name if attempt == 0 else f"{name}-{int(time.time())}-{attempt}"
+            p = subprocess.run(
+                [
+                    self.python,
+                    "-m",
+                    "phpo.server",
+                    "create-token",
+                    "--name",
+                    n,
+                    "--role",
+                    role,
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+            )
+            token = p.stdout.strip()
+            if p.returncode == 0 and token:
+                return token
+            last = p.stderr.strip() or p.stdout.strip()
+        raise CliError(f"could not create a {role} token: {last}", code=1)
+
+    def start_agent(self) -> None:
+        log = open(self.log_dir / "agent.log", "ab")
+        self.agent = subprocess.Popen(
+            [
+                self.python,
+                "-m",
+                "phpo.evaluation_container",
+                "--server",
+                self.url,
+                "--token",
+                str(self.agent_token),
+                "--site",
+                self.site,
+                "--slots",
+                str(self.slots),
+                "--workdir",
+                str(self.agent_dir),
+                *self.agent_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        time.sleep(0.2)
+        if self.agent.poll() is not None:
+            raise CliError(
+                f"the phpo agent exited with code {self.agent.returncode}; its log "
+                f"({self.log_dir / 'agent.log'}) ends with:\n{_tail(self.log_dir / 'agent.log')}",
+                code=1,
+            )
+
+    def dead(self) -> str | None:
+        """A sentence naming a child that exited on its own (with its log's end), else None."""
+        for name, proc in (("agent", self.agent), ("server", self.server)):
+            if proc is not None and proc.poll() is not None:
+                log = self.log_dir / f"{name}.log"
+                return f"the {name} exited with code {proc.returncode}; {log} ends with:\n{_tail(log)}"
+        return None
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Agent first (it hands back its jobs), then the server; SIGKILL after ``grace`` s."""
+        for proc in (self.agent, self.server):
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+
+
+def _user_name() -> str:
+    try:
+        name = getpass.getuser()
+    except Exception:  # noqa: BLE001
+        name = ""
+    return "".join(c for c in name if c.isalnum() or c in "-_.") or "user"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame) -> None:  # noqa: ARG001
+    raise _Stop()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """``phpo up``: the stack in the foreground until Ctrl-C (SIGINT) or SIGTERM."""
+    from .commands import err_console, out_console
+
+    check_installed()
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    stack = Stack(data_dir, port=args.port or DEFAULT_PORT, slots=args.slots or DEFAULT_SLOTS)
+    out, err = out_console(), err_console()
+    # explicit for SIGINT too: a process started in the background by a script inherits SIGINT
+    # ignored, and `kill -INT` must still stop the stack cleanly
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        err.print(f"starting the phpo server on {stack.url} (data in {stack.data_dir}) ...")
+        stack.start()
+        config = None if args.no_config else save_config(stack.url, str(stack.user_token))
+        out.print(
+            f"[bold green]phpo is up[/]\n"
+            f"  server  {stack.url}   SQLite + artifacts in {stack.data_dir}\n"
+            f"          log {stack.log_dir / 'server.log'}\n"
+            f"  agent   site '{stack.site}', {stack.slots} slots, work dirs in {stack.agent_dir}\n"
+            f"          log {stack.log_dir / 'agent.log'}\n"
+            f"  user    '{stack.user_name}'"
+            + (f"; url + token written to {config}" if config else f"; token {stack.user_token}")
+            + "\n"
+            "In another shell: phpo list, phpo --loadJson conf.json, phpo wait ID ...\n"
+            "Ctrl-C stops the agent, then the server."
+        )
+        while True:
+            problem = stack.dead()
+            if problem:
+                err.print(f"[red]error:[/] {problem}")
+                return 1
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _Stop):
+        err.print("stopping the agent, then the server ...")
+        return 0
+    finally:
+        for sig in previous:  # a second Ctrl-C must not leave the children half-stopped
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            stack.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        err.print("stopped.")
+
+
+__all__ = ["Stack", "check_installed", "cmd_up", "config_path", "default_data_dir", "free_port"]
