@@ -1,0 +1,848 @@
+"""The evaluation agent: lease jobs from the server, run them, report, repeat.
+
+One main thread polls ``acquire`` whenever a slot is free; each leased job runs in its own
+thread (:class:`JobRunner`) with a heartbeat thread beside it. Results are reported as soon as a
+point is done (the server can refill the search at once); what the server cannot take right now
+goes to the on-disk :class:`~.outbox.Outbox`.
+
+Stopping (SIGTERM/SIGINT): stop acquiring, let running jobs finish for ``grace_seconds``, then
+stop their payloads, upload a last checkpoint of each and hand their points back
+(``fail(retry=True)``). A second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phpo.client.agent_api import AgentAPI, is_transient
+from phpo.client.errors import APIError, AuthError, Conflict, NotFound
+from phpo.schemas.artifacts import ArtifactKind
+from phpo.schemas.jobs import (
+    AcquireRequest,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+    IntermediateReport,
+    Job,
+    JobKind,
+    JobPoint,
+    PointResult,
+)
+from phpo.schemas.points import EvaluationOutput
+from phpo.schemas.upstream import substitute_tokens
+
+from .checkpoints import CheckpointSaver, restore_checkpoint, safe_extract
+from .gpu_slots import Slot, SlotPool, plan_slots
+from .outbox import Outbox
+from .resources import base_resources, container_runtimes_installed
+from .runners.base import Executor, ExecutorError, RunHandle, RunSpec
+from .runners.subprocess import SubprocessExecutor
+
+log = logging.getLogger("phpo.agent")
+
+PHPO_DIR = ".phpo"  # the agent's files inside a job's working directory (SDK exchange)
+INTERMEDIATE_FILE = f"{PHPO_DIR}/intermediate.jsonl"
+CONTROL_FILE = f"{PHPO_DIR}/control.json"
+STEERING_IN = "phpo_steering_in.json"
+STEERING_OUT = "phpo_steering_out.json"
+STDERR_TAIL_BYTES = 4000
+META_MAX_BYTES = 1024 * 1024
+TIMEOUT_STATUS = 124  # like coreutils' timeout(1)
+
+
+def default_agent_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class AgentConfig:
+    site: str
+    workdir: Path
+    slots: int = 1
+    name: str = field(default_factory=default_agent_name)
+    gpus: list | None = None  # list[GPUInfo]; None = no GPU management
+    share_gpus: bool = False
+    executor: str = "subprocess"  # subprocess (containers if a docker engine answers) | docker | podman
+    docker_url: str | None = None
+    container_network: str = "none"
+    kinds: list[JobKind] = field(default_factory=lambda: [JobKind.evaluation, JobKind.steering])
+    poll_interval: float = 2.0
+    once: bool = False
+    grace_seconds: float = 30.0
+    kill_grace: float = 5.0
+    max_checkpoint_bytes: int = 10240 * 2**20
+    max_log_bytes: int = 10 * 2**20
+    retry_seconds: float = 60.0
+    outbox_interval: float = 10.0
+    keep_workdirs: bool = False
+
+
+class Outcome:
+    exited = "exited"
+    timeout = "timeout"
+    lost = "lost"  # the server says the lease is gone
+    cancelled = "cancelled"  # the server asked to stop (task cancelled/paused)
+    stopped = "stopped"  # the agent is shutting down
+
+
+def tail_text(path: Path, max_bytes: int = STDERR_TAIL_BYTES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if size > max_bytes:
+        text = "..." + text[text.find("\n") + 1:] if "\n" in text else "..." + text
+    return text.strip()
+
+
+def with_stderr(message: str, stderr_path: Path) -> str:
+    tail = tail_text(stderr_path)
+    return f"{message}\n--- stderr (tail) ---\n{tail}" if tail else f"{message} (stderr was empty)"
+
+
+def read_output(
+    output_path: Path, outcome: str, rc: int | None, stderr_path: Path, point_id: int, timeout_s: float | None
+) -> PointResult:
+    """Turn what the payload left behind into the point's result (CONTRACTS §3). Anything but a
+    readable output with status 0 and a loss is a failed attempt whose message says why and
+    shows the end of stderr."""
+    name = output_path.name
+    if outcome == Outcome.timeout:
+        return PointResult(
+            point_id=point_id, status=TIMEOUT_STATUS,
+            message=with_stderr(f"timed out after {timeout_s:g} s (evaluationTimeout); "
+                                "the payload and its whole process group were killed", stderr_path),
+        )
+    code = rc if rc else 1
+    if not output_path.exists():
+        return PointResult(point_id=point_id, status=code, message=with_stderr(
+            f"the payload exited with code {rc} and wrote no output file '{name}'", stderr_path))
+    try:
+        raw = json.loads(output_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return PointResult(point_id=point_id, status=code, message=with_stderr(
+            f"the output file '{name}' is not valid JSON ({e}); exit code {rc}", stderr_path))
+    if not isinstance(raw, dict):
+        return PointResult(point_id=point_id, status=code, message=with_stderr(
+            f"the output file '{name}' must hold a JSON object like "
+            f'{{"status": 0, "loss": 0.12}}, got {type(raw).__name__}; exit code {rc}', stderr_path))
+    try:
+        out = EvaluationOutput.model_validate(raw)
+    except ValueError as e:
+        return PointResult(point_id=point_id, status=code, message=with_stderr(
+            f"the output file '{name}' does not follow the contract: {e}; exit code {rc}", stderr_path))
+    if out.status != 0:
+        own = out.message or "(no message)"
+        return PointResult(point_id=point_id, status=out.status, metrics=out.metrics, message=with_stderr(
+            f"the payload reported status {out.status}: {own}; exit code {rc}", stderr_path))
+    if out.loss is None:
+        return PointResult(point_id=point_id, status=code, metrics=out.metrics, message=with_stderr(
+            f"the output file '{name}' has status 0 but no loss; exit code {rc}", stderr_path))
+    if rc:
+        log.warning("point %d: payload exited %s after writing a valid result; keeping the result", point_id, rc)
+    return PointResult(point_id=point_id, status=0, loss=out.loss, metrics=out.metrics, message=out.message)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, api: AgentAPI):
+        self.cfg = cfg
+        self.api = api
+        self.workdir = Path(cfg.workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.stopping = threading.Event()
+        self.hard_stop = threading.Event()
+        self.wake = threading.Event()
+        self.stop_requested_at: float | None = None
+        self.pool = SlotPool(plan_slots(cfg.slots, cfg.gpus, cfg.share_gpus))
+        self.outbox = Outbox(self.workdir / "outbox")
+        self.runners: dict[int, JobRunner] = {}
+        self._runners_lock = threading.Lock()
+        self._sandbox_locks: dict[int, threading.Lock] = {}
+        self._sandbox_lock = threading.Lock()
+        self.subprocess_executor = SubprocessExecutor()
+        self.container_executor: Executor | None = None
+        self._podman = None
+        self.jobs_done = 0
+        self.fatal: str | None = None
+
+    # --- setup -------------------------------------------------------------------------
+
+    def setup_container_runtime(self) -> None:
+        """Find the container engine this agent can use; raises ExecutorError when one was
+        asked for (``--executor docker|podman``) and does not work."""
+        from .runners.docker import DockerExecutor
+
+        kind = self.cfg.executor
+        if kind == "subprocess":
+            url = self.cfg.docker_url
+            if url or os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists():
+                try:
+                    ex = DockerExecutor(url, name="docker", timeout=10)
+                    if ex.ping():
+                        self.container_executor = ex
+                    else:
+                        ex.close()
+                except ExecutorError:
+                    pass
+        elif kind == "docker":
+            ex = DockerExecutor(self.cfg.docker_url, name="docker")
+            if not ex.ping():
+                raise ExecutorError(f"--executor docker: no Docker engine answers at "
+                                    f"{self.cfg.docker_url or os.environ.get('DOCKER_HOST') or 'the default socket'}")
+            self.container_executor = ex
+        elif kind == "podman":
+            url = self.cfg.docker_url
+            if not url:
+                from .runners.podman import PodmanError, PodmanService
+
+                self._podman = PodmanService(self.workdir / "podman")
+                try:
+                    url = self._podman.start()
+                except PodmanError as e:
+                    raise ExecutorError(f"--executor podman: {e}") from e
+            ex = DockerExecutor(url, name="podman")
+            if not ex.ping():
+                raise ExecutorError(f"--executor podman: no podman service answers at {url}")
+            self.container_executor = ex
+        else:
+            raise ExecutorError(f"unknown executor {kind!r} (subprocess, docker, podman)")
+        if self.container_executor is None:
+            found = container_runtimes_installed()
+            log.info("no container engine answers: jobs that name a container will fail%s",
+                     f" (installed but not serving: {', '.join(found)})" if found else "")
+        else:
+            log.info("container jobs run with %s", self.container_executor.name)
+        self.resources = base_resources([self.container_executor.name] if self.container_executor else [])
+
+    def acquire_request(self, slot: Slot) -> AcquireRequest:
+        res = self.resources.model_copy(update={"gpus": list(slot.gpus)})
+        return AcquireRequest(agent=self.cfg.name, site=self.cfg.site, resources=res, kinds=self.cfg.kinds)
+
+    # --- signals -----------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
+        if self.stopping.is_set():
+            log.warning("second stop signal: stopping running jobs now")
+            self.hard_stop.set()
+        else:
+            log.info("stop requested (%s): no new jobs; %d running job(s) get %.0f s to finish",
+                     signal.Signals(signum).name if signum else "api", len(self.runners), self.cfg.grace_seconds)
+            self.stop_requested_at = time.monotonic()
+            self.stopping.set()
+        self.wake.set()
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+
+    # --- main loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.install_signal_handlers()
+        try:
+            self.setup_container_runtime()
+        except ExecutorError as e:
+            log.error("%s", e)
+            return 2
+        log.info("agent %s at site %s: %d slot(s), workdir %s, resources %s", self.cfg.name, self.cfg.site,
+                 self.pool.capacity, self.workdir, self.resources.model_dump(exclude={"cpu_flags"}))
+        rc = 1
+        try:
+            self.flush_outbox()
+            rc = self._loop()
+            return rc
+        finally:
+            self.drain()
+            self.close()
+            log.info("agent %s stopped after %d job(s) (exit %d)", self.cfg.name, self.jobs_done, rc)
+
+    def flush_outbox(self) -> None:
+        if len(self.outbox):
+            try:
+                self.outbox.flush(self.api)
+            except Exception as e:  # noqa: BLE001
+                log.warning("outbox flush failed: %s", e)
+
+    def _loop(self) -> int:
+        last_flush = time.monotonic()
+        failures = 0
+        taken = 0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now - last_flush >= self.cfg.outbox_interval:
+                self.flush_outbox()
+                last_flush = now
+            if self.cfg.once and taken:
+                if not self.runners:
+                    break
+                self.wake.wait(0.5)
+                self.wake.clear()
+                continue
+            slot = self.pool.take()
+            if slot is None:
+                self.wake.wait(self.cfg.poll_interval)
+                self.wake.clear()
+                continue
+            try:
+                job = self.api.acquire(self.acquire_request(slot), retry_seconds=0)
+            except Exception as e:  # noqa: BLE001
+                self.pool.release(slot)
+                if isinstance(e, AuthError):
+                    log.error("the server refused this agent's token: %s", e)
+                    self.fatal = str(e)
+                    return 3
+                failures += 1
+                delay = min(self.cfg.poll_interval * 2 ** min(failures, 5), max(self.cfg.poll_interval, 5.0))
+                if is_transient(e):
+                    log.warning("acquire: %s; retrying in %.1f s", e, delay)
+                else:
+                    log.error("acquire refused: %s; retrying in %.1f s", e, delay)
+                self.stopping.wait(delay)
+                continue
+            failures = 0
+            if job is None:
+                self.pool.release(slot)
+                self.wake.wait(self.cfg.poll_interval)
+                self.wake.clear()
+                continue
+            taken += 1
+            runner = JobRunner(self, job, slot)
+            with self._runners_lock:
+                self.runners[job.id] = runner
+            runner.start()
+        return 0
+
+    def job_finished(self, runner: JobRunner) -> None:
+        with self._runners_lock:
+            self.runners.pop(runner.job.id, None)
+        self.pool.release(runner.slot)
+        self.jobs_done += 1
+        self.wake.set()
+
+    def drain(self) -> None:
+        """Wait for running jobs (up to the grace period when stopping), then stop the rest."""
+        while self.runners:
+            if self.hard_stop.is_set():
+                break
+            if (self.stopping.is_set() and self.stop_requested_at is not None
+                    and time.monotonic() - self.stop_requested_at >= self.cfg.grace_seconds):
+                log.warning("grace period over: stopping %d running job(s)", len(self.runners))
+                self.hard_stop.set()
+                break
+            time.sleep(0.1)
+        for runner in list(self.runners.values()):
+            runner.join()
+        self.flush_outbox()
+        if len(self.outbox):
+            log.warning("%d unacknowledged result(s) stay in %s; they are resent when an agent starts "
+                        "with this --workdir", len(self.outbox), self.outbox.dir)
+
+    def close(self) -> None:
+        for ex in (self.container_executor, self.subprocess_executor):
+            if ex is not None:
+                ex.close()
+        if self._podman is not None:
+            self._podman.stop()
+
+    # --- shared helpers for runners ----------------------------------------------------
+
+    def sandbox_tarball(self, artifact_id: int) -> Path:
+        """The sandbox tarball, downloaded once per agent and shared by its jobs."""
+        with self._sandbox_lock:
+            lock = self._sandbox_locks.setdefault(artifact_id, threading.Lock())
+        path = self.workdir / "cache" / f"sandbox-{artifact_id}.tar.gz"
+        with lock:
+            if not path.exists():
+                self.api.download_artifact(artifact_id, path)
+        return path
+
+    def executor_for(self, image: str | None) -> Executor:
+        if not image:
+            return self.subprocess_executor
+        if self.container_executor is None:
+            raise ExecutorError(
+                f"the task asks for the container {image!r} but this agent ({self.cfg.name} at site "
+                f"{self.cfg.site}) has no container runtime: no Docker engine answers and "
+                "--executor docker|podman was not given",
+                retryable=False,
+            )
+        return self.container_executor
+
+
+class JobRunner(threading.Thread):
+    """Runs one leased job to its end and tells the server how it ended."""
+
+    def __init__(self, agent: Agent, job: Job, slot: Slot):
+        super().__init__(name=f"job-{job.id}", daemon=True)
+        self.agent = agent
+        self.api = agent.api
+        self.cfg = agent.cfg
+        self.job = job
+        self.slot = slot
+        self.jobdir = agent.workdir / "jobs" / f"job-{job.id}"
+        self.rundir = self.jobdir / "run"
+        self.logdir = self.jobdir / "logs"
+        self.scratch = self.jobdir / "scratch"
+        self.done = threading.Event()
+        self.lease_lost = threading.Event()
+        self.cancelled = threading.Event()
+        self.current_point: JobPoint | None = None
+        self._point_ids = {p.point_id for p in job.points}
+        self._intermediate_offset = 0
+        self._intermediate_pending: list[IntermediateReport] = []
+        self._lock = threading.Lock()
+
+    # --- thread body ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        hb = threading.Thread(target=self._heartbeat_loop, name=f"hb-{self.job.id}", daemon=True)
+        try:
+            for d in (self.rundir / PHPO_DIR, self.logdir, self.scratch):
+                d.mkdir(parents=True, exist_ok=True)
+            hb.start()
+            if self.job.kind == JobKind.steering:
+                self.run_steering()
+            else:
+                self.run_evaluation()
+        except Exception as e:
+            log.exception("job %d: unexpected error", self.job.id)
+            self.finish("fail", FailRequest(error=f"agent {self.cfg.name}: unexpected error: {e!r}"[:99_000],
+                                            retry=True))
+        finally:
+            self.done.set()
+            if hb.is_alive():
+                hb.join(timeout=5)
+            if not self.cfg.keep_workdirs:
+                shutil.rmtree(self.jobdir, ignore_errors=True)
+            self.agent.job_finished(self)
+
+    # --- heartbeat -----------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(0.2, self.job.lease_seconds / 3)
+        while not self.done.wait(interval):
+            reports = self._collect_intermediate()
+            try:
+                resp = self.api.heartbeat(self.job.id, HeartbeatRequest(intermediate=reports),
+                                          retry_seconds=interval)
+            except (Conflict, NotFound) as e:
+                log.error("job %d: the server no longer holds this job for us (%s); stopping it", self.job.id, e)
+                self.lease_lost.set()
+                return
+            except Exception as e:  # noqa: BLE001
+                if is_transient(e):  # keep the values for the next beat; a refused batch is dropped
+                    with self._lock:
+                        self._intermediate_pending = reports + self._intermediate_pending
+                log.warning("job %d: heartbeat failed (%s); trying again in %.1f s", self.job.id, e, interval)
+                continue
+            if resp.cancel and not self.cancelled.is_set():
+                log.info("job %d: the server cancelled it", self.job.id)
+                self.cancelled.set()
+            if resp.stop_points:
+                self._write_control({"stop_points": resp.stop_points})
+
+    def _collect_intermediate(self) -> list[IntermediateReport]:
+        """New lines the SDK appended to the intermediate file since the last heartbeat."""
+        with self._lock:
+            out, self._intermediate_pending = self._intermediate_pending, []
+            path = self.rundir / INTERMEDIATE_FILE
+            point = self.current_point
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self._intermediate_offset)
+                    data = f.read()
+            except OSError:
+                return out
+            end = data.rfind(b"\n")
+            if end < 0:
+                return out
+            self._intermediate_offset += end + 1
+            for line in data[: end + 1].splitlines():
+                try:
+                    rec = json.loads(line)
+                    pid = rec.get("point_id") or (point.point_id if point else None)
+                    if pid is None or int(pid) not in self._point_ids:
+                        # the server refuses a whole heartbeat naming a point of another job
+                        log.warning("job %d: ignoring an intermediate value for point %s, not in this job",
+                                    self.job.id, pid)
+                        continue
+                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]),
+                                                  value=float(rec["value"])))
+                except (ValueError, KeyError, TypeError):
+                    log.warning("job %d: ignoring a bad intermediate line %r", self.job.id, line[:200])
+            return out
+
+    def flush_intermediate(self) -> None:
+        """Send what the payload reported since the last heartbeat now, before its result (a
+        short point may end between two heartbeats)."""
+        reports = self._collect_intermediate()
+        if not reports:
+            return
+        try:
+            self.api.heartbeat(self.job.id, HeartbeatRequest(intermediate=reports),
+                               retry_seconds=min(self.cfg.retry_seconds, 10))
+        except Exception as e:  # noqa: BLE001
+            log.warning("job %d: %d intermediate value(s) not delivered: %s", self.job.id, len(reports), e)
+
+    def _write_control(self, data: dict[str, Any]) -> None:
+        path = self.rundir / CONTROL_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            tmp.replace(path)
+        except OSError as e:
+            log.warning("job %d: cannot write %s: %s", self.job.id, path, e)
+
+    # --- talking to the server ------------------------------------------------------------
+
+    def finish(self, kind: str, body: CompleteRequest | FailRequest) -> None:
+        """End the job on the server; keep the call in the outbox when the server is away."""
+        try:
+            if kind == "complete":
+                ack = self.api.complete(self.job.id, body)  # type: ignore[arg-type]
+            else:
+                ack = self.api.fail(self.job.id, body)  # type: ignore[arg-type]
+            log.info("job %d: %s acknowledged (state %s%s)", self.job.id, kind, ack.state,
+                     ", duplicate" if ack.duplicate else "")
+        except Exception as e:
+            if is_transient(e):
+                self.agent.outbox.put(kind, self.job.id, body.model_dump(mode="json"), str(e))
+            elif isinstance(e, APIError):
+                log.error("job %d: the server refused %s: %s", self.job.id, kind, e)
+            else:
+                raise
+
+    def report_point(self, result: PointResult) -> bool:
+        """Report one point now; False when it must go with ``complete`` instead (no answer)."""
+        try:
+            ack = self.api.report_point(self.job.id, result)
+            log.info("job %d: point %d reported (status %d%s)", self.job.id, result.point_id, result.status,
+                     ", duplicate" if ack.duplicate else "")
+            return True
+        except (Conflict, NotFound) as e:
+            log.error("job %d: point %d result refused: %s", self.job.id, result.point_id, e)
+            self.lease_lost.set()
+            return True
+        except Exception as e:
+            if is_transient(e):
+                log.warning("job %d: point %d result not acknowledged (%s); it goes with complete",
+                            self.job.id, result.point_id, e)
+                return False
+            if isinstance(e, APIError):
+                log.error("job %d: point %d result refused: %s", self.job.id, result.point_id, e)
+                return True
+            raise
+
+    def upload(self, kind: ArtifactKind, path: Path, name: str, point_id: int | None) -> None:
+        """Best-effort upload of a log/meta/metrics file (a lost log must not lose a result)."""
+        try:
+            self.api.upload_artifact(self.job.id, kind, path, name, point_id=point_id,
+                                     retry_seconds=min(self.cfg.retry_seconds, 30))
+        except Exception as e:  # noqa: BLE001
+            log.warning("job %d: upload of %s %s failed: %s", self.job.id, kind.value, name, e)
+
+    def upload_log(self, path: Path, name: str, point_id: int | None) -> None:
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        size = path.stat().st_size
+        if size > self.cfg.max_log_bytes:
+            cut = self.scratch / (name + ".tail")
+            with open(path, "rb") as src, open(cut, "wb") as dst:
+                src.seek(size - self.cfg.max_log_bytes)
+                dst.write(f"[phpo: first {size - self.cfg.max_log_bytes} bytes cut, "
+                          f"keeping the last {self.cfg.max_log_bytes}]\n".encode())
+                shutil.copyfileobj(src, dst)
+            self.upload(ArtifactKind.log, cut, name, point_id)
+            cut.unlink(missing_ok=True)
+        else:
+            self.upload(ArtifactKind.log, path, name, point_id)
+
+    # --- preparing and running ------------------------------------------------------------
+
+    def unpack_sandbox(self, artifact_id: int | None) -> None:
+        if artifact_id is not None:
+            safe_extract(self.agent.sandbox_tarball(artifact_id), self.rundir)
+
+    def run_command(self, handle: RunHandle, timeout_s: float | None,
+                    saver: CheckpointSaver | None = None, interval: float = 300.0) -> str:
+        """Watch a started command until it ends or must be stopped; returns an Outcome."""
+        start = time.monotonic()
+        next_ckpt = start + interval
+        while True:
+            if handle.wait(0.1) is not None:
+                return Outcome.exited
+            now = time.monotonic()
+            reason = None
+            if timeout_s is not None and now - start >= timeout_s:
+                reason = Outcome.timeout
+            elif self.lease_lost.is_set():
+                reason = Outcome.lost
+            elif self.cancelled.is_set():
+                reason = Outcome.cancelled
+            elif self.agent.hard_stop.is_set():
+                reason = Outcome.stopped
+            if reason:
+                log.info("job %d: stopping the payload (%s)", self.job.id, reason)
+                handle.kill(self.cfg.kill_grace)
+                return reason
+            if saver is not None and now >= next_ckpt:
+                self.save_checkpoint(saver)
+                next_ckpt = time.monotonic() + interval
+
+    def save_checkpoint(self, saver: CheckpointSaver) -> None:
+        try:
+            if saver.save_if_changed():
+                log.info("job %d: checkpoint %d uploaded", self.job.id, saver.uploads)
+        except Exception as e:  # noqa: BLE001 - keep training; the next check tries again
+            log.warning("job %d: checkpoint upload failed: %s", self.job.id, e)
+
+    def base_env(self) -> dict[str, str]:
+        env = {
+            "PHPO_JOB_ID": str(self.job.id),
+            "PHPO_TASK_ID": str(self.job.task_id),
+            "PHPO_SEGMENT": self.job.segment,
+            "PHPO_SEGMENT_ID": str(self.job.segment_id),
+            "PHPO_SITE": self.cfg.site,
+            "PHPO_AGENT": self.cfg.name,
+            "PHPO_INTERMEDIATE_FILE": INTERMEDIATE_FILE,
+            "PHPO_CONTROL_FILE": CONTROL_FILE,
+        }
+        if self.slot.gpu_indices is not None:
+            env["PHPO_GPUS"] = ",".join(str(i) for i in self.slot.gpu_indices)
+        return env
+
+    def run_evaluation(self) -> None:
+        ev = self.job.evaluation
+        if ev is None:
+            self.finish("fail", FailRequest(error="evaluation job without evaluation settings", retry=False))
+            return
+        try:
+            executor = self.agent.executor_for(ev.container)
+        except ExecutorError as e:
+            log.error("job %d: %s", self.job.id, e)
+            self.finish("fail", FailRequest(error=str(e), retry=e.retryable))
+            return
+        self.unpack_sandbox(ev.sandbox_artifact)
+        if ev.training_files:
+            (self.rundir / ev.training_data).write_text(json.dumps(ev.training_files))
+        command = ev.exec
+        if "%SEGMENT_NAME" in command:
+            command = substitute_tokens(command, {"%SEGMENT_NAME": self.job.segment})
+        seen_workdir = executor.workdir_seen_by_command(
+            RunSpec(command="", workdir=self.rundir, stdout_path=Path(), stderr_path=Path()))
+        interval = max(0.5, ev.checkpoint_interval_s)
+        point_holder: dict[str, int | None] = {"id": None}
+
+        def upload_ckpt(path: Path) -> None:
+            self.api.upload_artifact(self.job.id, ArtifactKind.checkpoint, path,
+                                     f"checkpoint-p{point_holder['id']}.tar.gz", point_id=point_holder["id"],
+                                     retry_seconds=min(self.cfg.retry_seconds, 60))
+
+        saver = CheckpointSaver(self.rundir, ev.checkpoint_to_save, max_bytes=self.cfg.max_checkpoint_bytes,
+                                scratch_dir=self.scratch, upload=upload_ckpt) if ev.checkpoint_to_save else None
+        unacked: list[PointResult] = []
+        stop_reason: str | None = None
+        for i, point in enumerate(self.job.points):
+            if i > 0 and (self.agent.stopping.is_set() or self.lease_lost.is_set() or self.cancelled.is_set()):
+                stop_reason = stop_reason or Outcome.stopped
+                break
+            point_holder["id"] = point.point_id
+            with self._lock:
+                self.current_point = point
+            # a fresh start for this point in the shared directory
+            (self.rundir / ev.output).unlink(missing_ok=True)
+            if saver is not None and i > 0:
+                saver.remove_files()
+            if ev.checkpoint_to_load:
+                (self.rundir / ev.checkpoint_to_load).unlink(missing_ok=True)
+            (self.rundir / CONTROL_FILE).unlink(missing_ok=True)
+            resumed = False
+            if point.checkpoint_artifact is not None:
+                tarball = self.scratch / f"restore-{point.checkpoint_artifact}.tar.gz"
+                self.api.download_artifact(point.checkpoint_artifact, tarball)
+                restore_checkpoint(tarball, self.rundir, ev.checkpoint_to_load)
+                resumed = True
+                log.info("job %d: point %d resumes from checkpoint artifact %d", self.job.id, point.point_id,
+                         point.checkpoint_artifact)
+            if saver is not None:
+                saver.reset(saver.fingerprint() if resumed else None)
+            (self.rundir / ev.input).write_text(json.dumps(point.params))
+            env = self.base_env()
+            env.update({
+                "PHPO_WORKDIR": seen_workdir,
+                "PHPO_INPUT_FILE": ev.input,
+                "PHPO_OUTPUT_FILE": ev.output,
+                "PHPO_POINT_ID": str(point.point_id),
+                "PHPO_POINT_SERIAL": str(point.serial),
+                "PHPO_ATTEMPT": str(point.attempt),
+                "PHPO_RESUMED": "1" if resumed else "0",
+                "PHPO_CHECKPOINT_TO_SAVE": ",".join(ev.checkpoint_to_save),
+            })
+            if ev.training_files:
+                env["PHPO_TRAINING_DATA_FILE"] = ev.training_data
+            if ev.checkpoint_to_load:
+                env["PHPO_CHECKPOINT_TO_LOAD"] = ev.checkpoint_to_load
+            if ev.meta:
+                env["PHPO_META_FILE"] = ev.meta
+            if ev.metrics:
+                env["PHPO_METRICS_FILE"] = ev.metrics
+            tag = f"p{point.point_id}-a{point.attempt}"
+            stdout, stderr = self.logdir / f"{tag}.stdout.txt", self.logdir / f"{tag}.stderr.txt"
+            spec = RunSpec(command=command, workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,
+                           env=env, image=ev.container, gpus=self.slot.gpu_indices,
+                           network=self.cfg.container_network)
+            log.info("job %d: point %d (attempt %d) started: %s", self.job.id, point.point_id, point.attempt,
+                     command)
+            try:
+                handle = executor.start(spec)
+            except ExecutorError as e:
+                log.error("job %d: %s", self.job.id, e)
+                if not e.retryable:
+                    self.finish("fail", FailRequest(error=str(e), retry=False))
+                    return
+                result = PointResult(point_id=point.point_id, status=1, message=f"cannot start the payload: {e}")
+                if not self.report_point(result):
+                    unacked.append(result)
+                continue
+            try:
+                outcome = self.run_command(handle, ev.timeout_s, saver, interval)
+            finally:
+                handle.finish()
+            rc = handle.poll()
+            if outcome == Outcome.lost:
+                stop_reason = outcome
+                break
+            if outcome in (Outcome.cancelled, Outcome.stopped):
+                if saver is not None:
+                    self.save_checkpoint(saver)
+                stop_reason = outcome
+                self._upload_point_files(ev, point, stdout, stderr)
+                break
+            self.flush_intermediate()
+            result = read_output(self.rundir / ev.output, outcome, rc, stderr, point.point_id, ev.timeout_s)
+            log.info("job %d: point %d ended (%s, exit %s, status %d)", self.job.id, point.point_id, outcome, rc,
+                     result.status)
+            if result.status != 0 and saver is not None:
+                self.save_checkpoint(saver)
+            if not self.report_point(result):
+                unacked.append(result)
+            self._upload_point_files(ev, point, stdout, stderr)
+            if self.lease_lost.is_set():
+                stop_reason = Outcome.lost
+                break
+        with self._lock:
+            self.current_point = None
+        if stop_reason == Outcome.lost:
+            log.warning("job %d: lease lost; its points go back to the server's queue", self.job.id)
+            if unacked:
+                # the server may still take results it has not seen (it answers duplicate/409)
+                self.finish("complete", CompleteRequest(results=unacked))
+            return
+        if stop_reason in (Outcome.cancelled, Outcome.stopped) and (
+            stop_reason == Outcome.cancelled or self.agent.hard_stop.is_set()
+        ):
+            why = ("cancelled by the server" if stop_reason == Outcome.cancelled
+                   else f"agent {self.cfg.name} is shutting down")
+            if unacked:
+                self.finish("complete", CompleteRequest(results=unacked, message=why))
+            else:
+                self.finish("fail", FailRequest(error=why, retry=True))
+            return
+        self.finish("complete", CompleteRequest(results=unacked))
+
+    def _upload_point_files(self, ev: Any, point: JobPoint, stdout: Path, stderr: Path) -> None:
+        name = f"job{self.job.id}-a{point.attempt}"
+        self.upload_log(stdout, f"{name}.stdout.txt", point.point_id)
+        self.upload_log(stderr, f"{name}.stderr.txt", point.point_id)
+        if ev.meta:
+            p = self.rundir / ev.meta
+            if p.is_file():
+                if p.stat().st_size > META_MAX_BYTES:
+                    log.warning("job %d: meta file %s is over 1 MB; not uploaded", self.job.id, ev.meta)
+                else:
+                    self.upload(ArtifactKind.meta, p, Path(ev.meta).name, point.point_id)
+        if ev.metrics:
+            p = self.rundir / ev.metrics
+            if p.is_file():
+                self.upload(ArtifactKind.metrics, p, Path(ev.metrics).name, point.point_id)
+
+    def run_steering(self) -> None:
+        st = self.job.steering
+        if st is None:
+            self.finish("fail", FailRequest(error="steering job without steering settings", retry=False))
+            return
+        try:
+            executor = self.agent.executor_for(st.container)
+        except ExecutorError as e:
+            log.error("job %d: %s", self.job.id, e)
+            self.finish("fail", FailRequest(error=str(e), retry=e.retryable))
+            return
+        self.unpack_sandbox(st.sandbox_artifact)
+        in_path, out_path = self.rundir / STEERING_IN, self.rundir / STEERING_OUT
+        in_path.write_text(json.dumps(st.input))
+        out_path.unlink(missing_ok=True)
+        stdout, stderr = self.logdir / "steering.stdout.txt", self.logdir / "steering.stderr.txt"
+        spec = RunSpec(command="", workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,
+                       image=st.container, gpus=self.slot.gpu_indices, network=self.cfg.container_network)
+        seen = executor.workdir_seen_by_command(spec)
+        spec.command = substitute_tokens(st.exec, {
+            "%IN": f"{seen}/{STEERING_IN}",
+            "%OUT": f"{seen}/{STEERING_OUT}",
+            "%NUM_POINTS": str(st.num_points),
+            "%MAX_POINTS": str(st.max_points),
+        })
+        spec.env = {**self.base_env(), "PHPO_WORKDIR": seen}
+        log.info("job %d: steering for task %d started: %s", self.job.id, self.job.task_id, spec.command)
+        try:
+            handle = executor.start(spec)
+        except ExecutorError as e:
+            self.finish("fail", FailRequest(error=f"cannot start the steering command: {e}", retry=e.retryable))
+            return
+        try:
+            outcome = self.run_command(handle, st.timeout_s)
+        finally:
+            handle.finish()
+        rc = handle.poll()
+        if outcome == Outcome.lost:
+            return
+        if outcome != Outcome.exited:
+            what = {Outcome.timeout: f"timed out after {st.timeout_s:g} s",
+                    Outcome.cancelled: "was cancelled by the server",
+                    Outcome.stopped: f"was stopped: agent {self.cfg.name} is shutting down"}[outcome]
+            self.finish("fail", FailRequest(error=with_stderr(f"the steering command {what}", stderr)[:99_000],
+                                            retry=True))
+            return
+        error = None
+        points: Any = None
+        if not out_path.exists():
+            error = f"the steering command exited with code {rc} and wrote no output file (%OUT)"
+        else:
+            try:
+                points = json.loads(out_path.read_text())
+                if not isinstance(points, list):
+                    error = (f"the steering output (%OUT) must be a JSON list of points, got "
+                             f"{type(points).__name__}; exit code {rc}")
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                error = f"the steering output (%OUT) is not valid JSON ({e}); exit code {rc}"
+        if error is None and rc:
+            log.warning("job %d: steering exited %s but wrote a valid output; using it", self.job.id, rc)
+        if error is not None:
+            self.finish("fail", FailRequest(error=with_stderr(error, stderr)[:99_000], retry=True))
+            return
+        self.finish("complete", CompleteRequest(steering_output=points))

@@ -1,0 +1,137 @@
+"""``phpo agent`` (also ``python -m phpo.evaluation_container``): run an evaluation agent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from phpo.client.config import load_config
+from phpo.client.errors import ConfigError
+from phpo.schemas.jobs import JobKind
+
+from .agent import Agent, AgentConfig, default_agent_name
+from .resources import resolve_gpus
+
+EPILOG = """\
+Jobs that name a container (evaluationContainer / steeringContainer) run through the Docker
+Engine API: --executor docker uses the engine at --docker-url (or DOCKER_HOST, or
+/var/run/docker.sock); --executor podman starts a private `podman system service` under
+--workdir (or uses --docker-url). With the default --executor subprocess, jobs run as
+`bash -c` in their working directory, and container jobs use a Docker engine if one answers.
+
+Stop with SIGTERM or Ctrl-C: no new jobs, running jobs get --grace-seconds to finish, then
+their payloads are stopped, a last checkpoint is uploaded and their points are handed back.
+Results the server could not take are kept in WORKDIR/outbox and resent until acknowledged.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="phpo agent",
+        description="Lease evaluation and steering jobs from a phpo server and run them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--server", help="server URL (default: PHPO_URL, then the phpo config file)")
+    p.add_argument("--token", help="agent token (default: PHPO_TOKEN, then the phpo config file)")
+    p.add_argument("--site", required=True, help="site name, matched against the tasks' --site")
+    p.add_argument("--slots", type=int, default=1, help="jobs run at the same time (default 1)")
+    p.add_argument("--gpus", default="auto",
+                   help="'auto' (NVML), 'none', or indices like 0,1: each running job gets its own "
+                        "CUDA_VISIBLE_DEVICES (default auto)")
+    p.add_argument("--share-gpus", action="store_true",
+                   help="with more slots than GPUs, let jobs share GPUs (default: never share)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where job directories and the outbox live (default ./phpo-agent)")
+    p.add_argument("--executor", choices=["subprocess", "docker", "podman"], default="subprocess",
+                   help="container engine for jobs that name an image (see below); default subprocess")
+    p.add_argument("--docker-url", help="Docker-API socket, e.g. unix:///run/podman/podman.sock")
+    p.add_argument("--container-network", choices=["none", "host"], default="none",
+                   help="network of containers: none (default) or host (the payload reaches the network)")
+    kinds = p.add_mutually_exclusive_group()
+    kinds.add_argument("--steering-only", action="store_true", help="take only steering jobs")
+    kinds.add_argument("--no-steering", action="store_true", help="take only evaluation jobs")
+    p.add_argument("--poll-interval", type=float, default=2.0, help="seconds between acquire calls when idle")
+    p.add_argument("--name", default=None, help="agent name (default HOSTNAME-PID)")
+    p.add_argument("--once", action="store_true", help="run one job, then exit")
+    p.add_argument("--grace-seconds", type=float, default=30.0,
+                   help="on SIGTERM, how long running jobs may still run (default 30)")
+    p.add_argument("--max-checkpoint-mb", type=float, default=10240.0,
+                   help="largest checkpoint tarball uploaded, in MB (default 10240)")
+    p.add_argument("--max-log-mb", type=float, default=10.0,
+                   help="stdout/stderr kept per run: the last N MB (default 10)")
+    p.add_argument("--retry-seconds", type=float, default=60.0,
+                   help="how long one call retries network errors before the result goes to the outbox")
+    p.add_argument("--outbox-interval", type=float, default=10.0, help="seconds between outbox resends")
+    p.add_argument("--keep-workdirs", action="store_true", help="keep job directories after the jobs end")
+    p.add_argument("--log-level", default=os.environ.get("PHPO_LOG_LEVEL", "INFO"),
+                   help="DEBUG, INFO (default), WARNING")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
+        stream=sys.stderr,
+    )
+    # urllib3/httpx chatter at INFO drowns the agent's own lines
+    for noisy in ("httpx", "httpcore", "urllib3", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.server, args.token)
+    except ConfigError as e:
+        print(f"phpo agent: {e}", file=sys.stderr)
+        return 2
+    if not cfg.url:
+        print("phpo agent: no server given: pass --server URL or set PHPO_URL", file=sys.stderr)
+        return 2
+    if not cfg.token:
+        print("phpo agent: no token given: pass --token TOKEN or set PHPO_TOKEN "
+              "(an admin creates one with `phpo server create-token --role agent`)", file=sys.stderr)
+        return 2
+    if args.slots < 1:
+        print(f"phpo agent: --slots must be at least 1, got {args.slots}", file=sys.stderr)
+        return 2
+    try:
+        gpus = resolve_gpus(args.gpus)
+    except ValueError as e:
+        print(f"phpo agent: {e}", file=sys.stderr)
+        return 2
+    kinds = [JobKind.evaluation, JobKind.steering]
+    if args.steering_only:
+        kinds = [JobKind.steering]
+    elif args.no_steering:
+        kinds = [JobKind.evaluation]
+    config = AgentConfig(
+        site=args.site,
+        workdir=args.workdir or Path.cwd() / "phpo-agent",
+        slots=args.slots,
+        name=args.name or default_agent_name(),
+        gpus=gpus,
+        share_gpus=args.share_gpus,
+        executor=args.executor,
+        docker_url=args.docker_url,
+        container_network=args.container_network,
+        kinds=kinds,
+        poll_interval=args.poll_interval,
+        once=args.once,
+        grace_seconds=args.grace_seconds,
+        max_checkpoint_bytes=int(args.max_checkpoint_mb * 2**20),
+        max_log_bytes=int(args.max_log_mb * 2**20),
+        retry_seconds=args.retry_seconds,
+        outbox_interval=args.outbox_interval,
+        keep_workdirs=args.keep_workdirs,
+    )
+    from phpo.client.agent_api import AgentAPI
+
+    with AgentAPI(cfg.url, cfg.token, retry_seconds=args.retry_seconds) as api:
+        return Agent(config, api).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The executor interface: start a shell command in a working directory, watch it, stop it.
+
+An executor knows *how* a command runs (a local process group, a container); the agent's job
+runner knows *what* runs and when to stop it. Keeping the two apart lets one job runner drive
+every executor, and lets the executors be tested on their own.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ExecutorError(RuntimeError):
+    """The command could not be started at all (no runtime, no image, ...).
+
+    ``retryable`` says whether another agent could do better: a missing container runtime on
+    this agent is not retryable *here*, but the agent reports it as final because the job's
+    spec asks for something this agent advertised it cannot give.
+    """
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class RunSpec:
+    """One command to run. ``workdir`` is a host path; inside a container it is mounted at
+    :data:`CONTAINER_WORKDIR`, and ``env`` values naming files are relative to it."""
+
+    command: str
+    workdir: Path
+    stdout_path: Path
+    stderr_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    image: str | None = None
+    gpus: list[int] | None = None  # None: leave the GPUs as the agent sees them
+    network: str = "none"
+
+
+CONTAINER_WORKDIR = "/srv/workDir"
+
+
+class RunHandle(abc.ABC):
+    """A started command."""
+
+    @abc.abstractmethod
+    def poll(self) -> int | None:
+        """The exit status once it has ended, else ``None``. Never blocks for long."""
+
+    @abc.abstractmethod
+    def kill(self, grace: float = 5.0) -> None:
+        """Stop the command and everything it started: a polite signal first, then, after
+        ``grace`` seconds, a hard kill. Safe to call on an ended command."""
+
+    @abc.abstractmethod
+    def finish(self) -> None:
+        """Called once after the command ended: collect logs, remove leftovers (stray
+        background processes of the group, the stopped container)."""
+
+    def wait(self, timeout: float | None = None, interval: float = 0.1) -> int | None:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rc = self.poll()
+            if rc is not None:
+                return rc
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(interval)
+
+
+class Executor(abc.ABC):
+    name: str = "base"
+
+    @abc.abstractmethod
+    def start(self, spec: RunSpec) -> RunHandle:
+        """Start ``spec.command``; raise :class:`ExecutorError` when it cannot start."""
+
+    def workdir_seen_by_command(self, spec: RunSpec) -> str:
+        """The working directory's path as the command sees it."""
+        return str(spec.workdir)
+
+    def close(self) -> None:
+        """Release what the executor holds (API clients, a service it started)."""

@@ -1,0 +1,157 @@
+"""The default executor: ``bash -c COMMAND`` in the working directory, in its own session.
+
+The command gets a new session (``start_new_session``), so it and everything it forks share a
+process group the agent can kill as a whole on timeout or cancel: a payload that spawns
+workers or a data loader does not leave them behind. ``PR_SET_PDEATHSIG`` makes the kernel kill
+the command when the agent dies (``kill -9``), so a crashed agent leaves no orphan training on
+a GPU it no longer accounts for.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .base import Executor, ExecutorError, RunHandle, RunSpec
+
+_PR_SET_PDEATHSIG = 1
+SECRET_ENV = ("PHPO_TOKEN",)
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def command_env(spec: RunSpec, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a local run: the agent's own, plus the job's ``PHPO_*`` values and,
+    when the agent assigns GPUs, ``CUDA_VISIBLE_DEVICES`` (empty = no GPU at all)."""
+    env = dict(os.environ if base is None else base)
+    for secret in SECRET_ENV:  # the agent's credentials are not the payload's business
+        env.pop(secret, None)
+    env.update(spec.env)
+    if spec.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
+    return env
+
+
+def live_group_members(pgid: int) -> list[int] | None:
+    """PIDs of the non-zombie processes of group ``pgid`` (from /proc); ``None`` without /proc."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    out = []
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) >= 3 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            out.append(int(d.name))
+    return out
+
+
+class SubprocessHandle(RunHandle):
+    def __init__(self, proc: subprocess.Popen, files: list):
+        self.proc = proc
+        self.pgid = proc.pid  # start_new_session: the child leads its own group
+        self._files = files
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None, interval: float = 0.1) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _killpg(self, sig: int) -> bool:
+        try:
+            os.killpg(self.pgid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def _group_alive(self) -> bool:
+        """Whether a live (non-zombie) process is left in the group. A killed grandchild whose
+        parent is gone waits as a zombie until PID 1 reaps it, which some container inits never
+        do; it is dead all the same and must not make us wait out the whole grace period."""
+        if not self._killpg(0):
+            return False
+        members = live_group_members(self.pgid)
+        return True if members is None else bool(members)
+
+    def kill(self, grace: float = 5.0) -> None:
+        if not self._killpg(signal.SIGTERM):
+            self.proc.poll()
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self.proc.poll()  # reap the leader, else it stays a zombie member of the group
+            if not self._group_alive():
+                break
+            time.sleep(0.05)
+        self._killpg(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a process in D state
+            pass
+
+    def finish(self) -> None:
+        # background processes the command left in its group go with it
+        self._killpg(signal.SIGKILL)
+        for f in self._files:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class SubprocessExecutor(Executor):
+    name = "subprocess"
+
+    def __init__(self, shell: str | None = None):
+        self.shell = shell or shutil.which("bash") or "/bin/sh"
+
+    def start(self, spec: RunSpec) -> SubprocessHandle:
+        spec.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+        spec.stderr_path.parent.mkdir(parents=True, exist_ok=True)
+        # handed to the child and closed in finish(), not in this scope
+        out = open(spec.stdout_path, "ab")  # noqa: SIM115
+        err = open(spec.stderr_path, "ab")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                [self.shell, "-c", spec.command],
+                cwd=spec.workdir,
+                env=command_env(spec),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_child_setup,  # noqa: PLW1509 - only prctl(), async-signal-safe
+                close_fds=True,
+            )
+        except OSError as e:
+            out.close()
+            err.close()
+            raise ExecutorError(f"cannot start '{self.shell} -c ...' in {spec.workdir}: {e}") from e
+        return SubprocessHandle(proc, [out, err])
