@@ -1,0 +1,70 @@
+"""Typed dependencies of the routes: the app context, the database and the caller by role."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from phpo.schemas.api import Role
+
+from ..auth.identity import Caller
+from ..auth.tokens import hash_token
+from ..context import AppContext
+from ..errors import Forbidden, Unauthorized
+from ..repositories.tokens import lookup
+
+_CACHE_S = 30.0
+_cache: dict[str, tuple[Caller, float]] = {}
+_cache_lock = threading.Lock()
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+
+
+def current_caller(request: Request, ctx: Ctx) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("this call needs 'Authorization: Bearer <token>' (phpo server create-token makes one)",
+                           field="Authorization")
+    token = token.strip()
+    key = hash_token(token) + str(id(ctx))
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit and hit[1] > now:
+        return hit[0]
+    with ctx.db.read() as s:
+        caller = lookup(s, token)
+    if caller is None:
+        raise Unauthorized("the bearer token is not valid", field="Authorization")
+    with _cache_lock:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[key] = (caller, now + _CACHE_S)
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+
+
+def _need(*roles: Role):
+    def dep(caller: CurrentCaller) -> Caller:
+        if caller.role not in roles:
+            raise Forbidden(f"this call is for {' or '.join(r.value for r in roles)} tokens; "
+                            f"'{caller.name}' has role '{caller.role.value}'")
+        return caller
+
+    return dep
+
+
+UserCaller = Annotated[Caller, Depends(_need(Role.user, Role.admin))]
+AgentCaller = Annotated[Caller, Depends(_need(Role.agent, Role.admin))]
+AdminCaller = Annotated[Caller, Depends(_need(Role.admin))]
+AnyCaller = CurrentCaller

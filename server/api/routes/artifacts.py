@@ -1,0 +1,30 @@
+"""PUT /sandboxes (user) and GET /artifacts/{id} (streamed download)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from phpo.schemas.artifacts import Artifact
+from starlette.concurrency import run_in_threadpool
+
+from ...services import uploads
+from ..deps import AnyCaller, Ctx, UserCaller
+
+router = APIRouter(tags=["artifacts"])
+
+
+@router.put("/sandboxes", response_model=Artifact, status_code=201)
+async def put_sandbox(request: Request, ctx: Ctx, caller: UserCaller, name: str = "sandbox.tar.gz") -> Artifact:
+    """The raw body is the sandbox tarball (the user's *.json *.py *.sh *.yaml files)."""
+    return await uploads.upload_sandbox(ctx, request, caller, name)
+
+
+@router.get("/artifacts/{artifact_id}", response_class=StreamingResponse)
+async def get_artifact(artifact_id: int, ctx: Ctx, caller: AnyCaller) -> StreamingResponse:
+    row = await run_in_threadpool(uploads.artifact_for_download, ctx, caller, artifact_id)
+    safe = row.name.replace('"', "_")
+    return StreamingResponse(
+        ctx.store.open_read(row.path), media_type="application/octet-stream",
+        headers={"Content-Length": str(row.size), "X-Checksum-Sha256": row.sha256, "ETag": f'"{row.sha256}"',
+                 "Content-Disposition": f'attachment; filename="{safe}"'},
+    )

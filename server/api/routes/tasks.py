@@ -1,0 +1,116 @@
+"""Tasks of the calling user: submit, list, inspect, cancel/pause/resume, and their segments,
+points, best points, steering iterations and artifacts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from phpo.schemas.api import Page, SteeringIteration
+from phpo.schemas.artifacts import Artifact, ArtifactKind
+from phpo.schemas.points import BestPoint, Point
+from phpo.schemas.segments import Segment
+from phpo.schemas.tasks import Task, TaskSpec
+
+from ...errors import InvalidInput
+from ...repositories.artifacts import list_artifacts
+from ...repositories.iterations import list_iterations
+from ...repositories.points import best_points, list_points
+from ...repositories.segments import list_segments
+from ...repositories.tasks import get_task_row, list_tasks, task_to_schema
+from ..deps import Ctx, UserCaller
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+POINT_STATES = ("ready", "leased", "evaluated", "failed", "cancelled")
+
+
+def _states(value: str | None, allowed: tuple[str, ...] | None = None) -> list[str] | None:
+    if not value:
+        return None
+    out = [x.strip() for x in value.split(",") if x.strip()]
+    if allowed:
+        bad = [x for x in out if x not in allowed]
+        if bad:
+            raise InvalidInput(f"unknown state {bad[0]!r}; use one of {', '.join(allowed)}", field="state")
+    return out
+
+
+@router.post("", response_model=Task, status_code=201)
+def create_task(spec: TaskSpec, ctx: Ctx, caller: UserCaller) -> Task:
+    return ctx.tasks.create(caller, spec)
+
+
+@router.get("", response_model=Page[Task])
+def get_tasks(ctx: Ctx, caller: UserCaller, state: str | None = None, name: str | None = None,
+              limit: int = 50, offset: int = 0, sort: str | None = None) -> Page[Task]:
+    with ctx.db.read() as s:
+        items, total = list_tasks(s, caller, state=_states(state), name=name, limit=limit, offset=offset, sort=sort)
+    return Page[Task](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{task_id}", response_model=Task)
+def get_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+    with ctx.db.read() as s:
+        return task_to_schema(s, get_task_row(s, task_id, caller))
+
+
+@router.post("/{task_id}/cancel", response_model=Task)
+def cancel_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+    return ctx.tasks.cancel(caller, task_id)
+
+
+@router.post("/{task_id}/pause", response_model=Task)
+def pause_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+    return ctx.tasks.pause(caller, task_id)
+
+
+@router.post("/{task_id}/resume", response_model=Task)
+def resume_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+    return ctx.tasks.resume(caller, task_id)
+
+
+@router.get("/{task_id}/segments", response_model=Page[Segment])
+def get_segments(task_id: int, ctx: Ctx, caller: UserCaller, limit: int = 100, offset: int = 0,
+                 sort: str | None = None) -> Page[Segment]:
+    with ctx.db.read() as s:
+        task = get_task_row(s, task_id, caller)
+        items, total = list_segments(s, task, limit=limit, offset=offset, sort=sort)
+    return Page[Segment](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{task_id}/points", response_model=Page[Point])
+def get_points(task_id: int, ctx: Ctx, caller: UserCaller, segment: int | None = None, state: str | None = None,
+               limit: int = 100, offset: int = 0, sort: str | None = None) -> Page[Point]:
+    with ctx.db.read() as s:
+        get_task_row(s, task_id, caller)
+        items, total = list_points(s, task_id, segment=segment, state=_states(state, POINT_STATES), limit=limit,
+                                   offset=offset, sort=sort)
+    return Page[Point](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{task_id}/best", response_model=list[BestPoint])
+def get_best(task_id: int, ctx: Ctx, caller: UserCaller, segment: int | None = None) -> list[BestPoint]:
+    with ctx.db.read() as s:
+        task = get_task_row(s, task_id, caller)
+        if segment is not None and not 0 <= segment < task.n_segments:
+            raise InvalidInput(f"segment {segment} does not exist; the task has segments 0..{task.n_segments - 1}",
+                               field="segment")
+        return best_points(s, task, segment)
+
+
+@router.get("/{task_id}/iterations", response_model=Page[SteeringIteration])
+def get_iterations(task_id: int, ctx: Ctx, caller: UserCaller, limit: int = 100,
+                   offset: int = 0) -> Page[SteeringIteration]:
+    with ctx.db.read() as s:
+        get_task_row(s, task_id, caller)
+        items, total = list_iterations(s, task_id, limit=limit, offset=offset)
+    return Page[SteeringIteration](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{task_id}/artifacts", response_model=Page[Artifact])
+def get_artifacts(task_id: int, ctx: Ctx, caller: UserCaller, kind: ArtifactKind | None = None,
+                  point_id: int | None = None, limit: int = 100, offset: int = 0) -> Page[Artifact]:
+    with ctx.db.read() as s:
+        get_task_row(s, task_id, caller)
+        items, total = list_artifacts(s, task_id, kind=kind.value if kind else None, point_id=point_id,
+                                      limit=limit, offset=offset)
+    return Page[Artifact](items=items, total=total, limit=limit, offset=offset)

@@ -1,0 +1,1 @@
+"""Alembic revision scripts (a package so setuptools' find_packages ships them)."""

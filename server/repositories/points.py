@@ -1,0 +1,117 @@
+"""Points: conversion to :class:`phpo.schemas.Point`, listing, best point and Pareto front."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phpo.schemas.points import BestPoint, IntermediateValue, Point
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..db.engine import aware
+from ..db.tables import PointRow, SegmentRow, TaskRow
+from .common import check_page, count, order_by
+
+
+def point_to_schema(row: PointRow, segment_name: str = "") -> Point:
+    return Point(
+        id=row.id, task_id=row.task_id, segment_id=row.segment_idx, segment=segment_name, serial=row.serial,
+        params=row.params, state=row.state, loss=row.loss, metrics=row.metrics, attempts=row.attempts,
+        error=row.error, intermediate=[IntermediateValue(**x) for x in (row.intermediate or [])],
+        created_at=aware(row.created_at), evaluated_at=aware(row.evaluated_at), site=row.site,
+    )
+
+
+def segment_names(s: Session, task_id: int) -> dict[int, str]:
+    rows = s.execute(select(SegmentRow.idx, SegmentRow.name).where(SegmentRow.task_id == task_id)).all()
+    return {i: n for i, n in rows}
+
+
+def list_points(s: Session, task_id: int, *, segment: int | None, state: list[str] | None,
+                limit: int, offset: int, sort: str | None) -> tuple[list[Point], int]:
+    check_page(limit, offset)
+    stmt = select(PointRow).where(PointRow.task_id == task_id)
+    if segment is not None:
+        stmt = stmt.where(PointRow.segment_idx == segment)
+    if state:
+        stmt = stmt.where(PointRow.state.in_(state))
+    total = count(s, stmt)
+    cols = {"id": PointRow.id, "serial": PointRow.serial, "loss": PointRow.loss_value,
+            "created_at": PointRow.created_at, "evaluated_at": PointRow.evaluated_at,
+            "_tiebreak": (PointRow.id,)}
+    stmt = order_by(stmt, sort, cols, "id").limit(limit).offset(offset)
+    names = segment_names(s, task_id)
+    return [point_to_schema(r, names.get(r.segment_idx, "")) for r in s.execute(stmt).scalars()], total
+
+
+def directions_of(spec: dict[str, Any]) -> list[str]:
+    return list(spec.get("directions") or ["minimize"])
+
+
+def _key(loss: Any, directions: list[str]) -> list[float]:
+    """The loss as a vector to minimize (maximized objectives negated)."""
+    vals = loss if isinstance(loss, list) else [loss]
+    return [(-v if d == "maximize" else v) for v, d in zip(vals, directions)]
+
+
+def pareto_front(items: list[tuple[Any, Any]], directions: list[str]) -> list[Any]:
+    """Items (obj, loss) not dominated by any other, sorted by the first objective."""
+    keyed = [(obj, _key(loss, directions)) for obj, loss in items]
+    front = []
+    for obj, k in keyed:
+        dominated = any(all(a <= b for a, b in zip(k2, k)) and any(a < b for a, b in zip(k2, k))
+                        for _, k2 in keyed)
+        if not dominated:
+            front.append((obj, k))
+    front.sort(key=lambda t: t[1])
+    return [obj for obj, _ in front]
+
+
+def _best_of(rows: list[PointRow], directions: list[str], seg_idx: int, seg_name: str) -> BestPoint:
+    if not rows:
+        return BestPoint(segment_id=seg_idx, segment=seg_name)
+
+    def bp(r: PointRow) -> BestPoint:
+        return BestPoint(segment_id=seg_idx, segment=seg_name, point_id=r.id, serial=r.serial, loss=r.loss,
+                         params=r.params)
+
+    if len(directions) > 1:
+        front = pareto_front([(r, r.loss) for r in rows if isinstance(r.loss, list)], directions)
+        if not front:
+            return BestPoint(segment_id=seg_idx, segment=seg_name)
+        first = bp(front[0])
+        first.pareto = [bp(r) for r in front]
+        return first
+    best = min(rows, key=lambda r: (_key(r.loss, directions), r.serial))
+    return bp(best)
+
+
+def best_points(s: Session, task: TaskRow, segment: int | None = None) -> list[BestPoint]:
+    directions = directions_of(task.spec)
+    segs = s.execute(select(SegmentRow).where(SegmentRow.task_id == task.id).order_by(SegmentRow.idx)).scalars().all()
+    out = []
+    for seg in segs:
+        if segment is not None and seg.idx != segment:
+            continue
+        rows = list(s.execute(select(PointRow).where(
+            PointRow.task_id == task.id, PointRow.segment_idx == seg.idx, PointRow.state == "evaluated",
+            PointRow.loss.is_not(None))).scalars())
+        out.append(_best_of(rows, directions, seg.idx, seg.name))
+    return out
+
+
+def best_loss_by_task(s: Session, tasks: list[TaskRow]) -> dict[int, Any]:
+    """Best single-objective loss of each task (None for multi-objective tasks)."""
+    from sqlalchemy import func
+
+    out: dict[int, Any] = {}
+    single = [t for t in tasks if len(directions_of(t.spec)) == 1]
+    for direction in ("minimize", "maximize"):
+        ids = [t.id for t in single if directions_of(t.spec)[0] == direction]
+        if not ids:
+            continue
+        agg = func.min(PointRow.loss_value) if direction == "minimize" else func.max(PointRow.loss_value)
+        for tid, v in s.execute(select(PointRow.task_id, agg).where(
+                PointRow.task_id.in_(ids), PointRow.state == "evaluated").group_by(PointRow.task_id)):
+            out[tid] = v
+    return out

@@ -1,0 +1,408 @@
+"""The job broker: agents lease jobs, renew leases, report results; the reaper takes back
+expired leases.
+
+Guarantees (ARCHITECTURE "Data flow"):
+- a point is in at most one running job: it is leased (``ready -> leased``) in the same
+  transaction that creates the job, under a row lock (PostgreSQL: the segment row is locked,
+  ready points are taken ``FOR UPDATE SKIP LOCKED``; SQLite: writers are serialized);
+- a job is leased once: steering jobs (created ``queued`` by the HPO manager) move
+  ``queued -> running`` under ``FOR UPDATE SKIP LOCKED``; evaluation jobs are created
+  ``running`` by ``acquire`` itself;
+- results are idempotent: a result already received answers ``duplicate: true``;
+- a job whose lease was lost (reaped) answers 409 ``lease_lost``; a lease that expired but was
+  not reaped yet still counts (the reaper runs every ``--reaper-interval`` seconds).
+
+Fairness: candidate segments are served round-robin: the segment that was served longest
+ago (``last_acquired_at``, never-served first) goes first, so one big task cannot starve the
+others. Within a segment, points go out in serial order.
+
+``%SEGMENT_NAME`` in ``evaluationExec`` is substituted here, on the server, as a whole token
+(:func:`phpo.schemas.upstream.substitute_tokens`), so the agent runs ``evaluation.exec`` as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from phpo.schemas.jobs import (
+    AcquireRequest,
+    CompleteRequest,
+    EvaluationSettings,
+    FailRequest,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    Job,
+    JobAck,
+    JobKind,
+    JobPoint,
+    PointResult,
+    SteeringSettings,
+)
+from phpo.schemas.tasks import TaskSpec
+from phpo.schemas.upstream import substitute_tokens
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from ..auth.identity import Caller
+from ..db.engine import Database, aware, utcnow
+from ..db.tables import JobRow, PointRow, SegmentRow, TaskRow
+from ..errors import InvalidInput, LeaseLost, NotFound
+from ..orchestration.transitions import set_state
+from ..settings import Settings
+from .architecture import Requirement, parse_architecture, parse_sites
+
+log = logging.getLogger(__name__)
+
+TERMINAL_TASK = ("finished", "failed", "cancelled")
+
+
+class SteeringHandler(Protocol):
+    """What the HPO manager does when a steering job ends (inside the broker's transaction)."""
+
+    def steering_succeeded(self, s: Session, job: JobRow, task: TaskRow, output: list[Any] | None) -> None: ...
+
+    def steering_failed(self, s: Session, job: JobRow, task: TaskRow, error: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the broker needs of a task spec, parsed once per task (specs never change)."""
+
+    spec: TaskSpec
+    sites: frozenset[str] | None
+    requirement: Requirement
+    max_jobs: int
+    per_job: int
+    max_attempts: int
+    n_objectives: int
+
+    def site_ok(self, site: str) -> bool:
+        return self.sites is None or site in self.sites
+
+
+class JobBroker:
+    def __init__(self, db: Database, settings: Settings, on_change: Callable[[], None] = lambda: None):
+        self.db = db
+        self.settings = settings
+        self.on_change = on_change
+        self.steering: SteeringHandler | None = None
+        self._infos: dict[int, TaskInfo] = {}
+        self._infos_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- helpers
+
+    def info(self, s: Session, task_id: int, spec: dict | None = None) -> TaskInfo:
+        with self._infos_lock:
+            got = self._infos.get(task_id)
+        if got is not None:
+            return got
+        if spec is None:
+            spec = s.execute(select(TaskRow.spec).where(TaskRow.id == task_id)).scalar_one()
+        ts = TaskSpec.model_validate(spec)
+        got = TaskInfo(spec=ts, sites=parse_sites(ts.site), requirement=parse_architecture(ts.architecture),
+                       max_jobs=ts.max_evaluation_jobs, per_job=ts.maxPointsPerEvaluationJob,
+                       max_attempts=ts.maxAttempts, n_objectives=ts.n_objectives)
+        with self._infos_lock:
+            self._infos[task_id] = got
+        return got
+
+    @property
+    def _pg(self) -> bool:
+        return not self.db.is_sqlite
+
+    def _lease_until(self):
+        return utcnow() + timedelta(seconds=self.settings.lease_seconds)
+
+    def _job_row(self, s: Session, caller: Caller, job_id: int) -> JobRow:
+        job = s.execute(select(JobRow).where(JobRow.id == job_id).with_for_update()).scalar_one_or_none()
+        if job is None or not (caller.is_admin or job.holder == caller.name):
+            raise NotFound(f"job {job_id} does not exist (or was not leased with this token)", field="job_id")
+        return job
+
+    def evaluation_settings(self, info: TaskInfo, seg: SegmentRow) -> EvaluationSettings:
+        spec = info.spec
+        exec_ = spec.evaluationExec
+        if spec.segments:
+            exec_ = substitute_tokens(exec_, {"%SEGMENT_NAME": seg.name})
+        ckpt = [x.strip() for x in spec.checkPointToSave.split(",") if x.strip()] if spec.checkPointToSave else []
+        return EvaluationSettings(
+            container=spec.evaluationContainer, exec=exec_, input=spec.evaluationInput,
+            training_data=spec.evaluationTrainingData, output=spec.evaluationOutput, meta=spec.evaluationMeta,
+            metrics=spec.evaluationMetrics, checkpoint_to_save=ckpt, checkpoint_to_load=spec.checkPointToLoad,
+            checkpoint_interval_s=spec.checkpoint_interval_seconds, timeout_s=spec.evaluationTimeout,
+            training_files=list(seg.files or []) or list(spec.trainingFiles),
+            sandbox_artifact=int(spec.sandbox) if spec.sandbox else None,
+        )
+
+    # ---------------------------------------------------------------- acquire
+
+    def acquire(self, caller: Caller, req: AcquireRequest) -> Job | None:
+        if JobKind.steering in req.kinds:
+            job = self._acquire_steering(caller, req)
+            if job is not None:
+                return job
+        if JobKind.evaluation in req.kinds:
+            return self._acquire_evaluation(caller, req)
+        return None
+
+    def _acquire_steering(self, caller: Caller, req: AcquireRequest) -> Job | None:
+        with self.db.write() as s:
+            stmt = (select(JobRow, TaskRow.spec).join(TaskRow, TaskRow.id == JobRow.task_id)
+                    .where(JobRow.kind == "steering", JobRow.state == "queued", TaskRow.state == "running")
+                    .order_by(JobRow.id).limit(50))
+            if self._pg:
+                stmt = stmt.with_for_update(skip_locked=True, of=JobRow)
+            for job, spec in s.execute(stmt).all():
+                if not self.info(s, job.task_id, spec).site_ok(req.site):
+                    continue
+                set_state(job, "running")
+                job.agent, job.holder, job.site = req.agent, caller.name, req.site
+                job.lease_expires_at = self._lease_until()
+                payload = dict(job.payload or {})
+                return Job(id=job.id, kind=JobKind.steering, task_id=job.task_id, segment_id=job.segment_idx or 0,
+                           state="running", lease_seconds=self.settings.lease_seconds,
+                           lease_expires_at=aware(job.lease_expires_at), steering=SteeringSettings(**payload))
+        return None
+
+    def _acquire_evaluation(self, caller: Caller, req: AcquireRequest) -> Job | None:
+        with self.db.write() as s:
+            ready = exists().where(PointRow.task_id == SegmentRow.task_id, PointRow.segment_idx == SegmentRow.idx,
+                                   PointRow.state == "ready")
+            cands = s.execute(
+                select(SegmentRow.id, SegmentRow.task_id, TaskRow.spec)
+                .join(TaskRow, TaskRow.id == SegmentRow.task_id)
+                .where(TaskRow.state == "running", SegmentRow.finished.is_(False), ready)
+                .order_by(SegmentRow.last_acquired_at.asc().nulls_first(), SegmentRow.id)
+                .limit(500)
+            ).all()
+            matching = []
+            for sid, tid, spec in cands:
+                info = self.info(s, tid, spec)
+                if info.site_ok(req.site) and info.requirement.matches(req.resources):
+                    matching.append((sid, info))
+            # PostgreSQL: first take any segment nobody else holds; if all are held, wait for one
+            for blocking in ((False, True) if self._pg else (True,)):
+                skipped = False
+                for sid, info in matching:
+                    stmt = select(SegmentRow).where(SegmentRow.id == sid)
+                    if self._pg:
+                        stmt = stmt.with_for_update(skip_locked=not blocking)
+                    seg = s.execute(stmt).scalar_one_or_none()
+                    if seg is None:
+                        skipped = True
+                        continue
+                    if seg.finished or seg.n_jobs >= info.max_jobs:
+                        continue
+                    pstmt = (select(PointRow).where(PointRow.task_id == seg.task_id,
+                                                    PointRow.segment_idx == seg.idx, PointRow.state == "ready")
+                             .order_by(PointRow.serial).limit(info.per_job))
+                    if self._pg:
+                        pstmt = pstmt.with_for_update(skip_locked=True)
+                    points = list(s.execute(pstmt).scalars())
+                    if not points:
+                        continue
+                    return self._make_job(s, caller, req, info, seg, points)
+                if not skipped:
+                    break
+        return None
+
+    def _make_job(self, s: Session, caller: Caller, req: AcquireRequest, info: TaskInfo, seg: SegmentRow,
+                  points: list[PointRow]) -> Job:
+        now = utcnow()
+        job = JobRow(kind="evaluation", task_id=seg.task_id, segment_idx=seg.idx, agent=req.agent,
+                     holder=caller.name, site=req.site, state="running", lease_expires_at=self._lease_until(),
+                     point_ids=[p.id for p in points], results={}, created_at=now, started_at=now)
+        s.add(job)
+        s.flush()
+        for p in points:
+            set_state(p, "leased")
+            p.job_id = job.id
+            p.site = req.site
+        seg.n_jobs += 1
+        seg.last_acquired_at = now
+        return Job(
+            id=job.id, kind=JobKind.evaluation, task_id=seg.task_id, segment_id=seg.idx, segment=seg.name,
+            state="running", lease_seconds=self.settings.lease_seconds, lease_expires_at=aware(job.lease_expires_at),
+            points=[JobPoint(point_id=p.id, serial=p.serial, params=p.params, attempt=p.attempts + 1,
+                             checkpoint_artifact=p.checkpoint_artifact_id) for p in points],
+            evaluation=self.evaluation_settings(info, seg),
+        )
+
+    # ---------------------------------------------------------------- heartbeat
+
+    def heartbeat(self, caller: Caller, job_id: int, req: HeartbeatRequest) -> HeartbeatResponse:
+        with self.db.write() as s:
+            job = self._job_row(s, caller, job_id)
+            if job.state != "running":
+                raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone; stop working on it",
+                                field="job_id")
+            job.lease_expires_at = self._lease_until()
+            if req.message is not None:
+                job.message = req.message
+            if req.intermediate:
+                ids = set(job.point_ids or [])
+                bad = [r.point_id for r in req.intermediate if r.point_id not in ids]
+                if bad:
+                    raise InvalidInput(f"point {bad[0]} is not part of job {job_id}", field="intermediate")
+                rows = {p.id: p for p in s.execute(select(PointRow).where(PointRow.id.in_(ids))).scalars()}
+                for r in req.intermediate:
+                    p = rows[r.point_id]
+                    if p.state == "leased" and p.job_id == job.id:
+                        p.intermediate = [*(p.intermediate or []), {"step": r.step, "value": r.value}]
+            task_state = s.execute(select(TaskRow.state).where(TaskRow.id == job.task_id)).scalar_one()
+            return HeartbeatResponse(lease_expires_at=aware(job.lease_expires_at), cancel=task_state != "running")
+
+    # ---------------------------------------------------------------- results
+
+    def point_result(self, caller: Caller, job_id: int, point_id: int, result: PointResult) -> JobAck:
+        if result.point_id != point_id:
+            raise InvalidInput(f"point_id {result.point_id} in the body differs from {point_id} in the path",
+                               field="point_id")
+        with self.db.write() as s:
+            job = self._job_row(s, caller, job_id)
+            if point_id not in (job.point_ids or []):
+                raise NotFound(f"point {point_id} is not part of job {job_id}", field="point_id")
+            if str(point_id) in (job.results or {}):
+                return JobAck(job_id=job.id, state=job.state, duplicate=True)
+            if job.state != "running":
+                raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the result is not taken",
+                                field="job_id")
+            self._apply_result(s, job, result)
+            ack = JobAck(job_id=job.id, state=job.state)
+        self.on_change()
+        return ack
+
+    def _apply_result(self, s: Session, job: JobRow, r: PointResult) -> None:
+        task = s.get(TaskRow, job.task_id)
+        info = self.info(s, job.task_id, task.spec)
+        p = s.execute(select(PointRow).where(PointRow.id == r.point_id).with_for_update()).scalar_one()
+        job.results = {**(job.results or {}), str(r.point_id): r.status}
+        if p.state != "leased" or p.job_id != job.id:
+            return  # already given back (e.g. the task was cancelled); the record above keeps it idempotent
+        loss, problem = r.loss, None
+        if r.status == 0:
+            if loss is None:
+                problem = "the evaluation reported status 0 but no loss"
+            elif info.n_objectives == 1 and isinstance(loss, list):
+                if len(loss) == 1:
+                    loss = loss[0]
+                else:
+                    problem = f"the task has one objective but the loss is a list of {len(loss)}"
+            elif info.n_objectives > 1 and (not isinstance(loss, list) or len(loss) != info.n_objectives):
+                problem = f"the task has {info.n_objectives} objectives (directions) but the loss is {loss!r}"
+        if r.status == 0 and problem is None:
+            set_state(p, "evaluated")
+            p.loss = loss
+            p.loss_value = loss[0] if isinstance(loss, list) else loss
+            p.metrics = r.metrics
+            p.error = None
+            return
+        error = problem or (r.message or f"the evaluation exited with status {r.status}")
+        self._give_back(p, task, info, error=error)
+
+    def _give_back(self, p: PointRow, task: TaskRow, info: TaskInfo, *, error: str, spend: bool = True,
+                   final: bool = False) -> None:
+        """A leased point whose attempt ended without a result: ready again (an attempt spent) or
+        failed when its attempts are used up; cancelled when its task has ended; ready without
+        spending an attempt when its task is paused (the stop was ours)."""
+        if task.state in TERMINAL_TASK:
+            set_state(p, "cancelled", message=error)
+            return
+        if task.state != "running":
+            set_state(p, "ready")
+            p.job_id = None
+            return
+        if spend:
+            p.attempts += 1
+        p.error = error
+        if final or p.attempts >= info.max_attempts:
+            set_state(p, "failed")
+        else:
+            set_state(p, "ready")
+            p.job_id = None
+
+    def _release_job_points(self, s: Session, job: JobRow, task: TaskRow, *, error: str, final: bool = False) -> None:
+        info = self.info(s, job.task_id, task.spec)
+        rows = s.execute(select(PointRow).where(PointRow.id.in_(job.point_ids or []), PointRow.job_id == job.id,
+                                                PointRow.state == "leased").with_for_update()).scalars()
+        for p in rows:
+            self._give_back(p, task, info, error=error, final=final)
+
+    def complete(self, caller: Caller, job_id: int, req: CompleteRequest) -> JobAck:
+        with self.db.write() as s:
+            job = self._job_row(s, caller, job_id)
+            if job.state == "succeeded":
+                return JobAck(job_id=job.id, state=job.state, duplicate=True)
+            if job.state != "running":
+                raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the results are not taken",
+                                field="job_id")
+            task = s.get(TaskRow, job.task_id)
+            if job.kind == "evaluation":
+                ids = set(job.point_ids or [])
+                for r in req.results:
+                    if r.point_id not in ids:
+                        raise InvalidInput(f"point {r.point_id} is not part of job {job_id}", field="results")
+                for r in req.results:
+                    if str(r.point_id) not in (job.results or {}):
+                        self._apply_result(s, job, r)
+                self._release_job_points(s, job, task, error=req.message or
+                                         "the job ended without a result for this point")
+                job.message = req.message or job.message
+                set_state(job, "succeeded")
+            else:
+                set_state(job, "succeeded")
+                job.message = req.message
+                if self.steering is not None:
+                    self.steering.steering_succeeded(s, job, task, req.steering_output)
+            ack = JobAck(job_id=job.id, state=job.state)
+        self.on_change()
+        return ack
+
+    def fail(self, caller: Caller, job_id: int, req: FailRequest) -> JobAck:
+        with self.db.write() as s:
+            job = self._job_row(s, caller, job_id)
+            if job.state == "failed":
+                return JobAck(job_id=job.id, state=job.state, duplicate=True)
+            if job.state != "running":
+                raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone", field="job_id")
+            task = s.get(TaskRow, job.task_id)
+            set_state(job, "failed", message=req.error)
+            if job.kind == "evaluation":
+                self._release_job_points(s, job, task, error=req.error, final=not req.retry)
+            elif self.steering is not None:
+                self.steering.steering_failed(s, job, task, req.error)
+            ack = JobAck(job_id=job.id, state=job.state)
+        self.on_change()
+        return ack
+
+    # ---------------------------------------------------------------- reaper
+
+    def reap(self) -> int:
+        """Expired leases: job -> lost, its leased points back to ready with one attempt spent
+        (or failed, with their last error, when their attempts are used up)."""
+        now = utcnow()
+        n = 0
+        with self.db.write() as s:
+            stmt = (select(JobRow).where(JobRow.state == "running", JobRow.lease_expires_at < now)
+                    .order_by(JobRow.id).limit(200))
+            if self._pg:
+                stmt = stmt.with_for_update(skip_locked=True)
+            for job in s.execute(stmt).scalars():
+                task = s.get(TaskRow, job.task_id)
+                msg = (f"lease lost: no heartbeat from agent {job.agent!r} at site {job.site!r} within "
+                       f"{self.settings.lease_seconds:g} s")
+                set_state(job, "lost", message=msg)
+                if job.kind == "evaluation":
+                    self._release_job_points(s, job, task, error=msg)
+                elif self.steering is not None:
+                    self.steering.steering_failed(s, job, task, msg)
+                n += 1
+        if n:
+            log.info("reaper: %d expired lease(s) taken back", n)
+            self.on_change()
+        return n

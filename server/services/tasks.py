@@ -1,0 +1,119 @@
+"""Task lifecycle operations a user asks for: submit, cancel, pause, resume.
+
+The HPO manager drives the rest (points, segment budgets, finishing); every state change goes
+through :func:`~phpo.server.orchestration.transitions.set_state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from phpo.schemas.tasks import Task, TaskSpec
+from sqlalchemy import select
+
+from ..auth.identity import Caller
+from ..db.engine import Database, utcnow
+from ..db.tables import ArtifactRow, JobRow, PointRow, SegmentRow, TaskRow
+from ..errors import InvalidInput
+from ..orchestration.transitions import set_state
+from ..repositories.tasks import get_task_row, task_to_schema
+from .architecture import ArchitectureError, parse_architecture
+
+
+class TaskService:
+    def __init__(self, db: Database, wake: Callable[[], None] = lambda: None):
+        self.db = db
+        self.wake = wake
+
+    def create(self, caller: Caller, spec: TaskSpec) -> Task:
+        try:
+            parse_architecture(spec.architecture)
+        except ArchitectureError as e:
+            raise InvalidInput(f"architecture: {e}", field="architecture") from None
+        check_optimizer(spec)
+        now = utcnow()
+        with self.db.write() as s:
+            if spec.sandbox is not None:
+                self._check_sandbox(s, caller, spec.sandbox)
+            row = TaskRow(
+                name=spec.outDS, owner=caller.name, state="submitted", spec=spec.model_dump(mode="json", warnings=False),
+                optimizer=spec.optimizer_name, n_segments=len(spec.segment_names), failed_iterations=0,
+                created_at=now, updated_at=now,
+            )
+            s.add(row)
+            s.flush()
+            files = [list(seg.files) for seg in spec.segments] if spec.segments else [[]]
+            for idx, name in enumerate(spec.segment_names):
+                s.add(SegmentRow(task_id=row.id, idx=idx, name=name, files=files[idx], finished=False,
+                                 n_generated=0, n_jobs=0, created_at=now))
+            # the HPO manager generates the first points; nothing else waits on "submitted"
+            set_state(row, "running")
+            s.flush()
+            out = task_to_schema(s, row)
+        self.wake()
+        return out
+
+    @staticmethod
+    def _check_sandbox(s, caller: Caller, sandbox: str) -> None:
+        try:
+            art_id = int(sandbox)
+        except ValueError:
+            raise InvalidInput(f"sandbox: {sandbox!r} is not an artifact id (PUT /sandboxes returns one)",
+                               field="sandbox") from None
+        art = s.get(ArtifactRow, art_id)
+        if art is None or art.kind != "sandbox" or not caller.can_see(art.owner):
+            raise InvalidInput(f"sandbox: no sandbox artifact {art_id} of yours (upload it with PUT /sandboxes)",
+                               field="sandbox")
+
+    def cancel(self, caller: Caller, task_id: int) -> Task:
+        """Ready points are cancelled at once; running jobs learn it from their next heartbeat
+        (``cancel: true``) and their points are cancelled when the job ends."""
+        with self.db.write() as s:
+            row = get_task_row(s, task_id, caller, lock=True)
+            set_state(row, "cancelled", message=f"cancelled by {caller.name}")
+            cancel_open_work(s, row.id)
+            out = task_to_schema(s, row)
+        self.wake()
+        return out
+
+    def pause(self, caller: Caller, task_id: int) -> Task:
+        with self.db.write() as s:
+            row = get_task_row(s, task_id, caller, lock=True)
+            set_state(row, "paused", message=f"paused by {caller.name}")
+            return task_to_schema(s, row)
+
+    def resume(self, caller: Caller, task_id: int) -> Task:
+        with self.db.write() as s:
+            row = get_task_row(s, task_id, caller, lock=True)
+            set_state(row, "running", message=f"resumed by {caller.name}")
+            out = task_to_schema(s, row)
+        self.wake()
+        return out
+
+
+def check_optimizer(spec: TaskSpec) -> None:
+    """Build each segment's optimizer once, so an unknown name or a bad option is a 422 at
+    submit rather than a failed task later."""
+    from .hpo_manager import validate_optimizer
+
+    try:
+        validate_optimizer(spec)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        if msg.startswith("directions"):
+            field = "directions"
+        elif "optimizer" in msg.split(":")[0] or msg.startswith("unknown optimizer"):
+            field = "optimizer"
+        else:
+            field = "optimizerOptions"
+        raise InvalidInput(f"{field}: {msg}" if not msg.startswith(field) else msg, field=field) from None
+
+
+def cancel_open_work(s, task_id: int, reason: str = "its task ended") -> None:
+    """Ready points -> cancelled, queued steering jobs -> cancelled (a terminal task's leftovers)."""
+    for p in s.execute(select(PointRow).where(PointRow.task_id == task_id, PointRow.state == "ready")
+                       .with_for_update()).scalars():
+        set_state(p, "cancelled", message=reason)
+    for j in s.execute(select(JobRow).where(JobRow.task_id == task_id, JobRow.state == "queued")
+                       .with_for_update()).scalars():
+        set_state(j, "cancelled", message=reason)

@@ -1,0 +1,190 @@
+"""The job broker on a real server: concurrent leasing, leases and their expiry, attempts,
+idempotent results, checkpoints of retried points, site and architecture matching."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+
+from .helpers import acquire, create_task, points, task, wait_until
+
+
+def test_32_concurrent_acquirers_lease_each_point_once(db_url, start_server):
+    """200 ready points, 32 threads acquiring over real HTTP: every point leased exactly once.
+
+    The 200 points come from the real manager path: ``random`` with nParallelEvaluation =
+    nPointsPerIteration = maxPoints = 200 generates them in one iteration, and the budget stops
+    it from generating more while the threads lease."""
+    srv = start_server(db_url)
+    with srv.client() as c:
+        tid = create_task(c, maxPoints=200, nParallelEvaluation=200, nPointsPerIteration=200)["id"]
+        wait_until(lambda: task(c, tid)["counts"]["ready"] == 200, what="200 ready points")
+    token = srv.agent_token
+    leased: list[int] = []
+    jobs: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(32)
+
+    def worker(i: int) -> None:
+        with httpx.Client(base_url=srv.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
+                          timeout=60) as h:
+            start.wait()
+            while True:
+                r = h.post("/jobs/acquire", json={"agent": f"agent-{i}", "site": "local"})
+                if r.status_code == 204:
+                    return
+                if r.status_code != 200:
+                    with lock:
+                        errors.append(r.text)
+                    return
+                job = r.json()
+                with lock:
+                    jobs.append(job["id"])
+                    leased.extend(p["point_id"] for p in job["points"])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    dup = [pid for pid, n in Counter(leased).items() if n > 1]
+    assert dup == [], f"points leased twice: {dup[:10]}"
+    assert len(leased) == 200 and len(set(jobs)) == 200
+    with srv.client() as c:
+        pts = points(c, tid)
+        assert sorted(leased) == sorted(p["id"] for p in pts)
+        assert all(p["state"] == "leased" for p in pts)
+
+
+def test_lease_expiry_attempts_and_lease_lost(db_url, start_server):
+    srv = start_server(db_url, "--lease-seconds", "1.5", "--reaper-interval", "0.2")
+    with srv.client() as c:
+        tid = create_task(c, maxPoints=1, maxAttempts=2)["id"]
+        wait_until(lambda: task(c, tid)["counts"]["ready"] == 1, what="a ready point")
+    with srv.client(srv.agent_token) as a:
+        job1 = acquire(a)
+        p = job1["points"][0]
+        assert p["attempt"] == 1 and job1["lease_seconds"] == 1.5
+        # a heartbeat keeps the lease beyond its length
+        for _ in range(5):
+            time.sleep(0.5)
+            r = a.post(f"/jobs/{job1['id']}/heartbeat", json={"intermediate": [
+                {"point_id": p["point_id"], "step": 1, "value": 0.5}]})
+            assert r.status_code == 200 and r.json()["cancel"] is False
+        # then silence: the reaper takes the point back with one attempt spent
+        with srv.client() as c:
+            pt = wait_until(lambda: [x for x in points(c, tid) if x["state"] == "ready"], what="point back")[0]
+            assert pt["attempts"] == 1 and "lease lost" in pt["error"]
+            assert pt["intermediate"][0] == {"step": 1, "value": 0.5}
+        r = a.post(f"/jobs/{job1['id']}/heartbeat", json={})
+        assert r.status_code == 409 and r.json()["code"] == "lease_lost"
+        r = a.post(f"/jobs/{job1['id']}/points/{p['point_id']}/result", json={"point_id": p["point_id"], "loss": 1})
+        assert r.status_code == 409 and r.json()["code"] == "lease_lost"
+        assert a.post(f"/jobs/{job1['id']}/complete", json={}).status_code == 409
+        job2 = acquire(a)
+        assert job2["points"][0]["point_id"] == p["point_id"] and job2["points"][0]["attempt"] == 2
+        # the second lease expires too: attempts used up -> failed, with its last error
+        with srv.client() as c:
+            pt = wait_until(lambda: [x for x in points(c, tid) if x["state"] == "failed"], what="point failed")[0]
+            assert pt["attempts"] == 2 and "lease lost" in pt["error"] and pt["loss"] is None
+            t = wait_until(lambda: (x := task(c, tid))["state"] == "finished" and x, what="task finished")
+            assert t["counts"]["failed"] == 1
+
+
+def test_results_failures_duplicates_and_checkpoints(db_url, start_server, tmp_path):
+    srv = start_server(db_url, "--artifact-url", str(tmp_path / "art"))
+    with srv.client() as c:
+        tid = create_task(c, maxPoints=2, nParallelEvaluation=2, maxAttempts=2, checkPointToSave="ckpt")["id"]
+        wait_until(lambda: task(c, tid)["counts"]["ready"] == 2, what="2 ready points")
+    with srv.client(srv.agent_token) as a:
+        j = acquire(a)
+        pid = j["points"][0]["point_id"]
+        assert j["evaluation"]["checkpoint_to_save"] == ["ckpt"]
+        # two checkpoints: only the newest is kept
+        r1 = a.put(f"/jobs/{j['id']}/artifacts/checkpoint", params={"point_id": pid, "name": "ckpt.tgz"},
+                   content=b"first")
+        r2 = a.put(f"/jobs/{j['id']}/artifacts/checkpoint", params={"point_id": pid, "name": "ckpt.tgz"},
+                   content=b"second")
+        assert r1.status_code == r2.status_code == 201
+        assert a.get(f"/artifacts/{r1.json()['id']}").status_code == 404
+        # a failed attempt: the point goes back to ready with the error kept
+        r = a.post(f"/jobs/{j['id']}/points/{pid}/result",
+                   json={"point_id": pid, "status": 3, "message": "CUDA out of memory"})
+        assert r.status_code == 200 and r.json()["duplicate"] is False
+        r = a.post(f"/jobs/{j['id']}/points/{pid}/result", json={"point_id": pid, "status": 3})
+        assert r.json()["duplicate"] is True
+        assert a.post(f"/jobs/{j['id']}/complete", json={}).json()["state"] == "succeeded"
+        assert a.post(f"/jobs/{j['id']}/complete", json={}).json()["duplicate"] is True
+        # the retry resumes from the newest checkpoint
+        j2 = acquire(a)
+        p2 = {p["point_id"]: p for p in j2["points"]}
+        if pid not in p2:  # the other point came first; take the next job
+            j3 = acquire(a)
+            p2 = {p["point_id"]: p for p in j3["points"]}
+            j2, j3 = j3, j2
+        assert p2[pid]["attempt"] == 2 and p2[pid]["checkpoint_artifact"] == r2.json()["id"]
+        assert a.get(f"/artifacts/{r2.json()['id']}").content == b"second"
+        # fail the job with retry=false: the point fails at once, with the agent's error
+        r = a.post(f"/jobs/{j2['id']}/fail", json={"error": "payload crashed: Segmentation fault", "retry": False})
+        assert r.status_code == 200 and r.json()["state"] == "failed"
+    with srv.client() as c:
+        pts = {p["id"]: p for p in points(c, tid)}
+        assert pts[pid]["state"] == "failed" and "Segmentation fault" in pts[pid]["error"]
+        arts = c.get(f"/tasks/{tid}/artifacts", params={"kind": "checkpoint"}).json()
+        assert arts["total"] == 1 and arts["items"][0]["point_id"] == pid
+
+
+def test_site_and_architecture_matching(db_url, start_server):
+    srv = start_server(db_url)
+    with srv.client() as c:
+        t_site = create_task(c, site="CERN,BNL", maxPoints=1)["id"]
+        t_gpu = create_task(c, architecture="#x86_64-*-avx2&nvidia:vram>=40960", maxPoints=1)["id"]
+        for tid in (t_site, t_gpu):
+            wait_until(lambda tid=tid: task(c, tid)["counts"]["ready"] == 1, what="ready point")
+    small = {"arch": "x86_64", "cpu_flags": ["avx2"], "gpus": [{"index": 0, "vendor": "nvidia", "memory_mb": 16000}]}
+    big = {"arch": "x86_64", "cpu_flags": ["sse4", "avx2"],
+           "gpus": [{"index": 0, "vendor": "nvidia", "model": "H100", "memory_mb": 81920}]}
+    with srv.client(srv.agent_token) as a:
+        # no GPU big enough, wrong site: nothing
+        assert acquire(a, site="DESY", resources=small) is None
+        # right site: the site task only
+        j = acquire(a, site="BNL", resources=small)
+        assert j["task_id"] == t_site
+        assert acquire(a, site="BNL", resources=small) is None
+        assert acquire(a, site="DESY", resources={**big, "cpu_flags": ["sse4"]}) is None  # no avx2
+        j = acquire(a, site="DESY", resources=big)
+        assert j["task_id"] == t_gpu
+
+
+def test_cancel_and_pause_reach_running_jobs(db_url, start_server):
+    srv = start_server(db_url)
+    with srv.client() as c:
+        tid = create_task(c, maxPoints=4, nParallelEvaluation=2)["id"]
+        wait_until(lambda: task(c, tid)["counts"]["ready"] == 2, what="2 ready points")
+    with srv.client(srv.agent_token) as a:
+        j = acquire(a)
+        with srv.client() as c:
+            assert c.post(f"/tasks/{tid}/pause").status_code == 200
+        assert a.post(f"/jobs/{j['id']}/heartbeat", json={}).json()["cancel"] is True
+        assert acquire(a) is None  # a paused task leases nothing
+        # the agent stops; its point goes back without spending an attempt
+        a.post(f"/jobs/{j['id']}/fail", json={"error": "stopped: task paused"})
+        with srv.client() as c:
+            pts = points(c, tid)
+            assert all(p["state"] == "ready" and p["attempts"] == 0 for p in pts)
+            assert c.post(f"/tasks/{tid}/resume").json()["state"] == "running"
+        j = acquire(a)
+        assert a.post(f"/jobs/{j['id']}/heartbeat", json={}).json()["cancel"] is False
+        with srv.client() as c:
+            c.post(f"/tasks/{tid}/cancel")
+            assert all(p["state"] in ("cancelled", "leased") for p in points(c, tid))
+        assert a.post(f"/jobs/{j['id']}/heartbeat", json={}).json()["cancel"] is True
+        a.post(f"/jobs/{j['id']}/complete", json={})
+        with srv.client() as c:
+            assert {p["state"] for p in points(c, tid)} == {"cancelled"}
+            assert task(c, tid)["state"] == "cancelled"
