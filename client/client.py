@@ -35,6 +35,7 @@ from .errors import InvalidInput, NotFound, PhpoError, ServerUnreachable
 from .progress import TaskProgress
 from .sandbox import DEFAULT_MAX_BYTES, build_sandbox
 from .tables import Table
+from .workflows import WorkflowMethods
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -79,7 +80,7 @@ def spec_error(e: ValidationError) -> InvalidInput:
     )
 
 
-class Client(HttpBase):
+class Client(WorkflowMethods, HttpBase):
     """The phpo client. ``url``/``token`` default to ``PHPO_URL``/``PHPO_TOKEN``, then the config
     file ``phpo up`` writes. Use as a context manager, or call :meth:`close`.
 

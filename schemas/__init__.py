@@ -45,5 +45,6 @@ from .states import (
     check_transition,
 )
 from .tasks import DEFAULT_OPTIMIZER, SegmentSearchSpace, SegmentSpec, Task, TaskCounts, TaskSpec, parse_duration_minutes
+from .workflows import Workflow, WorkflowNodeRecord, WorkflowSpec, WorkflowSubmit, workflow_json_schema
 
 __all__ = [name for name in dir() if not name.startswith("_")]

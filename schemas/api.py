@@ -26,6 +26,10 @@ POST     /jobs/{id}/points/{point_id}/result     agent        PointResult -> Job
 POST     /jobs/{id}/complete                     agent        CompleteRequest -> JobAck
 POST     /jobs/{id}/fail                         agent        FailRequest -> JobAck
 PUT      /jobs/{id}/artifacts/{kind}?name=&point_id=  agent   raw bytes -> Artifact
+POST     /workflows                              user         WorkflowSubmit -> Workflow (201)
+GET      /workflows?state=&name=&limit=&offset=  user         -> Page[Workflow] (top-level, no node tree)
+GET      /workflows/{id}                         user         -> Workflow (with its node tree)
+POST     /workflows/{id}/cancel                  user         -> Workflow
 =======  ======================================  ===========  ==============================
 
 Result calls are idempotent: a result sent twice (an agent resending after a lost answer)

@@ -43,6 +43,7 @@ class NodeState(StrEnum):
     done = "done"
     failed = "failed"
     skipped = "skipped"
+    cancelled = "cancelled"  # its workflow was cancelled
 
 
 class WorkflowState(StrEnum):
@@ -82,13 +83,14 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
-    NodeState.waiting: frozenset({NodeState.ready, NodeState.skipped, NodeState.failed}),
-    NodeState.ready: frozenset({NodeState.running, NodeState.skipped, NodeState.failed}),
-    NodeState.running: frozenset({NodeState.done, NodeState.failed}),
+    NodeState.waiting: frozenset({NodeState.ready, NodeState.skipped, NodeState.failed, NodeState.cancelled}),
+    NodeState.ready: frozenset({NodeState.running, NodeState.skipped, NodeState.failed, NodeState.cancelled}),
+    NodeState.running: frozenset({NodeState.done, NodeState.failed, NodeState.cancelled}),
     # loops re-arm finished nodes for the next iteration
     NodeState.done: frozenset({NodeState.waiting}),
     NodeState.failed: frozenset(),
     NodeState.skipped: frozenset({NodeState.waiting}),
+    NodeState.cancelled: frozenset(),
 }
 
 WORKFLOW_TRANSITIONS: dict[WorkflowState, frozenset[WorkflowState]] = {

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "resume": "resume a paused task",
     "logs": "the evaluation logs of a task (--point N: of one point)",
     "wait": "follow a task live until it ends; exit 0 when it finished",
+    "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
     "up": "run the embedded stack (server on SQLite + one local agent) until Ctrl-C",
     "demo": "run a real HPO on the embedded stack and show the result",
     "server": "the phpo server (phpo server --help)",
@@ -214,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     word = argv[i] if i < len(argv) else None
     if word in PASSTHROUGH:
         return run_passthrough(word, argv[i + 1 :])
+    if word == "workflow":  # its own parser; global --url/--token move behind the subcommand
+        from .workflow import main as workflow_main
+
+        return workflow_main(argv[i + 1 :] + argv[:i])
     try:
         if word in COMMANDS:
             args = command_parser().parse_args(argv)

@@ -1,0 +1,1 @@
+"""Tests of DAG workflows (a package, so its conftest does not shadow tests/conftest.py)."""
