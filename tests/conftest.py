@@ -123,6 +123,7 @@ class LiveServer:
         return self.token("root", "admin")
 
     def db_args(self) -> list[str]:
+        """Where the database is: an explicit URL, else the SQLite file in the data dir."""
         return ["--database-url", self.database_url] if self.database_url else ["--data-dir", str(self.data_dir)]
 
     def token(self, name: str, role: str) -> str:
@@ -142,7 +143,7 @@ class LiveServer:
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "phpo.server", "--host", "127.0.0.1", "--port", str(self.port),
-             *self.db_args(), *self.args],
+             "--data-dir", str(self.data_dir), *self.db_args(), *self.args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.time() + 60

@@ -25,7 +25,7 @@ def get_workflow_row(s: Session, workflow_id: int, caller: Caller | None = None,
     """The workflow, or 404 when it does not exist or is not the caller's (never 403)."""
     stmt = select(WorkflowRow).where(WorkflowRow.id == workflow_id)
     if lock:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(key_share=True)
     row = s.execute(stmt).scalar_one_or_none()
     if row is None or (caller is not None and not caller.can_see(row.owner)):
         raise NotFound(f"workflow {workflow_id} does not exist (or is not yours)", field="workflow_id")

@@ -270,12 +270,37 @@ class JobBroker:
             if str(point_id) in (job.results or {}):
                 return JobAck(job_id=job.id, state=job.state, duplicate=True)
             if job.state != "running":
-                raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the result is not taken",
-                                field="job_id")
+                if not self._accept_late(s, job, [result]):
+                    raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the result is not taken",
+                                    field="job_id")
+                ack = JobAck(job_id=job.id, state=job.state)
+                self.on_change()
+                return ack
             self._apply_result(s, job, result)
             ack = JobAck(job_id=job.id, state=job.state)
         self.on_change()
         return ack
+
+    def _accept_late(self, s: Session, job: JobRow, results: list[PointResult]) -> bool:
+        """Successful results of a job whose lease was lost (e.g. the agent lost the network for
+        longer than the lease) still count for points nobody else has taken since: the work was
+        done, throwing it away would only re-run it. Returns whether any was taken."""
+        task = s.get(TaskRow, job.task_id)
+        if task is None or task.state != "running":
+            return False
+        taken = False
+        ids = set(job.point_ids or [])
+        for r in results:
+            if r.status != 0 or r.point_id not in ids or str(r.point_id) in (job.results or {}):
+                continue
+            p = s.execute(select(PointRow).where(PointRow.id == r.point_id).with_for_update()).scalar_one()
+            if p.state != "ready":
+                continue  # re-leased to another job (or ended): that job's result will count
+            set_state(p, "leased")
+            p.job_id = job.id
+            self._apply_result(s, job, r)
+            taken = taken or p.state == "evaluated"
+        return taken
 
     def _apply_result(self, s: Session, job: JobRow, r: PointResult) -> None:
         task = s.get(TaskRow, job.task_id)
@@ -339,8 +364,12 @@ class JobBroker:
             if job.state == "succeeded":
                 return JobAck(job_id=job.id, state=job.state, duplicate=True)
             if job.state != "running":
-                raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the results are not taken",
-                                field="job_id")
+                if job.kind != "evaluation" or not self._accept_late(s, job, req.results):
+                    raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the results are not taken",
+                                    field="job_id")
+                ack = JobAck(job_id=job.id, state=job.state)
+                self.on_change()
+                return ack
             task = s.get(TaskRow, job.task_id)
             if job.kind == "evaluation":
                 ids = set(job.point_ids or [])

@@ -183,7 +183,7 @@ class WorkflowEngine:
                     if wf is None or wf.state != "running" or not _Run(s, wf).actionable():
                         continue
                 with self.db.write() as s:
-                    wf = s.execute(select(WorkflowRow).where(WorkflowRow.id == wid).with_for_update()).scalar_one()
+                    wf = s.execute(select(WorkflowRow).where(WorkflowRow.id == wid).with_for_update(key_share=True)).scalar_one()
                     if wf.state != "running":
                         continue
                     run = _Run(s, wf)
@@ -265,7 +265,7 @@ def cancel_workflow(s: Session, wf: WorkflowRow, reason: str, target: str = "can
         if row.state in NODE_TERMINAL:
             continue
         if row.task_id is not None:
-            task = s.execute(select(TaskRow).where(TaskRow.id == row.task_id).with_for_update()).scalar_one_or_none()
+            task = s.execute(select(TaskRow).where(TaskRow.id == row.task_id).with_for_update(key_share=True)).scalar_one_or_none()
             if task is not None and task.state not in TERMINAL_TASK_STATES:
                 set_state(task, "cancelled", message=f"its workflow {wf.id} was cancelled")
                 cancel_open_work(s, task.id)

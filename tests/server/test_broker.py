@@ -83,17 +83,42 @@ def test_lease_expiry_attempts_and_lease_lost(db_url, start_server):
             assert pt["intermediate"][0] == {"step": 1, "value": 0.5}
         r = a.post(f"/jobs/{job1['id']}/heartbeat", json={})
         assert r.status_code == 409 and r.json()["code"] == "lease_lost"
+        job2 = acquire(a)
+        assert job2["points"][0]["point_id"] == p["point_id"] and job2["points"][0]["attempt"] == 2
+        # the point is job2's now: job1's late result is refused
         r = a.post(f"/jobs/{job1['id']}/points/{p['point_id']}/result", json={"point_id": p["point_id"], "loss": 1})
         assert r.status_code == 409 and r.json()["code"] == "lease_lost"
         assert a.post(f"/jobs/{job1['id']}/complete", json={}).status_code == 409
-        job2 = acquire(a)
-        assert job2["points"][0]["point_id"] == p["point_id"] and job2["points"][0]["attempt"] == 2
         # the second lease expires too: attempts used up -> failed, with its last error
         with srv.client() as c:
             pt = wait_until(lambda: [x for x in points(c, tid) if x["state"] == "failed"], what="point failed")[0]
             assert pt["attempts"] == 2 and "lease lost" in pt["error"] and pt["loss"] is None
             t = wait_until(lambda: (x := task(c, tid))["state"] == "finished" and x, what="task finished")
             assert t["counts"]["failed"] == 1
+
+
+def test_late_result_counts_when_nobody_took_the_point(db_url, start_server):
+    """An agent cut off for longer than its lease still delivers: the point was not re-leased,
+    so its result is taken instead of re-running the work (the reaper's attempt stays spent)."""
+    srv = start_server(db_url, "--lease-seconds", "1", "--reaper-interval", "0.2")
+    with srv.client() as c:
+        tid = create_task(c, maxPoints=1)["id"]
+        wait_until(lambda: task(c, tid)["counts"]["ready"] == 1, what="a ready point")
+    with srv.client(srv.agent_token) as a:
+        job = acquire(a)
+        pid = job["points"][0]["point_id"]
+        with srv.client() as c:
+            wait_until(lambda: [x for x in points(c, tid) if x["state"] == "ready" and x["attempts"] == 1],
+                       what="the reaper to take the point back")
+        assert a.post(f"/jobs/{job['id']}/heartbeat", json={}).status_code == 409
+        r = a.post(f"/jobs/{job['id']}/complete", json={"results": [{"point_id": pid, "loss": 0.0}]})
+        assert r.status_code == 200, r.text
+        r = a.post(f"/jobs/{job['id']}/points/{pid}/result", json={"point_id": pid, "loss": 0.0})
+        assert r.status_code == 200 and r.json()["duplicate"] is True
+    with srv.client() as c:
+        (pt,) = points(c, tid)
+        assert pt["state"] == "evaluated" and pt["loss"] == 0.0
+        wait_until(lambda: task(c, tid)["state"] == "finished", what="task finished")
 
 
 def test_results_failures_duplicates_and_checkpoints(db_url, start_server, tmp_path):
