@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # The CPU build of torch (for optuna.gp) comes from a local wheel where the machine has one.
 WHEELS ?= /opt/wheels
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean container-runtime
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/phpo demo
 
-test: install
+# podman serves the Docker API here (CONTAINERS.md); the container tests use it when it can be
+# installed and skip with a visible reason when it cannot.
+container-runtime:
+	@if ! (command -v podman && command -v runc && command -v busybox) >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq podman runc busybox-static >/dev/null) \
+	  || echo "could not install podman: container tests will be skipped"; fi
+
+test: install container-runtime
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -28,6 +28,16 @@ BAD_TASKS = [
     ("sandbox not uploaded", {"sandbox": "12345"}, "sandbox", ["12345"]),
     ("segment list mismatch", {"searchSpace": [{"model_id": 0, "search_space": {"x": [0, 1]}}]}, "searchSpace",
      ["segments"]),
+    # segmented HPO spec files (issue 6)
+    ("duplicate segment names", {"segments": [{"name": "eta_0"}, {"name": "eta_0"}]}, "segments",
+     ["duplicate", "eta_0"]),
+    ("empty segment list", {"segments": []}, "segments", ["empty"]),
+    ("model_ids do not match the segments",
+     {"segments": [{"name": "a"}, {"name": "b"}],
+      "searchSpace": [{"model_id": 0, "search_space": {"x": [0, 1]}},
+                      {"model_id": 5, "search_space": {"x": [0, 1]}}]},
+     "searchSpace", ["model_id", "'b'", "5"]),
+    ("bad segment name", {"segments": [{"name": "has space"}]}, "segments.0.name", []),
 ]
 
 
