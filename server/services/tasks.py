@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from phpo.schemas.tasks import Task, TaskSpec
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ..auth.identity import Caller
 from ..db.engine import Database, utcnow
@@ -18,6 +19,25 @@ from ..errors import InvalidInput
 from ..orchestration.transitions import set_state
 from ..repositories.tasks import get_task_row, task_to_schema
 from .architecture import ArchitectureError, parse_architecture
+
+
+def insert_task(s: Session, owner: str, spec: TaskSpec) -> TaskRow:
+    """A task row with its segments, in state running, inside the caller's transaction (the
+    workflow engine stores a node and its task together). The HPO manager generates the first
+    points; nothing waits on "submitted"."""
+    now = utcnow()
+    row = TaskRow(name=spec.outDS, owner=owner, state="submitted", spec=spec.model_dump(mode="json", warnings=False),
+                  optimizer=spec.optimizer_name, n_segments=len(spec.segment_names), failed_iterations=0,
+                  created_at=now, updated_at=now)
+    s.add(row)
+    s.flush()
+    files = [list(seg.files) for seg in spec.segments] if spec.segments else [[]]
+    for idx, name in enumerate(spec.segment_names):
+        s.add(SegmentRow(task_id=row.id, idx=idx, name=name, files=files[idx], finished=False,
+                         n_generated=0, n_jobs=0, created_at=now))
+    set_state(row, "running")
+    s.flush()
+    return row
 
 
 class TaskService:
@@ -31,24 +51,10 @@ class TaskService:
         except ArchitectureError as e:
             raise InvalidInput(f"architecture: {e}", field="architecture") from None
         check_optimizer(spec)
-        now = utcnow()
         with self.db.write() as s:
             if spec.sandbox is not None:
                 self._check_sandbox(s, caller, spec.sandbox)
-            row = TaskRow(
-                name=spec.outDS, owner=caller.name, state="submitted", spec=spec.model_dump(mode="json", warnings=False),
-                optimizer=spec.optimizer_name, n_segments=len(spec.segment_names), failed_iterations=0,
-                created_at=now, updated_at=now,
-            )
-            s.add(row)
-            s.flush()
-            files = [list(seg.files) for seg in spec.segments] if spec.segments else [[]]
-            for idx, name in enumerate(spec.segment_names):
-                s.add(SegmentRow(task_id=row.id, idx=idx, name=name, files=files[idx], finished=False,
-                                 n_generated=0, n_jobs=0, created_at=now))
-            # the HPO manager generates the first points; nothing else waits on "submitted"
-            set_state(row, "running")
-            s.flush()
+            row = insert_task(s, caller.name, spec)
             out = task_to_schema(s, row)
         self.wake()
         return out

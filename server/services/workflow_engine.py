@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session
 
 from ..auth.identity import Caller
 from ..db.engine import utcnow
-from ..db.tables import PointRow, SegmentRow, TaskRow
+from ..db.tables import PointRow, TaskRow
 from ..db.workflow_tables import WorkflowNodeRow, WorkflowRow
 from ..errors import ApiError, InvalidInput
 from ..orchestration.transitions import set_state
@@ -61,7 +61,7 @@ from ..repositories.points import best_points
 from ..repositories.tasks import counts_by_task
 from ..repositories.workflows import get_workflow_row, node_rows, workflow_to_schema
 from .architecture import ArchitectureError, parse_architecture
-from .tasks import TaskService, cancel_open_work, check_optimizer
+from .tasks import TaskService, cancel_open_work, check_optimizer, insert_task
 from .workflow_expressions import ExpressionError, render, truth
 from .workflow_validation import (
     Analysis,
@@ -236,24 +236,6 @@ def _new_node(s: Session, workflow_id: int, name: str, kind: str, path: str, *, 
                           fan_out=False, iteration=iteration, item_index=item_index, item=item, state="waiting",
                           created_at=now, updated_at=now)
     s.add(row)
-    return row
-
-
-def insert_task(s: Session, owner: str, spec: TaskSpec) -> TaskRow:
-    """A task row with its segments, running; the same rows :meth:`TaskService.create` writes, but
-    inside the engine's transaction so the node and its task are stored together."""
-    now = utcnow()
-    row = TaskRow(name=spec.outDS, owner=owner, state="submitted", spec=spec.model_dump(mode="json", warnings=False),
-                  optimizer=spec.optimizer_name, n_segments=len(spec.segment_names), failed_iterations=0,
-                  created_at=now, updated_at=now)
-    s.add(row)
-    s.flush()
-    files = [list(seg.files) for seg in spec.segments] if spec.segments else [[]]
-    for idx, name in enumerate(spec.segment_names):
-        s.add(SegmentRow(task_id=row.id, idx=idx, name=name, files=files[idx], finished=False,
-                         n_generated=0, n_jobs=0, created_at=now))
-    set_state(row, "running")
-    s.flush()
     return row
 
 
