@@ -702,6 +702,10 @@ class JobRunner(threading.Thread):
                 env["PHPO_META_FILE"] = ev.meta
             if ev.metrics:
                 env["PHPO_METRICS_FILE"] = ev.metrics
+            if self.job.mlflow_tracking_uri and point.mlflow_run_id:
+                # the payload's own mlflow.log_metric(...) lands in this point's run, live
+                env["MLFLOW_TRACKING_URI"] = self.job.mlflow_tracking_uri
+                env["MLFLOW_RUN_ID"] = point.mlflow_run_id
             tag = f"p{point.point_id}-a{point.attempt}"
             stdout, stderr = self.logdir / f"{tag}.stdout.txt", self.logdir / f"{tag}.stderr.txt"
             spec = RunSpec(command=command, workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,

@@ -51,6 +51,7 @@ class JobPoint(BaseModel):
     params: dict[str, Any]
     attempt: int = Field(description="1 for the first try")
     checkpoint_artifact: int | None = Field(default=None, description="latest checkpoint to resume from")
+    mlflow_run_id: str | None = Field(default=None, description="MLflow run of this point (MLFLOW_RUN_ID), if any")
 
 
 class EvaluationSettings(BaseModel):
@@ -97,6 +98,7 @@ class Job(BaseModel):
     points: list[JobPoint] = Field(default_factory=list)
     evaluation: EvaluationSettings | None = None
     steering: SteeringSettings | None = None
+    mlflow_tracking_uri: str | None = Field(default=None, description="MLFLOW_TRACKING_URI for the payload")
 
 
 class IntermediateReport(BaseModel):

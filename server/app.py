@@ -40,6 +40,11 @@ def build_context(settings: Settings) -> AppContext:
     broker.on_change = manager.wake
     ctx.tasks.wake = manager.wake
     ctx.workflows = WorkflowEngine(ctx)
+    if settings.mlflow_uri:
+        from .services.mlflow_bridge import MlflowBridge
+
+        ctx.mlflow = MlflowBridge(db, settings.mlflow_uri, interval=settings.mlflow_interval)
+        broker.mlflow = ctx.mlflow
     return ctx
 
 
@@ -58,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.background.append(ctx.manager)
             ctx.workflows.start()
             ctx.background.append(ctx.workflows)
+        if ctx.mlflow is not None:
+            ctx.mlflow.start()
+            ctx.background.append(ctx.mlflow)
+            log.info("MLflow bridge: every point becomes a run at %s", settings.mlflow_uri)
         log.info("phpo server ready: database %s, artifacts %s", ctx.db.backend, settings.effective_artifact_url)
         try:
             yield

@@ -21,4 +21,5 @@ class AppContext:
     tasks: TaskService
     manager: Any = None  # HpoManager, when running
     workflows: Any = None  # WorkflowEngine
+    mlflow: Any = None  # MlflowBridge, when --mlflow-uri / PHPO_MLFLOW_URI is set
     background: list[Any] = field(default_factory=list)

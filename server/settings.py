@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     steering_workers: int = Field(default=4, ge=1, description="threads running optimizer ask/tell")
     steering_retries: int = Field(default=3, ge=1, description="failed steering iterations in a row before a task fails")
     run_manager: bool = Field(default=True, description="run the HPO manager loop in this process")
-    mlflow_uri: str | None = None
+    mlflow_uri: str | None = Field(default=None, description="MLflow tracking server: every point becomes a run")
+    mlflow_interval: float = Field(default=0.5, gt=0, description="seconds between MLflow bridge passes")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

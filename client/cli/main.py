@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "logs": "the evaluation logs of a task (--point N: of one point)",
     "wait": "follow a task live until it ends; exit 0 when it finished",
     "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
+    "dashboard": "the MLflow experiment URL of a task (--open: open it)",
     "up": "run the embedded stack (server on SQLite + one local agent) until Ctrl-C",
     "demo": "run a real HPO on the embedded stack and show the result",
     "server": "the phpo server (phpo server --help)",
@@ -135,6 +136,14 @@ def command_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help="server port on 127.0.0.1 (default 8765)")
     s.add_argument("--slots", type=int, default=None, help="jobs the local agent runs at a time (default 2)")
     s.add_argument("--no-config", action="store_true", help="do not write the client config file")
+    s.add_argument("--no-mlflow", action="store_true", help="do not start an MLflow tracking server")
+
+    s = cmd("dashboard")
+    s.add_argument("id", type=int)
+    s.add_argument("--mlflow-uri", help="MLflow tracking server (default PHPO_MLFLOW_URI, MLFLOW_TRACKING_URI "
+                                        "or the one `phpo up` started)")
+    s.add_argument("--open", action="store_true", help="open the URL in a browser")
+    _connection(s)
 
     s = cmd(
         "demo",
@@ -239,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .stack import cmd_up
 
             return cmd_up(args)
+        if args.command == "dashboard":
+            from .stack import cmd_dashboard
+
+            return cmd_dashboard(args, lambda: Client(args.url, args.token))
         if args.command == "demo":
             from .demo import cmd_demo
 

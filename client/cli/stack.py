@@ -91,6 +91,7 @@ class Stack:
         site: str = "local",
         python: str = sys.executable,
         agent_args: list[str] | None = None,
+        mlflow: bool = False,
     ):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
@@ -103,6 +104,9 @@ class Stack:
         self.agent_dir = self.data_dir / "agent"
         self.server: subprocess.Popen | None = None
         self.agent: subprocess.Popen | None = None
+        self.mlflow: subprocess.Popen | None = None
+        self.mlflow_port = free_port() if mlflow else None
+        self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}" if mlflow else None
         self.user_token: str | None = None
         self.agent_token: str | None = None
         self.user_name = _user_name()
@@ -126,12 +130,29 @@ class Stack:
                 code=1,
             )
         try:
+            if self.mlflow_url:
+                self.start_mlflow()
             self.start_server()
             self.ensure_tokens()
             self.start_agent()
         except BaseException:
             self.stop()
             raise
+
+    def start_mlflow(self) -> None:
+        """An MLflow tracking server (SQLite + artifacts under DATA_DIR/mlflow). Not waited for:
+        the server's MLflow bridge retries until it answers (~6 s), so startup stays fast."""
+        d = self.data_dir / "mlflow"
+        d.mkdir(exist_ok=True)
+        log = open(self.log_dir / "mlflow.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.mlflow = subprocess.Popen(
+            [self.python, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
+             "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.mlflow_port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        log.close()
 
     def start_server(self) -> None:
         log = open(self.log_dir / "server.log", "ab")
@@ -146,6 +167,7 @@ class Stack:
                 str(self.port),
                 "--data-dir",
                 str(self.data_dir),
+                *(["--mlflow-uri", self.mlflow_url] if self.mlflow_url else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -269,15 +291,15 @@ class Stack:
 
     def dead(self) -> str | None:
         """A sentence naming a child that exited on its own (with its log's end), else None."""
-        for name, proc in (("agent", self.agent), ("server", self.server)):
+        for name, proc in (("agent", self.agent), ("server", self.server), ("mlflow", self.mlflow)):
             if proc is not None and proc.poll() is not None:
                 log = self.log_dir / f"{name}.log"
                 return f"the {name} exited with code {proc.returncode}; {log} ends with:\n{_tail(log)}"
         return None
 
     def stop(self, grace: float = 30.0) -> None:
-        """Agent first (it hands back its jobs), then the server; SIGKILL after ``grace`` s."""
-        for proc in (self.agent, self.server):
+        """Agent first (it hands back its jobs), then the server, then MLflow; SIGKILL after ``grace`` s."""
+        for proc in (self.agent, self.server, self.mlflow):
             if proc is None or proc.poll() is not None:
                 continue
             try:
@@ -316,7 +338,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     check_installed()
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    stack = Stack(data_dir, port=args.port or DEFAULT_PORT, slots=args.slots or DEFAULT_SLOTS)
+    mlflow = not getattr(args, "no_mlflow", False) and importlib.util.find_spec("mlflow") is not None
+    stack = Stack(data_dir, port=args.port or DEFAULT_PORT, slots=args.slots or DEFAULT_SLOTS, mlflow=mlflow)
     out, err = out_console(), err_console()
     # explicit for SIGINT too: a process started in the background by a script inherits SIGINT
     # ignored, and `kill -INT` must still stop the stack cleanly
@@ -325,13 +348,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         err.print(f"starting the phpo server on {stack.url} (data in {stack.data_dir}) ...")
         stack.start()
         config = None if args.no_config else save_config(stack.url, str(stack.user_token))
+        if config and stack.mlflow_url:
+            save_mlflow_url(config, stack.mlflow_url)
         out.print(
             f"[bold green]phpo is up[/]\n"
             f"  server  {stack.url}   SQLite + artifacts in {stack.data_dir}\n"
             f"          log {stack.log_dir / 'server.log'}\n"
             f"  agent   site '{stack.site}', {stack.slots} slots, work dirs in {stack.agent_dir}\n"
             f"          log {stack.log_dir / 'agent.log'}\n"
-            f"  user    '{stack.user_name}'"
+            + (f"  mlflow  {stack.mlflow_url}   every point is a run; phpo dashboard ID\n"
+               f"          log {stack.log_dir / 'mlflow.log'}\n" if stack.mlflow_url else "")
+            + f"  user    '{stack.user_name}'"
             + (f"; url + token written to {config}" if config else f"; token {stack.user_token}")
             + "\n"
             "In another shell: phpo list, phpo --loadJson conf.json, phpo wait ID ...\n"
@@ -355,6 +382,53 @@ def cmd_up(args: argparse.Namespace) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         err.print("stopped.")
+
+
+def save_mlflow_url(config: Path, url: str) -> None:
+    """Add ``mlflow_url`` to the client config ``phpo up`` wrote, for ``phpo dashboard``."""
+    data = tomllib.loads(config.read_text()) if config.exists() else {}
+    data["mlflow_url"] = url
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(tomli_w.dumps(data))
+    tmp.chmod(0o600)
+    tmp.replace(config)
+
+
+def mlflow_url(given: str | None) -> str | None:
+    """--mlflow-uri, else PHPO_MLFLOW_URI / MLFLOW_TRACKING_URI, else the config `phpo up` wrote."""
+    url = given or os.environ.get("PHPO_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not url:
+        try:
+            url = tomllib.loads(config_path().read_text()).get("mlflow_url")
+        except (OSError, tomllib.TOMLDecodeError):
+            url = None
+    return url.rstrip("/") if url else None
+
+
+def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
+    """``phpo dashboard ID``: the MLflow experiment URL of task ID (named after its outDS)."""
+    url = mlflow_url(args.mlflow_uri)
+    if not url or not url.startswith(("http://", "https://")):
+        raise CliError("no MLflow tracking server known: start the stack with `phpo up`, or give "
+                       "--mlflow-uri / PHPO_MLFLOW_URI (an http(s) URL)")
+    with make_client() as client:
+        task = client.task(args.id)
+    name = getattr(task.spec, "outDS", None) or f"task-{args.id}"
+    try:
+        r = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name},
+                      timeout=10)
+    except httpx.TransportError as e:
+        raise CliError(f"MLflow at {url} does not answer: {e}", code=1) from None
+    if r.status_code != 200:
+        raise CliError(f"no MLflow experiment {name!r} at {url} yet (the server creates it with the "
+                       "task's first point)", code=1)
+    link = f"{url}/#/experiments/{r.json()['experiment']['experiment_id']}"
+    print(link)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(link)
+    return 0
 
 
 __all__ = ["Stack", "check_installed", "cmd_up", "config_path", "default_data_dir", "free_port"]

@@ -153,3 +153,17 @@ class SteeringIterationRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     duration_s: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class MlflowRunRow(Base):
+    """The MLflow bridge's outbox: which point has which MLflow run and what of it is written.
+    A point without a row still needs its run; ``synced`` 'open' still needs its final result."""
+
+    __tablename__ = "mlflow_runs"
+    __table_args__ = (Index("ix_mlflow_runs_synced", "synced"),)
+    point_id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=False)
+    task_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), index=True)
+    experiment_id: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(64))
+    synced: Mapped[str] = mapped_column(String(16), doc="open | done")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

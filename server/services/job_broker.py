@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session
 
 from ..auth.identity import Caller
 from ..db.engine import Database, aware, utcnow
-from ..db.tables import JobRow, PointRow, SegmentRow, TaskRow
+from ..db.tables import JobRow, MlflowRunRow, PointRow, SegmentRow, TaskRow
 from ..errors import InvalidInput, LeaseLost, NotFound
 from ..orchestration.transitions import set_state
 from ..settings import Settings
@@ -91,6 +91,7 @@ class JobBroker:
         self.settings = settings
         self.on_change = on_change
         self.steering: SteeringHandler | None = None
+        self.mlflow: Any = None  # MlflowBridge when --mlflow-uri is set (only its table is read here)
         self._infos: dict[int, TaskInfo] = {}
         self._infos_lock = threading.Lock()
 
@@ -201,6 +202,9 @@ class JobBroker:
                     pstmt = (select(PointRow).where(PointRow.task_id == seg.task_id,
                                                     PointRow.segment_idx == seg.idx, PointRow.state == "ready")
                              .order_by(PointRow.serial).limit(info.per_job))
+                    if self.mlflow is not None and self.mlflow.healthy:
+                        # MLflow up: a point goes out once its run exists, so the payload logs into it
+                        pstmt = pstmt.where(exists().where(MlflowRunRow.point_id == PointRow.id))
                     if self._pg:
                         pstmt = pstmt.with_for_update(skip_locked=True)
                     points = list(s.execute(pstmt).scalars())
@@ -225,12 +229,19 @@ class JobBroker:
             p.site = req.site
         seg.n_jobs += 1
         seg.last_acquired_at = now
+        runs: dict[int, str] = {}
+        if self.mlflow is not None:
+            from .mlflow_bridge import run_ids
+
+            runs = run_ids(s, [p.id for p in points])
         return Job(
             id=job.id, kind=JobKind.evaluation, task_id=seg.task_id, segment_id=seg.idx, segment=seg.name,
             state="running", lease_seconds=self.settings.lease_seconds, lease_expires_at=aware(job.lease_expires_at),
             points=[JobPoint(point_id=p.id, serial=p.serial, params=p.params, attempt=p.attempts + 1,
-                             checkpoint_artifact=p.checkpoint_artifact_id) for p in points],
+                             checkpoint_artifact=p.checkpoint_artifact_id, mlflow_run_id=runs.get(p.id))
+                    for p in points],
             evaluation=self.evaluation_settings(info, seg),
+            mlflow_tracking_uri=self.mlflow.uri if self.mlflow is not None else None,
         )
 
     # ---------------------------------------------------------------- heartbeat
