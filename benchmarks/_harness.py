@@ -371,12 +371,18 @@ def http_agent_loop(url: str, token: str, threads: int, stop: threading.Event, d
 # --------------------------------------------------------------------------- the peers' venv
 
 
+_PEERS_CHECKED: list[bool] = []
+
+
 def ensure_peers_venv() -> Path:
     """Create ``benchmarks/.peers-venv`` with Ray Tune and Optuna when missing; returns its python."""
+    if _PEERS_CHECKED:
+        return PEERS_PY
     if PEERS_PY.exists():
         p = subprocess.run([str(PEERS_PY), "-c", "import ray.tune, optuna, psycopg"], capture_output=True,
                            check=False)
         if p.returncode == 0:
+            _PEERS_CHECKED.append(True)  # once per process: the import check costs seconds of CPU
             return PEERS_PY
     log(f"creating {PEERS_VENV} with {', '.join(PEERS_REQUIREMENTS)} (once; a few minutes)")
     base = shutil.which("python3") or sys.executable
@@ -384,6 +390,7 @@ def ensure_peers_venv() -> Path:
         subprocess.run([base, "-m", "venv", str(PEERS_VENV)], check=True)
     subprocess.run([str(PEERS_PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     subprocess.run([str(PEERS_PY), "-m", "pip", "install", "-q", *PEERS_REQUIREMENTS, "psutil"], check=True)
+    _PEERS_CHECKED.append(True)
     return PEERS_PY
 
 
