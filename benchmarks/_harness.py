@@ -333,23 +333,27 @@ def http_agent_loop(url: str, token: str, threads: int, stop: threading.Event, d
     headers = {"Authorization": f"Bearer {token}"}
 
     def slot(i: int) -> None:
-        body = {"agent": f"bench-http-{os.getpid()}-{i}", "site": "local", "kinds": ["evaluation"]}
+        # as the real agent does: a long-polling acquire, then every complete carries the results
+        # and leases the slot's next job (one request per job)
+        body = {"agent": f"bench-http-{os.getpid()}-{i}", "site": "local", "kinds": ["evaluation"], "wait_s": 1.0}
         done = empty = errs = 0
+        job = None
         with httpx.Client(base_url=url + "/api/v1", headers=headers, timeout=60) as h:
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
-                    r = h.post("/jobs/acquire", json=body)
-                    if r.status_code == 204:
-                        empty += 1
-                        stop.wait(0.005)
-                        continue
-                    r.raise_for_status()
-                    job = r.json()
+                    if job is None:
+                        r = h.post("/jobs/acquire", json=body)
+                        if r.status_code == 204:
+                            empty += 1
+                            continue
+                        r.raise_for_status()
+                        job = r.json()
                     results = [{"point_id": p["point_id"], "status": 0, "loss": loss(p["params"])}
                                for p in job["points"]]
-                    c = h.post(f"/jobs/{job['id']}/complete", json={"results": results})
+                    c = h.post(f"/jobs/{job['id']}/complete", json={"results": results, "next": body})
                     c.raise_for_status()
                     done += len(results)
+                    job = c.json().get("next_job")
                 except Exception as e:  # noqa: BLE001 - counted and shown, the loop goes on
                     errs += 1
                     with lock:

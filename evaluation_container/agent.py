@@ -1,9 +1,12 @@
 """The evaluation agent: lease jobs from the server, run them, report, repeat.
 
-One main thread polls ``acquire`` whenever a slot is free; each leased job runs in its own
-thread (:class:`JobRunner`) with a heartbeat thread beside it. Results are reported as soon as a
-point is done (the server can refill the search at once); what the server cannot take right now
-goes to the on-disk :class:`~.outbox.Outbox`.
+One main thread leases a job whenever a slot is free (a long poll: the server answers as soon
+as a job is ready, or after ``poll_interval``); each leased job runs in its own thread
+(:class:`JobRunner`) with a heartbeat thread beside it. Results are reported as soon as a point
+is done (the server can refill the search at once); the last point's result goes with
+``complete``, which also leases the slot's next job in the same round trip, so a slot is
+refilled one request after its payload exits (and its log files, if any, are uploaded). What the server
+cannot take right now goes to the on-disk :class:`~.outbox.Outbox`.
 
 Stopping (SIGTERM/SIGINT): stop acquiring, let running jobs finish for ``grace_seconds``, then
 stop their payloads, upload a last checkpoint of each and hand their points back
@@ -28,6 +31,7 @@ from phpo.client.agent_api import AgentAPI, is_transient
 from phpo.client.errors import APIError, AuthError, Conflict, NotFound
 from phpo.schemas.artifacts import ArtifactKind
 from phpo.schemas.jobs import (
+    MAX_ACQUIRE_WAIT_S,
     AcquireRequest,
     CompleteRequest,
     FailRequest,
@@ -229,9 +233,16 @@ class Agent:
             log.info("container jobs run with %s", self.container_executor.name)
         self.resources = base_resources([self.container_executor.name] if self.container_executor else [])
 
-    def acquire_request(self, slot: Slot) -> AcquireRequest:
+    def acquire_request(self, slot: Slot, wait_s: float = 0.0) -> AcquireRequest:
         res = self.resources.model_copy(update={"gpus": list(slot.gpus)})
-        return AcquireRequest(agent=self.cfg.name, site=self.cfg.site, resources=res, kinds=self.cfg.kinds)
+        return AcquireRequest(agent=self.cfg.name, site=self.cfg.site, resources=res, kinds=self.cfg.kinds,
+                              wait_s=min(max(0.0, wait_s), MAX_ACQUIRE_WAIT_S))
+
+    def next_request(self, slot: Slot) -> AcquireRequest | None:
+        """What a finishing job asks for its slot in ``complete`` (None: the slot is released)."""
+        if self.cfg.once or self.stopping.is_set() or self.fatal:
+            return None
+        return self.acquire_request(slot, wait_s=self.cfg.poll_interval)
 
     # --- signals -----------------------------------------------------------------------
 
@@ -299,8 +310,11 @@ class Agent:
                 self.wake.wait(self.cfg.poll_interval)
                 self.wake.clear()
                 continue
+            asked = time.monotonic()
             try:
-                job = self.api.acquire(self.acquire_request(slot), retry_seconds=0)
+                # a long poll: the server answers when a job is ready, at the latest after poll_interval
+                job = self.api.acquire(self.acquire_request(slot, wait_s=0 if self.cfg.once else self.cfg.poll_interval),
+                                       retry_seconds=0)
             except Exception as e:  # noqa: BLE001
                 self.pool.release(slot)
                 if isinstance(e, AuthError):
@@ -318,20 +332,26 @@ class Agent:
             failures = 0
             if job is None:
                 self.pool.release(slot)
-                self.wake.wait(self.cfg.poll_interval)
-                self.wake.clear()
+                left = self.cfg.poll_interval - (time.monotonic() - asked)  # the server waited the rest
+                if left > 0.05:
+                    self.wake.wait(left)
+                    self.wake.clear()
                 continue
             taken += 1
-            runner = JobRunner(self, job, slot)
-            with self._runners_lock:
-                self.runners[job.id] = runner
-            runner.start()
+            self.start_job(job, slot)
         return 0
+
+    def start_job(self, job: Job, slot: Slot) -> None:
+        runner = JobRunner(self, job, slot)
+        with self._runners_lock:
+            self.runners[job.id] = runner
+        runner.start()
 
     def job_finished(self, runner: JobRunner) -> None:
         with self._runners_lock:
             self.runners.pop(runner.job.id, None)
-        self.pool.release(runner.slot)
+        if not runner.handed_over:
+            self.pool.release(runner.slot)
         self.jobs_done += 1
         self.wake.set()
 
@@ -407,6 +427,8 @@ class JobRunner(threading.Thread):
         self._intermediate_offset = 0
         self._intermediate_pending: list[IntermediateReport] = []
         self._lock = threading.Lock()
+        self.next_job: Job | None = None  # leased by ``complete`` for this slot
+        self.handed_over = False
 
     # --- thread body ---------------------------------------------------------------------
 
@@ -420,6 +442,7 @@ class JobRunner(threading.Thread):
                 self.run_steering()
             else:
                 self.run_evaluation()
+            self.hand_over()
         except Exception as e:
             log.exception("job %d: unexpected error", self.job.id)
             self.finish("fail", FailRequest(error=f"agent {self.cfg.name}: unexpected error: {e!r}"[:99_000],
@@ -431,6 +454,14 @@ class JobRunner(threading.Thread):
             if not self.cfg.keep_workdirs:
                 shutil.rmtree(self.jobdir, ignore_errors=True)
             self.agent.job_finished(self)
+
+    def hand_over(self) -> None:
+        """Start the job ``complete`` leased for this slot (once); this thread may go on with
+        its uploads meanwhile."""
+        self.done.set()  # the job has ended on the server: no more heartbeats
+        if self.next_job is not None and not self.handed_over:
+            self.handed_over = True
+            self.agent.start_job(self.next_job, self.slot)
 
     # --- heartbeat -----------------------------------------------------------------------
 
@@ -520,9 +551,11 @@ class JobRunner(threading.Thread):
                 ack = self.api.fail(self.job.id, body)  # type: ignore[arg-type]
             log.info("job %d: %s acknowledged (state %s%s)", self.job.id, kind, ack.state,
                      ", duplicate" if ack.duplicate else "")
+            self.next_job = ack.next_job
         except Exception as e:
             if is_transient(e):
-                self.agent.outbox.put(kind, self.job.id, body.model_dump(mode="json"), str(e))
+                # the outbox resends the result, never the request for a next job
+                self.agent.outbox.put(kind, self.job.id, body.model_dump(mode="json", exclude={"next"}), str(e))
             elif isinstance(e, APIError):
                 log.error("job %d: the server refused %s: %s", self.job.id, kind, e)
             else:
@@ -744,6 +777,12 @@ class JobRunner(threading.Thread):
                      result.status)
             if result.status != 0 and saver is not None:
                 self.save_checkpoint(saver)
+            if i == len(self.job.points) - 1:
+                # the last result goes with complete (one round trip less per job); its files
+                # first, so a task that has ended has all its logs
+                unacked.append(result)
+                self._upload_point_files(ev, point, stdout, stderr)
+                break
             if not self.report_point(result):
                 unacked.append(result)
             self._upload_point_files(ev, point, stdout, stderr)
@@ -768,7 +807,7 @@ class JobRunner(threading.Thread):
             else:
                 self.finish("fail", FailRequest(error=why, retry=True))
             return
-        self.finish("complete", CompleteRequest(results=unacked))
+        self.finish("complete", CompleteRequest(results=unacked, next=self.agent.next_request(self.slot)))
 
     def _upload_point_files(self, ev: Any, point: JobPoint, stdout: Path, stderr: Path) -> None:
         name = f"job{self.job.id}-a{point.attempt}"
@@ -849,4 +888,4 @@ class JobRunner(threading.Thread):
         if error is not None:
             self.finish("fail", FailRequest(error=with_stderr(error, stderr)[:99_000], retry=True))
             return
-        self.finish("complete", CompleteRequest(steering_output=points))
+        self.finish("complete", CompleteRequest(steering_output=points, next=self.agent.next_request(self.slot)))

@@ -12,6 +12,9 @@ from .points import Loss, check_loss
 from .states import JobState
 
 
+MAX_ACQUIRE_WAIT_S = 20.0  # below the agent client's 30 s request timeout
+
+
 class JobKind(StrEnum):
     evaluation = "evaluation"
     steering = "steering"
@@ -43,6 +46,10 @@ class AcquireRequest(BaseModel):
     site: str = Field(min_length=1, max_length=200)
     resources: AgentResources = Field(default_factory=AgentResources)
     kinds: list[JobKind] = Field(default_factory=lambda: [JobKind.evaluation, JobKind.steering])
+    wait_s: float = Field(
+        default=0.0, ge=0.0, le=MAX_ACQUIRE_WAIT_S,
+        description="long poll: when no job is ready, wait up to this many seconds for one (0: answer at once)",
+    )
 
 
 class JobPoint(BaseModel):
@@ -143,6 +150,10 @@ class CompleteRequest(BaseModel):
     results: list[PointResult] = Field(default_factory=list)
     steering_output: list[Any] | None = Field(default=None, description="%OUT of a steering job")
     message: str | None = Field(default=None, max_length=100_000)
+    next: AcquireRequest | None = Field(
+        default=None,
+        description="lease the agent's next job in the same call (the slot is refilled without another round trip)",
+    )
 
 
 class FailRequest(BaseModel):
@@ -155,3 +166,4 @@ class JobAck(BaseModel):
     job_id: int
     state: JobState
     duplicate: bool = Field(default=False, description="this result had already been received")
+    next_job: Job | None = Field(default=None, description="the job leased for CompleteRequest.next, if any")

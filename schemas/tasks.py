@@ -7,6 +7,7 @@ Field names are the upstream option names (camelCase, no dashes), so a ``--loadJ
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import datetime
 from typing import Any, Literal
 
@@ -142,7 +143,7 @@ class TaskSpec(BaseModel):
             if not self.segments:
                 raise ValueError("segments: the segment list is empty")
             names = [s.name for s in self.segments]
-            dup = sorted({n for n in names if names.count(n) > 1})
+            dup = sorted(n for n, k in Counter(names).items() if k > 1)  # O(S): specs hold 100s of segments
             if dup:
                 raise ValueError(f"segments: duplicate segment names {dup}")
         if self.directions is not None and not self.directions:

@@ -37,8 +37,13 @@ def build_context(settings: Settings) -> AppContext:
     manager = HpoManager(db, settings, broker)
     ctx.manager = manager
     broker.steering = manager
-    broker.on_change = manager.wake
-    ctx.tasks.wake = manager.wake
+
+    def changed() -> None:  # results, lost leases, submit/resume: steer, and wake waiting agents
+        manager.wake()
+        broker.work.notify()
+
+    broker.on_change = changed
+    ctx.tasks.wake = changed
     ctx.workflows = WorkflowEngine(ctx)
     if settings.mlflow_uri:
         from .services.mlflow_bridge import MlflowBridge

@@ -145,6 +145,7 @@ class LiveServer:
             [sys.executable, "-m", "phpo.server", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(self.data_dir), *self.db_args(), *self.args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # uvicorn's access log goes to stdout
         )
         deadline = time.time() + 60
         while time.time() < deadline:

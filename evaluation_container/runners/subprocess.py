@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -65,11 +66,33 @@ def live_group_members(pgid: int) -> list[int] | None:
     return out
 
 
+class _Fd:
+    """A raw file descriptor that ``finish`` closes with the log files."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
 class SubprocessHandle(RunHandle):
     def __init__(self, proc: subprocess.Popen, files: list):
         self.proc = proc
         self.pgid = proc.pid  # start_new_session: the child leads its own group
         self._files = files
+        # a pidfd becomes readable the moment the process exits: waiting on it wakes at once,
+        # where Popen.wait(timeout) sleeps in steps of up to 50 ms (25 ms of a slot lost per
+        # evaluation on average, 2.5 % of a 1-second payload)
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                self._pidfd = os.pidfd_open(proc.pid)
+                self._files.append(_Fd(self._pidfd))
+            except OSError:  # an old kernel (< 5.3) or a sandbox without the syscall
+                self._pidfd = None
 
     @property
     def pid(self) -> int:
@@ -79,10 +102,19 @@ class SubprocessHandle(RunHandle):
         return self.proc.poll()
 
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> int | None:
+        rc = self.proc.poll()
+        if rc is not None or self._pidfd is None:
+            try:
+                return rc if rc is not None else self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        poller = select.poll()  # not select(): fds above 1024 are fine
+        poller.register(self._pidfd, select.POLLIN)
         try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+            ready = bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        except OSError:  # the fd was closed by finish() meanwhile
+            ready = True
+        return self.proc.poll() if ready else None
 
     def _killpg(self, sig: int) -> bool:
         try:

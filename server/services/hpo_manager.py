@@ -42,7 +42,7 @@ from typing import Any
 from phpo.schemas.tasks import TaskSpec
 from phpo.steering.base import FAILED, HistoryItem, Optimizer, OptimizerConfig
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from ..db.engine import Database, aware, utcnow
 from ..db.tables import JobRow, PointRow, SegmentRow, SteeringIterationRow, TaskRow
@@ -64,6 +64,9 @@ class _OptState:
     opt: Optimizer
     told: set[int] = field(default_factory=set)
     own: set[int] = field(default_factory=set)  # points this instance handed out
+    # points not yet told that may end (ready/leased when last seen): only these are looked at
+    # for new results, so an iteration costs O(points in flight), not O(points of the segment)
+    open: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -182,26 +185,33 @@ class HpoManager:
             busy = set(self._inflight)
             generation = dict(self._generation)
         with self.db.read() as s:
-            tasks = list(s.execute(select(TaskRow.id, TaskRow.spec, TaskRow.optimizer)
-                                   .where(TaskRow.state == "running")).all())
+            tasks = list(s.execute(select(TaskRow.id, TaskRow.optimizer).where(TaskRow.state == "running")).all())
             if not tasks:
                 self._forget_except(set())
                 return
             ids = [t[0] for t in tasks]
-            segs = list(s.execute(select(SegmentRow).where(SegmentRow.task_id.in_(ids))
+            new = [tid for tid in ids if tid not in self._specs]  # specs never change: decode each once
+            for tid, raw in (s.execute(select(TaskRow.id, TaskRow.spec).where(TaskRow.id.in_(new))) if new else ()):
+                self._spec(tid, raw)
+            segs = list(s.execute(select(SegmentRow).where(SegmentRow.task_id.in_(ids), SegmentRow.finished.is_(False))
                                   .order_by(SegmentRow.task_id, SegmentRow.idx)).scalars())
+            # only points in flight are counted (O(in flight) per pass, not O(all points)); the
+            # ended ones follow: in an unfinished segment of a running task no point is
+            # cancelled, so evaluated + failed = n_generated - ready - leased (see _plan)
             counts: dict[tuple[int, int, str], int] = {}
             for tid, idx, state, n in s.execute(
                     select(PointRow.task_id, PointRow.segment_idx, PointRow.state, func.count())
-                    .where(PointRow.task_id.in_(ids))
+                    .where(PointRow.task_id.in_(ids), PointRow.state.in_(("ready", "leased")))
                     .group_by(PointRow.task_id, PointRow.segment_idx, PointRow.state)):
                 counts[(tid, idx, state)] = n
             active_steering = set(s.execute(select(JobRow.task_id).where(
                 JobRow.task_id.in_(ids), JobRow.kind == "steering",
                 JobRow.state.in_(("queued", "running")))).scalars())
+            # a task whose segments have all finished has none left in ``segs``
+            all_done = set(ids) - {sg.task_id for sg in segs}
         self._forget_except(set(ids))
-        specs = {tid: self._spec(tid, spec) for tid, spec, _ in tasks}
-        optimizer = {tid: opt for tid, _, opt in tasks}
+        specs = {tid: self._specs[tid] for tid in ids}
+        optimizer = {tid: opt for tid, opt in tasks}
         by_task: dict[int, list[SegmentRow]] = {}
         for seg in segs:
             by_task.setdefault(seg.task_id, []).append(seg)
@@ -210,18 +220,18 @@ class HpoManager:
         asks: list[_SegPlan] = []
         external_asks: dict[int, int] = {}
         done_tasks: list[int] = []
-        for tid, spec, _ in tasks:
+        for tid in ids:
             segments = by_task.get(tid, [])
             external = optimizer[tid] == "external"
-            if all(sg.finished for sg in segments):
+            if tid in all_done:
                 done_tasks.append(tid)
                 continue
             for seg in segments:
-                if seg.finished:
-                    continue
                 if not external and (tid, seg.idx) in busy:
                     continue
-                plan = self._plan(specs[tid], seg, lambda st, t=tid, i=seg.idx: counts.get((t, i, st), 0))
+                plan = self._plan(specs[tid], seg, lambda st, t=tid, i=seg.idx, g=seg.n_generated: (
+                    g - counts.get((t, i, "ready"), 0) - counts.get((t, i, "leased"), 0) if st == "done"
+                    else counts.get((t, i, st), 0)))
                 if plan.finish:
                     finishes.append(plan)
                 elif plan.n > 0:
@@ -252,7 +262,7 @@ class HpoManager:
     def _plan(self, spec: TaskSpec, seg: SegmentRow, n_of) -> _SegPlan:
         plan = _SegPlan(seg.task_id, seg.idx)
         ready, leased = n_of("ready"), n_of("leased")
-        done = n_of("evaluated") + n_of("failed")
+        done = n_of("done")
         in_flight = ready + leased
         if done >= spec.maxPoints:
             plan.finish = f"maxPoints ({spec.maxPoints}) evaluated"
@@ -283,11 +293,11 @@ class HpoManager:
             by_task.setdefault(plan.task_id, []).append(plan)
         with self.db.write() as s:
             for tid in sorted(by_task):
-                task = s.execute(select(TaskRow).where(TaskRow.id == tid)
+                task = s.execute(select(TaskRow).options(defer(TaskRow.spec)).where(TaskRow.id == tid)
                                  .with_for_update(key_share=True)).scalar_one()
                 if task.state != "running":
                     continue
-                spec = TaskSpec.model_validate(task.spec)
+                spec = self._spec_of(s, tid)
                 for plan in by_task[tid]:
                     seg = s.execute(select(SegmentRow).where(SegmentRow.task_id == tid,
                                                              SegmentRow.idx == plan.seg_idx)
@@ -297,6 +307,7 @@ class HpoManager:
                     fresh = dict(s.execute(select(PointRow.state, func.count()).where(
                         PointRow.task_id == tid, PointRow.segment_idx == plan.seg_idx)
                         .group_by(PointRow.state)).all())
+                    fresh["done"] = fresh.get("evaluated", 0) + fresh.get("failed", 0)
                     if self._plan(spec, seg, lambda st, f=fresh: f.get(st, 0)).finish is None:
                         continue  # the snapshot was stale: something is in flight again
                     for p in s.execute(select(PointRow).where(
@@ -333,22 +344,22 @@ class HpoManager:
         from phpo.steering.registry import create_optimizer
 
         with self.db.read() as s:
-            task = s.get(TaskRow, task_id)
-            spec = TaskSpec.model_validate(task.spec)
+            spec = self._spec_of(s, task_id)
             rows = list(s.execute(select(PointRow).where(PointRow.task_id == task_id,
                                                          PointRow.segment_idx == seg_idx)
                                   .order_by(PointRow.serial)).scalars())
         opt = create_optimizer(spec.optimizer_name, optimizer_config(spec, seg_idx))
-        history, told = [], set()
+        history, told, open_ = [], set(), set()
         for r in rows:
             if r.state in ("evaluated", "failed"):
                 history.append(HistoryItem(params=r.params, result=self._result_of(r, spec)))
                 told.add(r.id)
             elif r.state in ("ready", "leased"):
                 history.append(HistoryItem(params=r.params, result=None))
+                open_.add(r.id)
         if history:
             opt.restore(history)
-        st = _OptState(opt=opt, told=told)
+        st = _OptState(opt=opt, told=told, open=open_)
         with self._lock:
             self._opts[key] = st
         return st
@@ -381,6 +392,9 @@ class HpoManager:
                                          duration=time.monotonic() - t0, optimizer=spec.optimizer_name,
                                          exhausted=not points)
                 st.own.update(ids)
+                st.open.update(ids)
+            if ids and self.broker is not None:
+                self.broker.work.notify()  # agents waiting in acquire: new points are ready
         except Exception as e:  # noqa: BLE001 - recorded as a failed iteration
             log.warning("steering iteration of task %d segment %d failed: %s", task_id, seg_idx, e)
             with self._lock:
@@ -397,18 +411,28 @@ class HpoManager:
             self.wake()
 
     def _tell_new(self, st: _OptState, task_id: int, seg_idx: int) -> TaskSpec:
+        """Tell the optimizer the points that ended since its last iteration. Only points it saw
+        in flight can have ended (every point of a built-in optimizer's segment is stored by
+        :meth:`_store_points`, and :meth:`_opt_state` starts from the database)."""
+        rows = []
         with self.db.read() as s:
-            spec = TaskSpec.model_validate(s.execute(select(TaskRow.spec).where(TaskRow.id == task_id)).scalar_one())
-            done_ids = set(s.execute(select(PointRow.id).where(
-                PointRow.task_id == task_id, PointRow.segment_idx == seg_idx,
-                PointRow.state.in_(("evaluated", "failed")))).scalars())
-            new = sorted(done_ids - st.told)
-            rows = []
-            for i in range(0, len(new), 500):
-                rows += list(s.execute(select(PointRow).where(PointRow.id.in_(new[i:i + 500]))).scalars())
+            spec = self._spec_of(s, task_id)
+            watch = sorted(st.open)
+            for i in range(0, len(watch), 500):
+                rows += list(s.execute(select(PointRow).where(
+                    PointRow.id.in_(watch[i:i + 500]),
+                    PointRow.state.in_(("evaluated", "failed", "cancelled")))).scalars())
         for r in sorted(rows, key=lambda r: r.serial):
-            st.opt.tell(r.params, self._result_of(r, spec))
-            st.told.add(r.id)
+            st.open.discard(r.id)
+            if r.state != "cancelled" and r.id not in st.told:
+                st.opt.tell(r.params, self._result_of(r, spec))
+                st.told.add(r.id)
+        return spec
+
+    def _spec_of(self, s: Session, task_id: int) -> TaskSpec:
+        spec = self._specs.get(task_id)
+        if spec is None:
+            spec = self._spec(task_id, s.execute(select(TaskRow.spec).where(TaskRow.id == task_id)).scalar_one())
         return spec
 
     def _pending(self, st: _OptState, task_id: int, seg_idx: int) -> list[dict[str, Any]]:
@@ -428,10 +452,11 @@ class HpoManager:
                 return self._store_points(task_id, seg_idx, points, requested=requested, started=started,
                                           duration=duration, optimizer=optimizer, exhausted=exhausted,
                                           job_id=job_id, s=s2)
-        task = s.execute(select(TaskRow).where(TaskRow.id == task_id).with_for_update(key_share=True)).scalar_one()
+        task = s.execute(select(TaskRow).options(defer(TaskRow.spec)).where(TaskRow.id == task_id)
+                         .with_for_update(key_share=True)).scalar_one()
         seg = s.execute(select(SegmentRow).where(SegmentRow.task_id == task_id, SegmentRow.idx == seg_idx)
                         .with_for_update()).scalar_one()
-        spec = TaskSpec.model_validate(task.spec)
+        spec = self._spec_of(s, task_id)
         ids: list[int] = []
         if task.state == "running" and not seg.finished:
             room = max(0, spec.maxPoints - seg.n_generated)
@@ -498,7 +523,9 @@ class HpoManager:
                 fresh[(idx, state)] = cnt
             segs = s.execute(select(SegmentRow).where(SegmentRow.task_id == task_id,
                                                       SegmentRow.finished.is_(False))).scalars()
-            n = max([self._plan(spec, sg, lambda st, i=sg.idx: fresh.get((i, st), 0)).n for sg in segs] or [0])
+            n = max([self._plan(spec, sg, lambda st, i=sg.idx: (
+                fresh.get((i, "evaluated"), 0) + fresh.get((i, "failed"), 0) if st == "done"
+                else fresh.get((i, st), 0))).n for sg in segs] or [0])
             if n <= 0:
                 return
             rows = list(s.execute(select(PointRow).where(PointRow.task_id == task_id)
@@ -527,7 +554,7 @@ class HpoManager:
 
         # lock order: task before segments (see _finish)
         s.execute(select(TaskRow.id).where(TaskRow.id == task.id).with_for_update(key_share=True))
-        spec = TaskSpec.model_validate(task.spec)
+        spec = self._spec_of(s, task.id)
         it = s.get(SteeringIterationRow, job.iteration_id) if job.iteration_id else None
         started = aware(it.started_at) if it else utcnow()
         duration = (utcnow() - started).total_seconds()

@@ -46,7 +46,7 @@ from phpo.schemas.jobs import (
 from phpo.schemas.tasks import TaskSpec
 from phpo.schemas.upstream import substitute_tokens
 from sqlalchemy import exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from ..auth.identity import Caller
 from ..db.engine import Database, aware, utcnow
@@ -55,6 +55,7 @@ from ..errors import InvalidInput, LeaseLost, NotFound
 from ..orchestration.transitions import set_state
 from ..settings import Settings
 from .architecture import Requirement, parse_architecture, parse_sites
+from .work_signal import WorkSignal
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class JobBroker:
         self.on_change = on_change
         self.steering: SteeringHandler | None = None
         self.mlflow: Any = None  # MlflowBridge when --mlflow-uri is set (only its table is read here)
+        self.work = WorkSignal()  # wakes long-polling acquires (see work_signal.py)
         self._infos: dict[int, TaskInfo] = {}
         self._infos_lock = threading.Lock()
 
@@ -111,6 +113,12 @@ class JobBroker:
         with self._infos_lock:
             self._infos[task_id] = got
         return got
+
+    @staticmethod
+    def _task(s: Session, task_id: int) -> TaskRow | None:
+        """The task row without decoding its spec (the parsed spec is in :meth:`info`'s cache);
+        ``task.spec`` still loads on first access."""
+        return s.get(TaskRow, task_id, options=[defer(TaskRow.spec)])
 
     @property
     def _pg(self) -> bool:
@@ -152,14 +160,19 @@ class JobBroker:
         return None
 
     def _acquire_steering(self, caller: Caller, req: AcquireRequest) -> Job | None:
+        # queued steering jobs are rare: a read answers "none" without taking the write lock
+        with self.db.read() as r:
+            if r.execute(select(JobRow.id).where(JobRow.kind == "steering", JobRow.state == "queued")
+                         .limit(1)).first() is None:
+                return None
         with self.db.write() as s:
-            stmt = (select(JobRow, TaskRow.spec).join(TaskRow, TaskRow.id == JobRow.task_id)
+            stmt = (select(JobRow).join(TaskRow, TaskRow.id == JobRow.task_id)
                     .where(JobRow.kind == "steering", JobRow.state == "queued", TaskRow.state == "running")
                     .order_by(JobRow.id).limit(50))
             if self._pg:
                 stmt = stmt.with_for_update(skip_locked=True, of=JobRow)
-            for job, spec in s.execute(stmt).all():
-                if not self.info(s, job.task_id, spec).site_ok(req.site):
+            for job in s.execute(stmt).scalars():
+                if not self.info(s, job.task_id).site_ok(req.site):
                     continue
                 set_state(job, "running")
                 job.agent, job.holder, job.site = req.agent, caller.name, req.site
@@ -171,21 +184,28 @@ class JobBroker:
         return None
 
     def _acquire_evaluation(self, caller: Caller, req: AcquireRequest) -> Job | None:
-        with self.db.write() as s:
+        # candidates are found with a read (an agent with nothing to do costs no write lock);
+        # each is checked again under the lock below. Only segment ids are selected: the parsed
+        # spec comes from the per-task cache (a segmented spec lists all S segments, so decoding
+        # it per candidate made one acquire O(S^2))
+        with self.db.read() as r:
             ready = exists().where(PointRow.task_id == SegmentRow.task_id, PointRow.segment_idx == SegmentRow.idx,
                                    PointRow.state == "ready")
-            cands = s.execute(
-                select(SegmentRow.id, SegmentRow.task_id, TaskRow.spec)
+            cands = r.execute(
+                select(SegmentRow.id, SegmentRow.task_id)
                 .join(TaskRow, TaskRow.id == SegmentRow.task_id)
                 .where(TaskRow.state == "running", SegmentRow.finished.is_(False), ready)
                 .order_by(SegmentRow.last_acquired_at.asc().nulls_first(), SegmentRow.id)
                 .limit(500)
             ).all()
             matching = []
-            for sid, tid, spec in cands:
-                info = self.info(s, tid, spec)
+            for sid, tid in cands:
+                info = self.info(r, tid)
                 if info.site_ok(req.site) and info.requirement.matches(req.resources):
                     matching.append((sid, info))
+        if not matching:
+            return None
+        with self.db.write() as s:
             # PostgreSQL: first take any segment nobody else holds; if all are held, wait for one
             for blocking in ((False, True) if self._pg else (True,)):
                 skipped = False
@@ -296,7 +316,7 @@ class JobBroker:
         """Successful results of a job whose lease was lost (e.g. the agent lost the network for
         longer than the lease) still count for points nobody else has taken since: the work was
         done, throwing it away would only re-run it. Returns whether any was taken."""
-        task = s.get(TaskRow, job.task_id)
+        task = self._task(s, job.task_id)
         if task is None or task.state != "running":
             return False
         taken = False
@@ -314,12 +334,30 @@ class JobBroker:
         return taken
 
     def _apply_result(self, s: Session, job: JobRow, r: PointResult) -> None:
-        task = s.get(TaskRow, job.task_id)
-        info = self.info(s, job.task_id, task.spec)
-        p = s.execute(select(PointRow).where(PointRow.id == r.point_id).with_for_update()).scalar_one()
-        job.results = {**(job.results or {}), str(r.point_id): r.status}
+        self._apply_results(s, job, [r])
+
+    def _apply_results(self, s: Session, job: JobRow, results: list[PointResult]) -> None:
+        """Record results of ``job``: its points are read and locked in one statement (in id
+        order, like every other path), so a job of k points costs one SELECT, not k."""
+        if not results:
+            return
+        task = self._task(s, job.task_id)
+        info = self.info(s, job.task_id)
+        ids = sorted({r.point_id for r in results})
+        rows: dict[int, PointRow] = {}
+        for i in range(0, len(ids), 1000):
+            rows.update((p.id, p) for p in s.execute(
+                select(PointRow).where(PointRow.id.in_(ids[i:i + 1000])).order_by(PointRow.id).with_for_update()
+            ).scalars())
+        recorded = dict(job.results or {})
+        for r in results:
+            recorded[str(r.point_id)] = r.status
+            self._apply_one(rows[r.point_id], job, task, info, r)
+        job.results = recorded
+
+    def _apply_one(self, p: PointRow, job: JobRow, task: TaskRow, info: TaskInfo, r: PointResult) -> None:
         if p.state != "leased" or p.job_id != job.id:
-            return  # already given back (e.g. the task was cancelled); the record above keeps it idempotent
+            return  # already given back (e.g. the task was cancelled); job.results keeps it idempotent
         loss, problem = r.loss, None
         if r.status == 0:
             if loss is None:
@@ -363,7 +401,7 @@ class JobBroker:
             p.job_id = None
 
     def _release_job_points(self, s: Session, job: JobRow, task: TaskRow, *, error: str, final: bool = False) -> None:
-        info = self.info(s, job.task_id, task.spec)
+        info = self.info(s, job.task_id)
         rows = s.execute(select(PointRow).where(PointRow.id.in_(job.point_ids or []), PointRow.job_id == job.id,
                                                 PointRow.state == "leased").with_for_update()).scalars()
         for p in rows:
@@ -381,15 +419,13 @@ class JobBroker:
                 ack = JobAck(job_id=job.id, state=job.state)
                 self.on_change()
                 return ack
-            task = s.get(TaskRow, job.task_id)
+            task = self._task(s, job.task_id)
             if job.kind == "evaluation":
                 ids = set(job.point_ids or [])
                 for r in req.results:
                     if r.point_id not in ids:
                         raise InvalidInput(f"point {r.point_id} is not part of job {job_id}", field="results")
-                for r in req.results:
-                    if str(r.point_id) not in (job.results or {}):
-                        self._apply_result(s, job, r)
+                self._apply_results(s, job, [r for r in req.results if str(r.point_id) not in (job.results or {})])
                 self._release_job_points(s, job, task, error=req.message or
                                          "the job ended without a result for this point")
                 job.message = req.message or job.message

@@ -75,7 +75,8 @@ def test_task_completes_with_sandbox_files_and_artifacts(live_server, start_agen
         text = c.get(f"/artifacts/{errs[0]['id']}").text
     assert text.startswith("[phpo: first") and text.rstrip().endswith("noise 2999")
     # job directories are removed once their jobs end
-    assert not any((agent.workdir / "jobs").iterdir())
+    # (just after: the result that ends the task goes with complete, the directory goes after it)
+    wait_until(lambda: not any((agent.workdir / "jobs").iterdir()), 10, "job directories to be removed")
 
 
 MULTI = """\
@@ -392,6 +393,30 @@ p = json.load(open("input.json"))
 time.sleep(0.3)
 json.dump({"loss": float(p["x"]), "metrics": {"t_start": t0, "t_end": time.time()}}, open("output.json", "w"))
 """
+
+
+def test_one_point_jobs_chain_through_complete(start_server, start_agent, tmp_path):
+    """A one-point job's result goes with ``complete``, and that same call leases the slot's
+    next job: counted in the server's access log (debug level), a 4-point task on one slot
+    needs no ``/result`` call and fewer ``acquire`` calls than jobs."""
+    srv = start_server(None, "--log-level", "debug")
+    script = write_payload(tmp_path / "quick.py", """
+        import json
+        p = json.load(open("input.json"))
+        json.dump({"loss": float(p["x"])}, open("output.json", "w"))
+    """)
+    agent = start_agent(srv)
+    wait_until(lambda: "agent test-agent-0 at site" in agent.log(), 30, "the agent to start")
+    tid = submit(srv, base_spec(f"{PY} {script}", maxPoints=4, nParallelEvaluation=2))
+    t = wait_task(srv, tid, agents=(agent,))
+    assert t["state"] == "finished" and t["counts"]["evaluated"] == 4, t
+    # the last complete answers after its "next" long poll found nothing more (<= poll interval)
+    log = wait_until(lambda: (t := srv.log()).count("/complete HTTP") >= 4 and t, 10, "4 completes logged")
+    assert log.count("/complete HTTP") == 4
+    assert "/result HTTP" not in log, "one-point jobs should report through complete"
+    leased_by_acquire = log.count('/jobs/acquire HTTP/1.1" 200')
+    # the first job comes from acquire, the other three from complete's "next"
+    assert leased_by_acquire == 1, f"{leased_by_acquire} jobs leased by acquire: jobs are not chained"
 
 
 def test_refill_latency(live_server, start_agent, tmp_path):

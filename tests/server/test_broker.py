@@ -213,3 +213,61 @@ def test_cancel_and_pause_reach_running_jobs(db_url, start_server):
         with srv.client() as c:
             assert {p["state"] for p in points(c, tid)} == {"cancelled"}
             assert task(c, tid)["state"] == "cancelled"
+
+
+def test_long_poll_acquire_waits_then_wakes_when_points_arrive(db_url, start_server):
+    """``wait_s``: with nothing ready the server holds the call until a job is ready, or answers
+    204 when the time is up; a bad ``wait_s`` is a 422 naming it."""
+    srv = start_server(db_url)
+    with srv.client(srv.agent_token) as a:
+        r = a.post("/jobs/acquire", json={"agent": "a", "site": "local", "wait_s": 999})
+        assert r.status_code == 422 and "wait_s" in r.text
+        t0 = time.monotonic()
+        assert acquire(a, wait_s=1.5) is None
+        assert time.monotonic() - t0 >= 1.4, "an empty long poll must wait its wait_s"
+        got: dict = {}
+
+        def poll() -> None:
+            with srv.client(srv.agent_token) as a2:
+                t = time.monotonic()
+                got["job"] = acquire(a2, agent="waiter", wait_s=15)
+                got["after_s"] = time.monotonic() - t
+
+        th = threading.Thread(target=poll)
+        th.start()
+        time.sleep(0.5)
+        with srv.client() as c:
+            tid = create_task(c, maxPoints=2, nParallelEvaluation=1)["id"]
+        th.join(timeout=30)
+        assert got["job"] is not None and got["job"]["task_id"] == tid
+        # woken by the new point, not by the 15 s deadline (generous: a loaded CI machine)
+        assert got["after_s"] < 10, got["after_s"]
+
+
+def test_complete_with_next_leases_the_next_job_in_the_same_call(db_url, start_server):
+    srv = start_server(db_url)
+    with srv.client() as c:
+        tid = create_task(c, maxPoints=3, nParallelEvaluation=1)["id"]
+    with srv.client(srv.agent_token) as a:
+        j = acquire(a, wait_s=10)
+        pid = j["points"][0]["point_id"]
+        # the last result goes with complete; the next point is generated only after it (one in
+        # flight at a time), so the server waits for steering within the call
+        r = a.post(f"/jobs/{j['id']}/complete", json={
+            "results": [{"point_id": pid, "status": 0, "loss": 1.5}],
+            "next": {"agent": "agent-a", "site": "local", "wait_s": 10}})
+        assert r.status_code == 200, r.text
+        ack = r.json()
+        assert ack["state"] == "succeeded" and ack["next_job"] is not None
+        nxt = ack["next_job"]
+        assert nxt["task_id"] == tid and nxt["points"][0]["point_id"] != pid
+        # the next job is really leased: nobody else gets its point
+        assert acquire(a, agent="other") is None
+        # without "next" nothing more is leased
+        r = a.post(f"/jobs/{nxt['id']}/complete",
+                   json={"results": [{"point_id": nxt["points"][0]["point_id"], "status": 0, "loss": 0.5}]})
+        assert r.json()["next_job"] is None
+    with srv.client() as c:
+        pts = {p["id"]: p for p in points(c, tid)}
+        assert pts[pid]["state"] == "evaluated" and pts[pid]["loss"] == 1.5
+        assert pts[nxt["points"][0]["point_id"]]["state"] == "evaluated"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request, Response
 from phpo.schemas.artifacts import Artifact, ArtifactKind
 from phpo.schemas.jobs import (
@@ -15,15 +17,33 @@ from phpo.schemas.jobs import (
     PointResult,
 )
 
+from starlette.concurrency import run_in_threadpool
+
+from ...auth.identity import Caller
+from ...context import AppContext
 from ...services import uploads
 from ..deps import AgentCaller, Ctx
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
+async def lease(ctx: AppContext, caller: Caller, req: AcquireRequest) -> Job | None:
+    """Acquire; with ``wait_s`` a long poll: while nothing is ready, sleep until something may
+    have become ready (:class:`~phpo.server.services.work_signal.WorkSignal`) or the time is up."""
+    deadline = time.monotonic() + req.wait_s
+    work = ctx.broker.work
+    while True:
+        generation = work.generation  # read before trying: a notification during the try is not lost
+        job = await run_in_threadpool(ctx.broker.acquire, caller, req)
+        left = deadline - time.monotonic()
+        if job is not None or left <= 0:
+            return job
+        await work.wait(generation, left)
+
+
 @router.post("/acquire", response_model=Job, responses={204: {"description": "no job for this agent now"}})
-def acquire(body: AcquireRequest, ctx: Ctx, caller: AgentCaller):
-    job = ctx.broker.acquire(caller, body)
+async def acquire(body: AcquireRequest, ctx: Ctx, caller: AgentCaller):
+    job = await lease(ctx, caller, body)
     if job is None:
         return Response(status_code=204)
     return job
@@ -40,8 +60,13 @@ def point_result(job_id: int, point_id: int, body: PointResult, ctx: Ctx, caller
 
 
 @router.post("/{job_id}/complete", response_model=JobAck)
-def complete(job_id: int, body: CompleteRequest, ctx: Ctx, caller: AgentCaller) -> JobAck:
-    return ctx.broker.complete(caller, job_id, body)
+async def complete(job_id: int, body: CompleteRequest, ctx: Ctx, caller: AgentCaller) -> JobAck:
+    """Ends the job; with ``next`` also leases the agent's next job (``next_job``), so a slot is
+    refilled in the same round trip that reports its last result."""
+    ack = await run_in_threadpool(ctx.broker.complete, caller, job_id, body)
+    if body.next is not None:
+        ack.next_job = await lease(ctx, caller, body.next)
+    return ack
 
 
 @router.post("/{job_id}/fail", response_model=JobAck)
