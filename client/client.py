@@ -176,8 +176,29 @@ class Client(WorkflowMethods, HttpBase):
             "segment",
         )
 
-    def segments(self, task_id: int) -> Table[Segment]:
-        return Table(self._pages(f"/tasks/{int(task_id)}/segments", Segment, {}))
+    def segments(
+        self, task_id: int, sort: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> Table[Segment]:
+        """The per-segment summary: counts, best loss and best point of each segment.
+
+        ``sort`` is one of id (default), name, best_loss, evaluated, failed, running, ready, jobs,
+        finished; ``-best_loss`` sorts descending. Segments with no best loss yet come last
+        either way. ``limit``/``offset`` take one slice of that order (default: all segments).
+        """
+        path = f"/tasks/{int(task_id)}/segments"
+        params = _params(sort=sort)
+        if limit is None and not offset:
+            return Table(self._pages(path, Segment, params))
+        out: list[Segment] = []
+        while limit is None or len(out) < limit:
+            n = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(out))
+            page = self.request("GET", path, params={**params, "limit": n, "offset": offset}).json()
+            items = page.get("items", [])
+            out += [Segment.model_validate(x) for x in items]
+            offset += len(items)
+            if not items or offset >= int(page.get("total", 0)):
+                break
+        return Table(out)
 
     def iterations(self, task_id: int) -> Table[SteeringIteration]:
         """Steering calls, so one can see why a task waits (and what the steering said)."""

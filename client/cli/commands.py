@@ -1,4 +1,4 @@
-"""The task commands: submit, list, show, best, kill, pause, resume, logs, wait.
+"""The task commands: submit, list, show, segments, best, kill, pause, resume, logs, wait.
 
 Each takes the parsed arguments and a :class:`~phpo.client.Client` and returns the exit code.
 Human output goes to stdout as rich tables; ``--json`` prints plain JSON instead (nothing else
@@ -16,16 +16,18 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
-from phpo.schemas import BestPoint, Point, Task, TaskState
+from phpo.schemas import BestPoint, Point, Segment, Task, TaskState
 
-from ..errors import PhpoError
+from ..errors import InvalidInput, PhpoError
 from ..progress import format_loss, summary_line
 from ..sandbox import build_sandbox, sandbox_files
 from .upstream import CliError, build_spec, collect_options, dump_options, write_dump
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+SHOW_SEGMENTS = 20  # `phpo show` lists at most this many segments; `phpo segments` lists them all
 
 
 def out_console() -> Console:
@@ -189,7 +191,7 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
             return EXIT_OK
         points = list(client.points(args.id)) if args.points else []
         best = list(client.best(args.id))
-        segments = list(client.segments(args.id)) if task.n_segments > 1 else []
+        segments = list(client.segments(args.id, limit=SHOW_SEGMENTS)) if task.n_segments > 1 else []
     con = out_console()
     s = task.spec
     c = task.counts
@@ -207,24 +209,18 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
     for line in lines:
         con.print(line)
     if segments:
-        t = RichTable(title="segments", header_style="bold")
-        for col in ("id", "name", "evaluated", "running", "failed", "best loss", "finished"):
-            t.add_column(col)
-        for g in segments:
-            t.add_row(
-                str(g.id),
-                g.name,
-                str(g.n_evaluated),
-                str(g.n_leased),
-                str(g.n_failed),
-                format_loss(g.best_loss),
-                "yes" if g.finished else "",
+        con.print(_segments_table(segments, title="segments"))
+        if task.n_segments > len(segments):
+            con.print(
+                f"… {task.n_segments - len(segments)} more segments: phpo segments {task.id} "
+                "(--sort best_loss, --csv, ...)",
+                style="dim",
             )
-        con.print(t)
-    for b in best:
+    for b in best if not segments else []:  # a segmented task's best points are in its table
         if b.loss is not None:
-            seg = f" [{b.segment}]" if b.segment else ""
-            con.print(f"best{seg}: loss {format_loss(b.loss)} at point {b.point_id}: {json.dumps(b.params)}")
+            seg = f" ({escape(b.segment)})" if b.segment else ""
+            params = escape(json.dumps(b.params))
+            con.print(f"best{seg}: loss {format_loss(b.loss)} at point {b.point_id}: {params}")
     if points:
         points.sort(key=_sort_key)
         con.print(_points_table(points, args.points))
@@ -234,6 +230,99 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
                 "Python client's Client.points)",
                 style="dim",
             )
+    return EXIT_OK
+
+
+# --- segments ----------------------------------------------------------------------------
+
+
+def _param_names(segments: list[Segment]) -> list[str]:
+    names: dict[str, None] = {}
+    for g in segments:
+        names.update(dict.fromkeys(g.best_params or {}))
+    return list(names)
+
+
+def _segments_table(segments: list[Segment], title: str | None = None) -> RichTable:
+    """One row per segment: counts, best loss and the best point's parameters."""
+    names = _param_names(segments)
+    t = RichTable(title=title, header_style="bold")
+    for col in ("id", "name", "evaluated", "running", "failed", "best loss", *names, "finished"):
+        t.add_column(col, justify="right" if col in ("id", "evaluated", "running", "failed") else "left")
+    for g in segments:
+        params = g.best_params or {}
+        t.add_row(
+            str(g.id),
+            escape(g.name),
+            str(g.n_evaluated),
+            str(g.n_leased),
+            str(g.n_failed),
+            format_loss(g.best_loss),
+            *[escape(_val(params.get(n))) for n in names],
+            "yes" if g.finished else "",
+        )
+    return t
+
+
+SEGMENT_CSV_COLUMNS = (
+    "id", "name", "evaluated", "running", "failed", "ready", "jobs", "best_loss", "finished"
+)
+
+
+def _segments_csv(segments: list[Segment]) -> str:
+    """CSV: the summary columns, then one column per parameter of the best points."""
+    names = _param_names(segments)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*SEGMENT_CSV_COLUMNS, *names])
+    for g in segments:
+        loss = g.best_loss if not isinstance(g.best_loss, list) else json.dumps(g.best_loss)
+        loss = "" if loss is None else loss
+        params = g.best_params or {}
+        w.writerow(
+            [g.id, g.name, g.n_evaluated, g.n_leased, g.n_failed, g.n_ready, g.n_jobs, loss,
+             "true" if g.finished else "false"]
+            + [params.get(n, "") for n in names]
+        )
+    return buf.getvalue()
+
+
+def cmd_segments(args: argparse.Namespace, make_client) -> int:
+    if args.json and args.csv:
+        raise CliError("--json and --csv exclude each other; choose one")
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be 1 or more, got {args.limit}")
+    if args.offset < 0:
+        raise CliError(f"--offset must be 0 or more, got {args.offset}")
+    with make_client() as client:
+        task = client.task(args.id)
+        try:
+            segments = list(client.segments(args.id, sort=args.sort, limit=args.limit, offset=args.offset))
+        except InvalidInput as e:
+            if e.field == "sort":  # a typo in --sort is a usage error, with the server's list of keys
+                raise CliError(f"--sort: {e.message}") from None
+            raise
+    if args.json:
+        print_json([g.model_dump(mode="json") for g in segments])
+        return EXIT_OK
+    if args.csv:
+        sys.stdout.write(_segments_csv(segments))
+        sys.stdout.flush()
+        return EXIT_OK
+    if not segments:
+        err_console().print(
+            f"no segments from offset {args.offset}; task {task.id} has {task.n_segments}"
+        )
+        return EXIT_OK
+    title = f"segments of task {task.id}" + (f", sorted by {escape(args.sort)}" if args.sort else "")
+    out_console().print(_segments_table(segments, title=title))
+    shown_to = args.offset + len(segments)
+    if args.offset or shown_to < task.n_segments:
+        err_console().print(
+            f"segments {args.offset + 1}-{shown_to} of {task.n_segments}"
+            + (f"; next: --offset {shown_to}" if shown_to < task.n_segments else ""),
+            style="dim",
+        )
     return EXIT_OK
 
 

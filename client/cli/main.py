@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "submit": "submit a task (the default when no command is given)",
     "list": "your tasks",
     "show": "one task: state, counts, best point, points",
+    "segments": "the per-segment summary of a segmented task (--sort, --limit/--offset, --csv)",
     "best": "the best point (--segments: of each segment)",
     "kill": "cancel a task",
     "pause": "pause a task (running jobs finish, no new ones start)",
@@ -96,6 +97,26 @@ def command_parser() -> argparse.ArgumentParser:
         "--points", type=int, default=20, metavar="N", help="list the N best points (default 20; 0: none)"
     )
     _connection(s, "print the task as JSON")
+
+    s = cmd(
+        "segments",
+        description="One row per segment of a segmented task: points evaluated, running, failed, the "
+        "best loss and the best point's parameters, whether the segment is finished. All segments "
+        "unless --limit/--offset pick a slice of the chosen order.",
+    )
+    s.add_argument("id", type=int)
+    s.add_argument(
+        "--sort",
+        metavar="KEY",
+        help="id (default), name, best_loss, evaluated, failed, running, ready, jobs or finished; "
+        "-KEY for descending (e.g. --sort=-evaluated). Segments with no best loss yet come last",
+    )
+    s.add_argument("--limit", type=int, default=None, metavar="N", help="at most N segments (default all)")
+    s.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N (default 0)")
+    s.add_argument(
+        "--csv", action="store_true", help="print CSV (the counts, best_loss, one column per parameter)"
+    )
+    _connection(s, "print a list of segments as JSON")
 
     s = cmd("best")
     s.add_argument("id", type=int)
@@ -209,6 +230,7 @@ HANDLERS: dict[str, Callable] = {
     "submit": commands.cmd_submit,
     "list": commands.cmd_list,
     "show": commands.cmd_show,
+    "segments": commands.cmd_segments,
     "best": commands.cmd_best,
     "kill": commands.cmd_action,
     "pause": commands.cmd_action,
@@ -216,6 +238,22 @@ HANDLERS: dict[str, Callable] = {
     "logs": commands.cmd_logs,
     "wait": commands.cmd_wait,
 }
+
+
+def _glue_sort(argv: list[str]) -> list[str]:
+    """``--sort -best_loss`` as ``--sort=-best_loss``: argparse would take the descending key for
+    an option and say the value is missing."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if argv[i] == "--sort" and nxt.startswith("-") and nxt[1:2].isalpha():
+            out.append(f"--sort={nxt}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return workflow_main(argv[i + 1 :] + argv[:i])
     try:
         if word in COMMANDS:
-            args = command_parser().parse_args(argv)
+            args = command_parser().parse_args(_glue_sort(argv) if word == "segments" else argv)
         elif word is None and not argv:
             submit_parser().print_help(sys.stderr)
             return commands.EXIT_USAGE

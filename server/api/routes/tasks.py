@@ -71,6 +71,9 @@ def resume_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
 @router.get("/{task_id}/segments", response_model=Page[Segment])
 def get_segments(task_id: int, ctx: Ctx, caller: UserCaller, limit: int = 100, offset: int = 0,
                  sort: str | None = None) -> Page[Segment]:
+    """Per-segment summary (counts, best point), one page. ``sort``: id (default), name, best_loss,
+    evaluated, failed, running (or leased), ready, jobs, finished; ``-key`` for descending.
+    Segments with no best loss yet come last either way; ties are in id order."""
     with ctx.db.read() as s:
         task = get_task_row(s, task_id, caller)
         items, total = list_segments(s, task, limit=limit, offset=offset, sort=sort)
