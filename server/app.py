@@ -38,11 +38,11 @@ def build_context(settings: Settings) -> AppContext:
     ctx.manager = manager
     broker.steering = manager
 
-    def changed() -> None:  # results, lost leases, submit/resume: steer, and wake waiting agents
+    def changed() -> None:  # submit/resume: steer, and wake waiting agents
         manager.wake()
         broker.work.notify()
 
-    broker.on_change = changed
+    broker.on_change = manager.wake  # the broker wakes waiting agents itself when a point is ready again
     ctx.tasks.wake = changed
     ctx.workflows = WorkflowEngine(ctx)
     if settings.mlflow_uri:

@@ -245,6 +245,8 @@ class HpoManager:
             self._finish(finishes, done_tasks)
         for tid, n in external_asks.items():
             self._queue_steering_job(tid, specs[tid], n)
+        if external_asks and self.broker is not None:
+            self.broker.work.notify()  # a steering job may be queued: agents waiting in acquire take it
         for plan in asks:
             key = (plan.task_id, plan.seg_idx)
             with self._lock:
@@ -598,6 +600,8 @@ class HpoManager:
                 seg.n_generated += 1
                 produced += 1
         task.failed_iterations = 0
+        if produced and self.broker is not None:
+            self.broker.mark_ready()  # wakes waiting agents once the complete has committed
         if it is not None:
             it.produced = produced
             it.duration_s = duration

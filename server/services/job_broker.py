@@ -94,6 +94,7 @@ class JobBroker:
         self.steering: SteeringHandler | None = None
         self.mlflow: Any = None  # MlflowBridge when --mlflow-uri is set (only its table is read here)
         self.work = WorkSignal()  # wakes long-polling acquires (see work_signal.py)
+        self._tl = threading.local()  # .ready: this thread's transaction made a point ready again
         self._infos: dict[int, TaskInfo] = {}
         self._infos_lock = threading.Lock()
 
@@ -113,6 +114,20 @@ class JobBroker:
         with self._infos_lock:
             self._infos[task_id] = got
         return got
+
+    def mark_ready(self) -> None:
+        """Called inside a broker transaction that makes points ready (e.g. a steering job's
+        output): waiting agents are woken after the commit."""
+        self._tl.ready = True
+
+    def _changed(self) -> None:
+        """After a commit: the manager steers; waiting agents are woken only when a point became
+        ready again (results alone make nothing ready: the manager's new points do, and it
+        notifies itself; waking every waiter per result cost each of them an acquire)."""
+        self.on_change()
+        if getattr(self._tl, "ready", False):
+            self._tl.ready = False
+            self.work.notify()
 
     @staticmethod
     def _task(s: Session, task_id: int) -> TaskRow | None:
@@ -305,11 +320,11 @@ class JobBroker:
                     raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the result is not taken",
                                     field="job_id")
                 ack = JobAck(job_id=job.id, state=job.state)
-                self.on_change()
+                self._changed()
                 return ack
             self._apply_result(s, job, result)
             ack = JobAck(job_id=job.id, state=job.state)
-        self.on_change()
+        self._changed()
         return ack
 
     def _accept_late(self, s: Session, job: JobRow, results: list[PointResult]) -> bool:
@@ -390,6 +405,7 @@ class JobBroker:
         if task.state != "running":
             set_state(p, "ready")
             p.job_id = None
+            self.mark_ready()
             return
         if spend:
             p.attempts += 1
@@ -399,6 +415,7 @@ class JobBroker:
         else:
             set_state(p, "ready")
             p.job_id = None
+            self.mark_ready()
 
     def _release_job_points(self, s: Session, job: JobRow, task: TaskRow, *, error: str, final: bool = False) -> None:
         info = self.info(s, job.task_id)
@@ -417,7 +434,7 @@ class JobBroker:
                     raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the results are not taken",
                                     field="job_id")
                 ack = JobAck(job_id=job.id, state=job.state)
-                self.on_change()
+                self._changed()
                 return ack
             task = self._task(s, job.task_id)
             if job.kind == "evaluation":
@@ -436,7 +453,7 @@ class JobBroker:
                 if self.steering is not None:
                     self.steering.steering_succeeded(s, job, task, req.steering_output)
             ack = JobAck(job_id=job.id, state=job.state)
-        self.on_change()
+        self._changed()
         return ack
 
     def fail(self, caller: Caller, job_id: int, req: FailRequest) -> JobAck:
@@ -453,7 +470,7 @@ class JobBroker:
             elif self.steering is not None:
                 self.steering.steering_failed(s, job, task, req.error)
             ack = JobAck(job_id=job.id, state=job.state)
-        self.on_change()
+        self._changed()
         return ack
 
     # ---------------------------------------------------------------- reaper
@@ -480,5 +497,5 @@ class JobBroker:
                 n += 1
         if n:
             log.info("reaper: %d expired lease(s) taken back", n)
-            self.on_change()
+            self._changed()
         return n
