@@ -246,7 +246,7 @@ class HpoManager:
         for tid, n in external_asks.items():
             self._queue_steering_job(tid, specs[tid], n)
         if external_asks and self.broker is not None:
-            self.broker.work.notify()  # a steering job may be queued: agents waiting in acquire take it
+            self.broker.work.notify(len(external_asks))  # steering jobs queued: waiting agents take them
         for plan in asks:
             key = (plan.task_id, plan.seg_idx)
             with self._lock:
@@ -396,7 +396,7 @@ class HpoManager:
                 st.own.update(ids)
                 st.open.update(ids)
             if ids and self.broker is not None:
-                self.broker.work.notify()  # agents waiting in acquire: new points are ready
+                self.broker.work.notify(len(ids))  # agents waiting in acquire: new points are ready
         except Exception as e:  # noqa: BLE001 - recorded as a failed iteration
             log.warning("steering iteration of task %d segment %d failed: %s", task_id, seg_idx, e)
             with self._lock:
@@ -601,7 +601,7 @@ class HpoManager:
                 produced += 1
         task.failed_iterations = 0
         if produced and self.broker is not None:
-            self.broker.mark_ready()  # wakes waiting agents once the complete has committed
+            self.broker.mark_ready(produced)  # wakes waiting agents once the complete has committed
         if it is not None:
             it.produced = produced
             it.duration_s = duration

@@ -94,7 +94,7 @@ class JobBroker:
         self.steering: SteeringHandler | None = None
         self.mlflow: Any = None  # MlflowBridge when --mlflow-uri is set (only its table is read here)
         self.work = WorkSignal()  # wakes long-polling acquires (see work_signal.py)
-        self._tl = threading.local()  # .ready: this thread's transaction made a point ready again
+        self._tl = threading.local()  # .ready: points this thread's transaction made ready again
         self._infos: dict[int, TaskInfo] = {}
         self._infos_lock = threading.Lock()
 
@@ -115,19 +115,20 @@ class JobBroker:
             self._infos[task_id] = got
         return got
 
-    def mark_ready(self) -> None:
-        """Called inside a broker transaction that makes points ready (e.g. a steering job's
-        output): waiting agents are woken after the commit."""
-        self._tl.ready = True
+    def mark_ready(self, n: int = 1) -> None:
+        """Called inside a broker transaction that makes ``n`` points ready (e.g. a steering
+        job's output): as many waiting agents are woken after the commit."""
+        self._tl.ready = getattr(self._tl, "ready", 0) + n
 
     def _changed(self) -> None:
         """After a commit: the manager steers; waiting agents are woken only when a point became
         ready again (results alone make nothing ready: the manager's new points do, and it
         notifies itself; waking every waiter per result cost each of them an acquire)."""
         self.on_change()
-        if getattr(self._tl, "ready", False):
-            self._tl.ready = False
-            self.work.notify()
+        n = getattr(self._tl, "ready", 0)
+        if n:
+            self._tl.ready = 0
+            self.work.notify(n)
 
     @staticmethod
     def _task(s: Session, task_id: int) -> TaskRow | None:

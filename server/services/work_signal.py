@@ -24,10 +24,16 @@ class WorkSignal:
         self.generation = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
-    def notify(self) -> None:
+    def notify(self, n: int | None = None) -> None:
+        """Wake the ``n`` longest-waiting acquires (all when None): ``n`` new points wake ``n``
+        agents, not every idle one into an acquire that finds nothing (a waiter that finds
+        nothing after all waits again; at worst until its own ``wait_s`` runs out)."""
         with self._lock:
             self.generation += 1
-            waiters, self._waiters = self._waiters, []
+            if n is None or n >= len(self._waiters):
+                waiters, self._waiters = self._waiters, []
+            else:
+                waiters, self._waiters = self._waiters[:max(0, n)], self._waiters[max(0, n):]
         for loop, fut in waiters:
             try:
                 loop.call_soon_threadsafe(_wake, fut)
