@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # The CPU build of torch (for optuna.gp) comes from a local wheel where the machine has one.
 WHEELS ?= /opt/wheels
 
-.PHONY: install demo test lint bench clean container-runtime
+.PHONY: install demo test lint bench clean container-runtime chromium
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,14 @@ container-runtime:
 	  (apt-get update -qq && apt-get install -y -qq podman runc busybox-static >/dev/null) \
 	  || echo "could not install podman: container tests will be skipped"; fi
 
-test: install container-runtime
+# headless Chromium for the MLflow UI screenshot test (tests/mlflow); that test skips with a
+# visible reason when it cannot be installed.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends chromium fonts-liberation >/dev/null) \
+	  || echo "could not install chromium: the MLflow UI screenshot test will be skipped"; fi
+
+test: install container-runtime chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install

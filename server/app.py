@@ -48,8 +48,9 @@ def build_context(settings: Settings) -> AppContext:
     if settings.mlflow_uri:
         from .services.mlflow_bridge import MlflowBridge
 
-        ctx.mlflow = MlflowBridge(db, settings.mlflow_uri, interval=settings.mlflow_interval)
+        ctx.mlflow = MlflowBridge(db, settings.mlflow_uri, interval=settings.mlflow_interval, store=store)
         broker.mlflow = ctx.mlflow
+        ctx.mlflow.on_runs = broker.work.notify
     return ctx
 
 

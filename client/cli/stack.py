@@ -147,7 +147,7 @@ class Stack:
         log = open(self.log_dir / "mlflow.log", "ab")  # noqa: SIM115 - the child keeps it
         self.mlflow = subprocess.Popen(
             [self.python, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
-             "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
+             "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.mlflow_port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
@@ -422,7 +422,8 @@ def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
     if r.status_code != 200:
         raise CliError(f"no MLflow experiment {name!r} at {url} yet (the server creates it with the "
                        "task's first point)", code=1)
-    link = f"{url}/#/experiments/{r.json()['experiment']['experiment_id']}"
+    # the runs table: MLflow 3's default experiment page is the GenAI overview, which lists no runs
+    link = f"{url}/#/experiments/{r.json()['experiment']['experiment_id']}/runs"
     print(link)
     if args.open:
         import webbrowser

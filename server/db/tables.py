@@ -167,3 +167,33 @@ class MlflowRunRow(Base):
     run_id: Mapped[str] = mapped_column(String(64))
     synced: Mapped[str] = mapped_column(String(16), doc="open | done")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MlflowArtifactRow(Base):
+    """The MLflow bridge's artifact outbox: one row per phpo artifact the bridge has handled
+    (a point's logs and metrics file, the best point's checkpoint), so a pass never uploads or
+    imports it twice. ``status``: done | skipped | error; ``detail`` says why when not done."""
+
+    __tablename__ = "mlflow_artifacts"
+    artifact_id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=False)
+    task_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), index=True)
+    point_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    kind: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MlflowSegmentRunRow(Base):
+    """The parent run of a segment of a segmented task (its points' runs are nested under it):
+    ``synced`` 'open' until the segment has ended and the run is terminated, then 'done'."""
+
+    __tablename__ = "mlflow_segment_runs"
+    __table_args__ = (Index("ix_mlflow_segment_runs_synced", "synced"),)
+    segment_id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=False)
+    task_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), index=True)
+    experiment_id: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(64))
+    synced: Mapped[str] = mapped_column(String(16), doc="open | done")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

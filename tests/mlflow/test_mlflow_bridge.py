@@ -8,12 +8,16 @@ Fixtures live in this module for the same reason (a second top-level ``conftest`
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from agent.agent_helpers import (
     AgentProc,
     base_spec,
     free_port,
+    get_artifacts,
     get_points,
     sandbox_upload,
     submit,
@@ -63,7 +68,7 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server",
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
@@ -207,6 +212,9 @@ def test_segmented_task_nests_point_runs_under_one_parent_run_per_segment(mlflow
     assert len(points) == 4
     for r in points:
         assert r.data.tags["mlflow.parentRunId"] == parents[r.data.tags["phpo.segment"]]
+    # the parent runs end with their segments
+    wait_until(lambda: {r.info.status for r in runs_of(client, exp_name) if "phpo.segment_parent" in r.data.tags}
+               == {"FINISHED"}, 30, "the parent runs to be FINISHED", server.log)
 
 
 SLOW = """\
@@ -277,15 +285,411 @@ def test_stack_starts_mlflow_and_dashboard_prints_the_experiment_url(tmp_path):
         out = run_phpo("submit", "--outDS", exp_name, "--optimizer", "grid", "--maxPoints", "2",
                        "--searchSpaceFile", str(space),
                        "--evaluationExec", f"{PY} -c \"from phpo.evaluation_container import sdk; "
-                       f"sdk.report(float(sdk.load_point()['x']))\"", "--json", env=env)
+                       f"print('x', sdk.load_point()['x']); sdk.report(float(sdk.load_point()['x']))\"",
+                       "--json", env=env)
         tid = json.loads(out.stdout)["id"]
         run_phpo("wait", str(tid), "--timeout", "90", "--quiet", env=env)
         client = MlflowClient(tracking_uri=stack.mlflow_url)
         runs = wait_runs_done(client, exp_name, 2, timeout=60)
         assert len(runs) == 2
+        # the stack's MLflow serves artifacts (--artifacts-destination in the data dir): logs land there
+        wait_until(lambda: all(client.list_artifacts(r.info.run_id, "logs") for r in runs), 60, "logs in MLflow")
+        assert list((stack.data_dir / "mlflow" / "artifacts").rglob("*.stdout.txt"))
         got = run_phpo("dashboard", str(tid), "--mlflow-uri", str(stack.mlflow_url), env=env).stdout.strip()
         exp = client.get_experiment_by_name(exp_name)
-        assert got == f"{stack.mlflow_url}/#/experiments/{exp.experiment_id}"
+        assert got == f"{stack.mlflow_url}/#/experiments/{exp.experiment_id}/runs"
         assert httpx.get(got.split("#")[0], timeout=10).status_code == 200  # the stock MLflow UI
         missing = run_phpo("dashboard", "999999", "--mlflow-uri", str(stack.mlflow_url), env=env, check=False)
         assert missing.returncode != 0 and "999999" in (missing.stderr + missing.stdout)
+
+
+# --------------------------------------------------------------------------- run status
+
+
+BLOCK = """\
+import os, sys, time
+from phpo.evaluation_container import sdk
+
+p = sdk.load_point()
+deadline = time.time() + 60
+while not os.path.exists(sys.argv[1]) and time.time() < deadline:
+    time.sleep(0.1)
+sdk.report(float(p["x"]))
+"""
+
+
+def test_run_is_scheduled_until_its_point_is_leased_then_running_then_finished(
+        mlflow_server, start_server, agents, tmp_path):
+    exp_name = f"user.test.status.{uuid.uuid4().hex[:8]}"
+    server = start_server(None, "--mlflow-uri", mlflow_server.uri)
+    go = tmp_path / "go"
+    sb = sandbox_upload(server, {"block.py": BLOCK})
+    tid = submit(server, base_spec(f"{PY} block.py {go}", sandbox=str(sb), outDS=exp_name, maxPoints=2,
+                                   nParallelEvaluation=2, nPointsPerIteration=2,
+                                   searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}}))
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+
+    def statuses() -> dict[str, str]:
+        return {r.data.tags["phpo.point_id"]: r.info.status for r in runs_of(client, exp_name)
+                if "phpo.point_id" in r.data.tags}
+
+    # no agent yet: both points wait for a job, their runs are SCHEDULED
+    wait_until(lambda: list(statuses().values()) == ["SCHEDULED"] * 2, 60, "2 SCHEDULED runs", server.log)
+    agent = agents(server, "--slots", "1")  # one job at a time: one point leased, one still waiting
+    wait_until(lambda: sorted(statuses().values()) == ["RUNNING", "SCHEDULED"], 60, "one RUNNING run",
+               lambda: f"{statuses()}\n{agent.log()[-3000:]}")
+    leased = [p for p in get_points(server, tid) if p["state"] == "leased"]
+    assert len(leased) == 1 and statuses()[str(leased[0]["id"])] == "RUNNING"
+    go.write_text("go")
+    t = wait_task(server, tid, agents=(agent,), timeout=90)
+    assert t["state"] == "finished", t
+    wait_until(lambda: list(statuses().values()) == ["FINISHED"] * 2, 60, "2 FINISHED runs", server.log)
+
+
+# --------------------------------------------------------------------------- upstream mlruns/ tarballs
+
+UPSTREAM = """\
+import os, shutil, sys, tarfile
+from phpo.evaluation_container import sdk
+
+p = sdk.load_point()
+x = p["x"]
+print(f"training x={x}")
+print(f"stderr of x={x}", file=sys.stderr)
+# an upstream payload: MLflow's file store in the working directory, tarred as evaluationMetrics
+os.environ.pop("MLFLOW_RUN_ID", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+import mlflow
+
+shutil.rmtree("mlruns", ignore_errors=True)
+mlflow.set_tracking_uri("file:" + os.path.abspath("mlruns"))
+with mlflow.start_run(run_name=f"train-{x}"):
+    mlflow.log_param("lr", 0.1 * (x + 1))
+    mlflow.log_param("x", f"{x}.0")  # the point's own param "x" is "<x>": a conflict, kept as the point's
+    mlflow.set_tag("stage", "train")
+    for step in range(5):
+        mlflow.log_metric("acc", x + step / 10, step=step)
+    if x % 2:  # odd points: a second, nested run -> both become child runs of the point's run
+        with mlflow.start_run(run_name=f"eval-{x}", nested=True):
+            mlflow.log_metric("auc", 0.5, step=0)
+            mlflow.log_metric("auc", 0.75, step=1)
+with tarfile.open("metrics.tgz", "w:gz") as t:
+    t.add("mlruns")
+sdk.report(float((x - 2) ** 2))
+"""
+
+
+def _outbox(server, tid: int) -> list[tuple]:
+    """The bridge's artifact records of task ``tid`` (in the server's SQLite file or PostgreSQL)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(server.database_url or f"sqlite:///{server.data_dir / 'phpo.db'}")
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sqlalchemy.text(
+                "SELECT artifact_id, kind, status, detail FROM mlflow_artifacts WHERE task_id = :t "
+                "ORDER BY artifact_id"), {"t": tid})]
+    finally:
+        engine.dispose()
+
+
+def _history(client, run_id: str, key: str) -> list[tuple]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_mlruns_tarball_is_imported_and_logs_are_uploaded_once(mlflow_server, start_server, agents, tmp_path):
+    exp_name = f"user.test.upstream.{uuid.uuid4().hex[:8]}"
+    server = start_server(None, "--mlflow-uri", mlflow_server.uri)
+    sb = sandbox_upload(server, {"train.py": UPSTREAM})
+    tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name, nParallelEvaluation=2,
+                                   evaluationMetrics="metrics.tgz"))
+    agent = agents(server, "--slots", "2")
+    t = wait_task(server, tid, agents=(agent,), timeout=120)
+    assert t["state"] == "finished", t
+    pts = get_points(server, tid)
+    arts = get_artifacts(server, tid)
+    sent = sorted(a["id"] for a in arts if a["kind"] in ("log", "metrics"))
+    assert len([a for a in arts if a["kind"] == "metrics"]) == 4
+    wait_until(lambda: [r[0] for r in _outbox(server, tid)] == sent, 60, "every log and metrics file handled",
+               server.log)
+    assert {r[2] for r in _outbox(server, tid)} == {"done"}, _outbox(server, tid)
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+
+    def snapshot() -> dict:
+        """Everything the import wrote, to compare after a second import."""
+        runs = runs_of(client, exp_name)
+        out = {}
+        for r in runs:
+            rid = r.info.run_id
+            out[rid] = (r.info.status, r.data.params, {k: _history(client, rid, k) for k in r.data.metrics},
+                        sorted(a.path for a in client.list_artifacts(rid, "logs")))
+        return out
+
+    wait_runs_done(client, exp_name, 4, diag=server.log)
+    runs = runs_of(client, exp_name)
+    point_runs = {int(r.data.tags["phpo.point_id"]): r for r in runs if "phpo.point_id" in r.data.tags}
+    children = [r for r in runs if "phpo.parent_point_id" in r.data.tags]
+    assert len(point_runs) == 4 and len(children) == 4  # two child runs for each of the 2 odd points
+    metrics_art = {a["point_id"]: a["id"] for a in arts if a["kind"] == "metrics"}
+    for p in pts:
+        x, r = p["params"]["x"], point_runs[p["id"]]
+        rid = r.info.run_id
+        # the point's logs are artifacts of its run, byte for byte what phpo stored
+        logs = sorted(a.path for a in client.list_artifacts(rid, "logs"))
+        assert [Path(n).name.split(".", 1)[1] for n in logs] == ["stderr.txt", "stdout.txt"], logs
+        local = client.download_artifacts(rid, next(n for n in logs if n.endswith("stdout.txt")), str(tmp_path))
+        assert Path(local).read_text() == f"training x={x}\n"
+        assert client.list_artifacts(rid, "metrics") == []  # imported, not uploaded as a file
+        mine = [c for c in children if c.data.tags["phpo.parent_point_id"] == str(p["id"])]
+        if x % 2 == 0:  # one run in the tarball: merged into the point's run
+            assert not mine
+            assert r.data.params == {"x": str(x), "lr": str(0.1 * (x + 1))}
+            assert r.data.tags["phpo.import_param_conflicts"] == "x"
+            assert r.data.tags["stage"] == "train"
+            assert r.data.tags[f"phpo.imported.{metrics_art[p['id']]}"]
+            assert _history(client, rid, "acc") == [(s, x + s / 10) for s in range(5)]
+            assert r.data.metrics["loss"] == float((x - 2) ** 2)  # phpo's own result is still there
+        else:  # two runs: child runs of the point's run, their own nesting kept
+            by_name = {c.info.run_name: c for c in mine}
+            assert set(by_name) == {f"train-{x}", f"eval-{x}"}
+            train, ev = by_name[f"train-{x}"], by_name[f"eval-{x}"]
+            assert train.data.tags["mlflow.parentRunId"] == rid
+            assert ev.data.tags["mlflow.parentRunId"] == train.info.run_id
+            assert train.data.params == {"lr": str(0.1 * (x + 1)), "x": f"{x}.0"}
+            assert train.data.tags["stage"] == "train"
+            assert _history(client, train.info.run_id, "acc") == [(s, x + s / 10) for s in range(5)]
+            assert _history(client, ev.info.run_id, "auc") == [(0, 0.5), (1, 0.75)]
+            assert train.info.status == ev.info.status == "FINISHED"
+            assert r.data.params == {"x": str(x)}
+    before = snapshot()
+
+    # a second import: the outbox forgets (a crash before recording), and MLflow lost the marker
+    # tags too (a crash between writing the metrics and the marker): nothing may be doubled
+    server.stop()
+    with sqlite3.connect(server.data_dir / "phpo.db") as db:
+        assert db.execute("DELETE FROM mlflow_artifacts WHERE task_id = ?", (tid,)).rowcount == len(sent)
+    for r in runs:
+        for k in r.data.tags:
+            if k.startswith("phpo.imported.") or k == "phpo.import_complete":
+                client.delete_tag(r.info.run_id, k)
+    server.start()
+    wait_until(lambda: [r[0] for r in _outbox(server, tid)] == sent, 60, "the artifacts handled again",
+               server.log)
+    assert snapshot() == before
+
+
+# --------------------------------------------------------------------------- checkpoints, limits, bad input
+
+CKPT = """\
+import os, time
+from phpo.evaluation_container import sdk
+
+p = sdk.load_point()
+os.makedirs("ckpt", exist_ok=True)
+open("ckpt/state.txt", "w").write(f"x={p['x']}")
+time.sleep(2.5)  # the agent uploads the checkpoint every second while the payload runs
+sdk.report(float((p["x"] - 2) ** 2))
+"""
+
+
+def test_best_points_checkpoint_goes_to_its_run_once_its_segment_ended(mlflow_server, db_url, start_server,
+                                                                       agents, tmp_path):
+    """Per segment, only the best evaluated point's checkpoint is copied to MLflow (on SQLite and
+    PostgreSQL: the bridge's queries over ended segments run on both)."""
+    exp_name = f"user.test.ckpt.{uuid.uuid4().hex[:8]}"
+    server = start_server(db_url, "--mlflow-uri", mlflow_server.uri)
+    sb = sandbox_upload(server, {"train.py": CKPT})
+    segments = [{"name": n, "files": [f"/data/{n}.dat"]} for n in ("higgs", "ttbar")]
+    tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name, nParallelEvaluation=2,
+                                   segments=segments, maxPoints=3, checkPointToSave="ckpt",
+                                   checkPointInterval="1s",
+                                   searchSpace={"params": {"x": {"type": "int", "low": 1, "high": 3}}}))
+    agent = agents(server, "--slots", "2")
+    t = wait_task(server, tid, agents=(agent,), timeout=120)
+    assert t["state"] == "finished", t
+    pts = get_points(server, tid)
+    assert len(pts) == 6
+    ckpts = {a["point_id"]: a for a in get_artifacts(server, tid, "checkpoint")}
+    best = {p["id"] for p in pts if p["params"]["x"] == 2}  # loss (x-2)^2: one best point per segment
+    assert len(best) == 2 and best <= set(ckpts), f"no checkpoint of a best point: {ckpts}\n{agent.log()[-3000:]}"
+    wait_until(lambda: {r[0] for r in _outbox(server, tid) if r[1] == "checkpoint"} == {a["id"] for a in
+               ckpts.values()}, 60, "every checkpoint looked at", server.log)
+    status = {r[0]: r[2] for r in _outbox(server, tid) if r[1] == "checkpoint"}
+    assert status == {a["id"]: "done" if pid in best else "skipped" for pid, a in ckpts.items()}
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    all_runs = runs_of(client, exp_name)
+    runs = {int(r.data.tags["phpo.point_id"]): r for r in all_runs if "phpo.point_id" in r.data.tags}
+    for p in pts:
+        rid = runs[p["id"]].info.run_id
+        got = [a.path for a in client.list_artifacts(rid, "checkpoint")]
+        if p["id"] in best:
+            assert got == [f"checkpoint/{ckpts[p['id']]['name']}"]
+            assert runs[p["id"]].data.tags["phpo.best_in_segment"] == "true"
+            local = client.download_artifacts(rid, got[0], str(tmp_path / str(p["id"])))
+            with server.client() as c:  # the same bytes as phpo's own copy
+                assert Path(local).read_bytes() == c.get(f"/artifacts/{ckpts[p['id']]['id']}").content
+        else:
+            assert got == [] and "phpo.best_in_segment" not in runs[p["id"]].data.tags
+    wait_until(lambda: {r.info.status for r in runs_of(client, exp_name) if "phpo.segment_parent" in r.data.tags}
+               == {"FINISHED"}, 30, "the parent runs to be FINISHED", server.log)
+
+
+BIG_AND_BAD = """\
+import io, sys, tarfile
+from phpo.evaluation_container import sdk
+
+sys.stdout.write("y" * 40000 + "\\n")  # over the bridge's limit in this test
+print("small", file=sys.stderr)
+with tarfile.open("metrics.tgz", "w:gz") as t:  # an mlruns/ tarball that tries to escape
+    for name in ("mlruns/0/meta.yaml", "../../escaped.txt"):
+        info = tarfile.TarInfo(name)
+        info.size = 2
+        t.addfile(info, io.BytesIO(b"hi"))
+sdk.report(1.0)
+"""
+
+
+def test_oversized_log_is_tagged_with_its_phpo_route_and_unsafe_tarball_is_refused(
+        mlflow_server, start_server, agents, monkeypatch):
+    monkeypatch.setenv("PHPO_MLFLOW_MAX_ARTIFACT_MB", "0.02")  # ~20 KB, read by the server's bridge
+    exp_name = f"user.test.limits.{uuid.uuid4().hex[:8]}"
+    server = start_server(None, "--mlflow-uri", mlflow_server.uri)
+    sb = sandbox_upload(server, {"train.py": BIG_AND_BAD})
+    tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name, maxPoints=1,
+                                   evaluationMetrics="metrics.tgz",
+                                   searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 0}}}))
+    agent = agents(server)
+    t = wait_task(server, tid, agents=(agent,), timeout=90)
+    assert t["state"] == "finished", t
+    arts = {a["name"].rsplit(".", 2)[-2] if a["kind"] == "log" else a["kind"]: a for a in get_artifacts(server, tid)}
+    wait_until(lambda: len(_outbox(server, tid)) == 3, 60, "3 artifacts handled", server.log)
+    rows = {r[0]: r for r in _outbox(server, tid)}
+    assert rows[arts["stdout"]["id"]][2] == "skipped"
+    assert rows[arts["stderr"]["id"]][2] == "done"
+    assert rows[arts["metrics"]["id"]][2] == "error" and "unsafe member name" in rows[arts["metrics"]["id"]][3]
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    (run,) = runs_of(client, exp_name)
+    rid = run.info.run_id
+    assert [Path(a.path).name.split(".", 1)[1] for a in client.list_artifacts(rid, "logs")] == ["stderr.txt"]
+    why = run.data.tags[f"phpo.artifact_skipped.{arts['stdout']['id']}"]
+    route = f"/api/v1/artifacts/{arts['stdout']['id']}"
+    assert route in why and "limit" in why
+    with server.client() as c:  # the route in the tag serves the log
+        assert c.get(route.removeprefix("/api/v1")).content == b"y" * 40000 + b"\n"
+    assert "unsafe member name" in run.data.tags[f"phpo.artifact_error.{arts['metrics']['id']}"]
+
+
+def _tar(path: Path, members: list[tuple[str, bytes | None, str]]) -> Path:
+    """members: (name, data, type) with type file|dir|symlink (data = the link target for links)."""
+    with tarfile.open(path, "w:gz") as t:
+        for name, data, typ in members:
+            info = tarfile.TarInfo(name)
+            if typ == "dir":
+                info.type = tarfile.DIRTYPE
+                t.addfile(info)
+            elif typ == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, data.decode()
+                t.addfile(info)
+            else:
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_extract_mlruns_takes_only_safe_regular_files_within_bounds(tmp_path):
+    from phpo.server.services.mlflow_bridge import UnsafeTarball, extract_mlruns
+
+    run = "out/mlruns/1/abc"
+    ok = _tar(tmp_path / "ok.tgz", [
+        ("out/mlruns/1/meta.yaml", b"e", "file"), (f"{run}/meta.yaml", b"r", "file"),
+        (f"{run}/metrics/acc", b"1 0.5 0\n", "file"), (f"{run}/artifacts/model.bin", b"x" * 100, "file"),
+        (f"{run}/tags/link", b"/etc/passwd", "symlink"), ("other/mlruns/2/meta.yaml", b"o", "file"),
+        ("README", b"not mlruns", "file")])
+    root = extract_mlruns(ok, tmp_path / "x")
+    assert root == tmp_path / "x" / "mlruns"
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    # the first mlruns/ only; no run artifacts, no links; the run's folders exist for MLflow's reader
+    assert files == ["1/abc/meta.yaml", "1/abc/metrics/acc", "1/meta.yaml"]
+    assert {p.name for p in (root / "1" / "abc").iterdir()} == {"meta.yaml", "metrics", "params", "tags",
+                                                                 "artifacts"}
+    assert extract_mlruns(_tar(tmp_path / "none.tgz", [("a/b.txt", b"x", "file")]), tmp_path / "y") is None
+    for bad in ("../mlruns/0/meta.yaml", "/tmp/mlruns/0/meta.yaml", "mlruns/0/../../../escape"):
+        with pytest.raises(UnsafeTarball, match="unsafe member name"):
+            extract_mlruns(_tar(tmp_path / "bad.tgz", [(bad, b"x", "file")]), tmp_path / "z")
+    assert not (tmp_path / "escape").exists()
+    big = _tar(tmp_path / "big.tgz", [(f"mlruns/0/r/metrics/m{i}", b"0" * 1000, "file") for i in range(5)])
+    with pytest.raises(UnsafeTarball, match="more than 3000 bytes"):
+        extract_mlruns(big, tmp_path / "b", max_bytes=3000)
+    with pytest.raises(UnsafeTarball, match="more than 4 members"):
+        extract_mlruns(big, tmp_path / "c", max_members=4)
+
+
+# --------------------------------------------------------------------------- the stock MLflow UI
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _headless(binary: str, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             "--window-size=1400,900", "--virtual-time-budget=20000"]
+    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")  # session-scoped: set up before the session's MLflow server
+def chromium() -> str:
+    """The headless browser, or a visible skip (asked for before the MLflow server starts)."""
+    binary = _chromium()
+    if binary is None:
+        msg = "SKIPPING MLFLOW UI TEST: no chromium binary (`make chromium` installs it on Debian as root)"
+        print("\n" + msg, file=sys.stderr)
+        pytest.skip(msg)
+    return binary
+
+
+def test_mlflow_ui_lists_the_tasks_runs_in_headless_chromium(chromium, mlflow_server, start_server, agents,
+                                                              tmp_path):
+    binary = chromium
+    from conftest import run_phpo
+    from PIL import Image
+
+    exp_name = f"user.test.ui.{uuid.uuid4().hex[:8]}"
+    server = start_server(None, "--mlflow-uri", mlflow_server.uri)
+    payload = "from phpo.evaluation_container import sdk; sdk.report(float(sdk.load_point()['x']))"
+    segments = [{"name": n, "files": [f"/data/{n}.dat"]} for n in ("higgs", "ttbar")]
+    tid = submit(server, base_spec(f"{PY} -c \"{payload}\"", outDS=exp_name, segments=segments, maxPoints=2,
+                                   searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}}))
+    agent = agents(server, "--slots", "2")
+    assert wait_task(server, tid, agents=(agent,), timeout=90)["state"] == "finished"
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    runs = wait_runs_done(client, exp_name, 4, diag=server.log)
+    env = {"PHPO_URL": server.url, "PHPO_TOKEN": server.user_token}
+    url = run_phpo("dashboard", str(tid), "--mlflow-uri", mlflow_server.uri, env=env).stdout.strip()
+    assert url.endswith("/runs")
+
+    dom = _headless(binary, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom.stdout, flags=re.S)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+    # the runs table of the experiment: the segments' parent runs, their point runs folded under them
+    assert exp_name in text and "Run Name" in text, text[:3000]
+    for name in ("higgs", "ttbar"):
+        assert f" {name} " in text, f"run {name} not in the MLflow UI page:\n{text[:3000]}"
+    assert re.search(r"\b6 matching runs\b", text), text[:3000]  # 2 parent runs + 4 point runs
+
+    shot = tmp_path / "mlflow-ui.png"
+    got = _headless(binary, f"--screenshot={shot}", url)
+    assert got.returncode == 0 and shot.exists(), got.stderr[-3000:]
+    with Image.open(shot) as img:
+        assert img.format == "PNG" and img.size == (1400, 900)
+        colors = img.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colors is not None and len(colors) > 50, "the screenshot is (almost) blank"
+    print(f"\nMLflow UI screenshot: {shot} ({shot.stat().st_size} bytes, {len(runs)} runs)")
