@@ -44,21 +44,6 @@ PG_ADMIN_DSN = os.environ.get("PHPO_BENCH_PG", "postgresql://postgres@127.0.0.1:
 PYTHON = sys.executable  # the project's venv (``make bench`` runs $(BIN)/python)
 
 
-def proposed_fixes_option(ap: Any) -> None:
-    """``--proposed-fixes``: run the servers with the fixes of ``_proposed_fixes.py`` (an "after"
-    measurement of changes the code owners have not taken yet)."""
-    ap.add_argument("--proposed-fixes", action="store_true",
-                    help="start the servers with benchmarks/_proposed_fixes.py applied in memory")
-
-
-def use_proposed_fixes(args: Any) -> str:
-    """Set the switch for every server started afterwards; returns the label for the tables."""
-    if getattr(args, "proposed_fixes", False):
-        os.environ["PHPO_BENCH_PROPOSED_FIXES"] = "1"
-        return " [with proposed fixes]"
-    return ""
-
-
 def log(msg: str) -> None:
     """Progress on stderr, so stdout stays the figures."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -176,9 +161,7 @@ class PhpoServer:
     def start(self) -> PhpoServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
-            # --proposed-fixes: the same server with benchmarks/_proposed_fixes.py applied in memory
-            entry = [str(BENCH / "_proposed_fixes.py")] if os.environ.get("PHPO_BENCH_PROPOSED_FIXES") == "1" \
-                else ["-m", "phpo.server"]
+            entry = ["-m", "phpo.server"]
             self.proc = subprocess.Popen(
                 [PYTHON, *entry, "--host", "127.0.0.1", "--port", str(self.port),
                  "--log-level", "warning", *self._db_args(), *self.extra],

@@ -39,12 +39,10 @@ from _harness import (
     machine,
     pg_available,
     print_table,
-    proposed_fixes_option,
     ratio,
     run_peer,
     run_task,
     save_result,
-    use_proposed_fixes,
     workdir,
 )
 
@@ -91,10 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="phpo's nParallelEvaluation (default 16 = the slots; more keeps ready points waiting)")
     ap.add_argument("--agent-arg", action="append", default=[],
                     help="extra agent option, e.g. --agent-arg=--poll-interval=0.2 (default: as shipped)")
-    proposed_fixes_option(ap)
     ap.add_argument("--tag", default="", help="suffix of the results file name (keeps experiments apart)")
     args = ap.parse_args(argv)
-    label = use_proposed_fixes(args)
     n = 160 if args.quick and args.n == 2000 else args.n
     ray_n = args.ray_n or min(n, 32 if args.quick else 128)
 
@@ -143,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         vs = None if name.startswith("phpo") else ratio(ov, phpo)
         rows.append([name, r.get("completed"), r["wall_s"], n_ideal(r), f"{ov * 100:.1f} %" if ov is not None
                      else "-", f"{vs:.1f}x phpo's" if vs is not None else ""])
-    table = print_table(f"Bookkeeping overhead: N trials x 1 s, {SLOTS} concurrent{label} (loadavg {info['loadavg']})",
+    table = print_table(f"Bookkeeping overhead: N trials x 1 s, {SLOTS} concurrent (loadavg {info['loadavg']})",
                         ["system", "trials", "wall s", "ideal s", "overhead", "peer / phpo"], rows)
-    tag = ("-fixes" if label else "") + (f"-parallel{args.parallel}" if args.parallel != SLOTS else "")
+    tag = (f"-parallel{args.parallel}" if args.parallel != SLOTS else "")
     save_result("overhead" + args.tag + tag, {"machine": info, "n": n, "ray_n": ray_n, "results": results, "table": table})
     return 0
 

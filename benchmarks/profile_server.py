@@ -33,9 +33,7 @@ from _harness import (
     fresh_pg_database,
     http_agent_loop,
     log,
-    proposed_fixes_option,
     run_task,
-    use_proposed_fixes,
     workdir,
 )
 
@@ -99,12 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="bound of the run")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--gil", action="store_true", help="only the thread holding the GIL (Python CPU time)")
-    proposed_fixes_option(ap)
     args = ap.parse_args(argv)
-    label = use_proposed_fixes(args)
     exe = py_spy()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    raw = RESULTS / f"profile-{args.workload}{'-fixes' if label else ''}.txt"
+    raw = RESULTS / f"profile-{args.workload}.txt"
 
     def go(url: str | None) -> None:
         with workdir("profile") as d, PhpoServer(d / "server", url) as srv:

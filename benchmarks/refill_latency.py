@@ -40,10 +40,8 @@ from _harness import (
     percentile,
     pg_available,
     print_table,
-    proposed_fixes_option,
     run_task,
     save_result,
-    use_proposed_fixes,
     workdir,
 )
 
@@ -105,10 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--payload-seconds", type=float, default=0.2)
     ap.add_argument("--pg", action="store_true", help="also on PostgreSQL")
     ap.add_argument("--agent-arg", action="append", default=[], help="extra agent option (default: as shipped)")
-    proposed_fixes_option(ap)
     ap.add_argument("--tag", default="", help="suffix of the results file name (keeps experiments apart)")
     args = ap.parse_args(argv)
-    label = use_proposed_fixes(args)
     n = 50 if args.quick and args.n == 200 else args.n
     slot_list = args.slots or [1, 4]
     info = machine()
@@ -133,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([db, r["slots"], r["samples"], t.get("p50"), t.get("p99"), st.get("p50"), dp.get("p50"),
                      rp.get("p50"),
                      "yes" if t and t["p50"] <= 100 else "no"])
-    table = print_table(f"Refill latency, ms (result at the server -> next payload running{label}; loadavg "
+    table = print_table(f"Refill latency, ms (result at the server -> next payload running; loadavg "
                         f"{info['loadavg']})",
                         ["database", "slots", "samples", "p50", "p99", "steering p50", "dispatch p50",
                          "payload end -> result p50", "p50 <= 100 ms"], rows)
-    save_result("refill_latency" + args.tag + ("-fixes" if label else ""), {"machine": info, "runs": [{"database": db, **r} for db, r in runs],
+    save_result("refill_latency" + args.tag, {"machine": info, "runs": [{"database": db, **r} for db, r in runs],
                                    "table": table})
     return 0
 

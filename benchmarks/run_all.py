@@ -74,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=[p[0] for p in PLAN], help="run only these")
     ap.add_argument("--budget-minutes", type=float, default=None,
                     help="start no script after this many minutes (default 35, or 7 with --quick)")
-    ap.add_argument("--proposed-fixes", action="store_true",
-                    help="run the phpo servers with benchmarks/_proposed_fixes.py applied in memory")
     args = ap.parse_args(argv)
     budget = 60 * (args.budget_minutes or (7 if args.quick else 35))
     t0 = time.monotonic()
@@ -98,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
             ran.append((name, -1, 0.0))
             continue
         cmd = [sys.executable, str(script), *(quick if args.quick else full)]
-        if args.proposed_fixes and name != "steering_ask":
-            cmd.append("--proposed-fixes")
         log(f"{name}: {' '.join(cmd[1:])}")
         start = time.monotonic()
         rc, text = run_streaming(cmd, bound_quick if args.quick else bound_full)
@@ -117,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, rc, secs in ran:
         report.append(f"- {name}: {'skipped (budget)' if rc == -1 else f'exit {rc}, {secs:.0f} s'}")
     report.append("")
-    suffix = "-fixes" if args.proposed_fixes else ""
     for name, _, _ in ran:
-        path = RESULTS / f"{RESULT_FILES.get(name, name)}{suffix}.json"
+        path = RESULTS / f"{RESULT_FILES.get(name, name)}.json"
         if path.exists() and path.stat().st_mtime >= time.time() - (time.monotonic() - t0) - 5:
             table = json.loads(path.read_text()).get("table")
             if table:
@@ -127,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         elif outputs.get(name, "").strip():  # a script without a results file: its stdout
             report += [f"### {name}", "", "```", outputs[name].strip(), "```", ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"latest{'-quick' if args.quick else ''}{suffix}.md"
+    out = RESULTS / f"latest{'-quick' if args.quick else ''}.md"
     out.write_text("\n".join(report) + "\n")
     print("\n".join(report[:4 + len(ran)]))
     log(f"all tables: {out} ({(time.monotonic() - t0) / 60:.1f} min)")

@@ -32,11 +32,9 @@ from _harness import (
     machine,
     pg_available,
     print_table,
-    proposed_fixes_option,
     ratio,
     run_task,
     save_result,
-    use_proposed_fixes,
     workdir,
 )
 
@@ -90,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 points per segment")
     ap.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
     ap.add_argument("--run-seconds", type=float, default=420.0, help="bound of one run (default 420)")
-    proposed_fixes_option(ap)
     ap.add_argument("--tag", default="", help="suffix of the results file name (keeps experiments apart)")
     args = ap.parse_args(argv)
-    label = use_proposed_fixes(args)
     counts = args.segments or [10, 100, 300]
     points = 3 if args.quick and args.points == 20 else args.points
     info = machine()
@@ -122,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([r["segments"], r.get("evaluated"), r.get("cpu_ms_per_eval"), r.get("wall_ms_per_eval"),
                      ratio(r.get("cpu_ms_per_eval"), base.get("cpu_ms_per_eval")),
                      ratio(r.get("wall_ms_per_eval"), base.get("wall_ms_per_eval")), r.get("error", "")[:70]])
-    table = print_table(f"Segments x {points} points, instant payloads, {db}{label} (loadavg {info['loadavg']})",
+    table = print_table(f"Segments x {points} points, instant payloads, {db} (loadavg {info['loadavg']})",
                         ["segments", "evaluated", "server CPU ms/eval", "wall ms/eval",
                          f"CPU vs {counts[0]}", f"wall vs {counts[0]}", "note"], rows)
     last = runs[-1]
@@ -130,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if verdict is not None:
         print(f"{last['segments']} vs {base['segments']} segments: server CPU/eval x{verdict:.2f}, wall/eval "
               f"x{ratio(last.get('wall_ms_per_eval'), base.get('wall_ms_per_eval')):.2f} (goal <= 1.2)")
-    save_result("segments" + args.tag + ("-fixes" if label else ""), {"machine": info, "database": db, "points": points, "runs": runs, "table": table})
+    save_result("segments" + args.tag, {"machine": info, "database": db, "points": points, "runs": runs, "table": table})
     return 0
 
 

@@ -40,12 +40,10 @@ from _harness import (
     machine,
     pg_available,
     print_table,
-    proposed_fixes_option,
     ratio,
     run_peer,
     run_task,
     save_result,
-    use_proposed_fixes,
     workdir,
 )
 
@@ -106,14 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="maxPointsPerEvaluationJob values (default 1; e.g. 16 batches 16 points per lease)")
     ap.add_argument("--batch", type=int, default=None,
                     help="also run the http agent with 16 slots and this many points per job on each database "
-                         "(default 16; 0 = no)")
-    proposed_fixes_option(ap)
+                         "(default 64: 64 points per lease, 10,000 evaluations; 0 = no)")
     ap.add_argument("--tag", default="", help="suffix of the results file name (keeps experiments apart)")
     args = ap.parse_args(argv)
-    label = use_proposed_fixes(args)
     m = 200 if args.quick and args.m == 2000 else args.m
     slot_list = args.slots or ([16] if args.quick else [1, 4, 16, 64])
-    batch = args.batch if args.batch is not None else 16
+    batch = args.batch if args.batch is not None else 64
     modes = args.mode or ["http", "spawn"]
     pg = pg_available()
     dbs = args.db or ["sqlite", "postgresql"]
@@ -139,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append({"system": "phpo", "database": db, **r})
     if batch > 1:
         for db in dbs:
-            log(f"phpo {db} http 16 slots, {batch} points/job, {max(m, 2000)} evaluations")
+            log(f"phpo {db} http 16 slots, {batch} points/job, {max(m, 10000)} evaluations")
             if db == "sqlite":
-                r = measure("http", 16, max(m, 2000), None, args.run_seconds, batch)
+                r = measure("http", 16, max(m, 10000), None, args.run_seconds, batch)
             else:
                 with fresh_pg_database("phpo_bench_tp") as url:
-                    r = measure("http", 16, max(m, 2000), url, args.run_seconds, batch)
+                    r = measure("http", 16, max(m, 10000), url, args.run_seconds, batch)
             runs.append({"system": "phpo", "database": db, **r})
     if not args.no_peers and not pg:
         for slots in slot_list:
@@ -167,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             "postgresql" else None
         rows.append([r["system"], r["database"], r["mode"], r["slots"], r.get("evaluated", r.get("completed")),
                      r.get("rate"), r.get("server_cpu_ms_per_eval"), f"{vs:.2f}x" if vs is not None else ""])
-    table = print_table(f"Throughput, evaluations/s with zero-length payloads{label} (loadavg {info['loadavg']})",
+    table = print_table(f"Throughput, evaluations/s with zero-length payloads (loadavg {info['loadavg']})",
                         ["system", "database", "agent", "slots", "evaluated", "evals/s", "server CPU ms/eval",
                          "phpo / Optuna (PG)"], rows)
-    save_result("throughput" + args.tag + ("-fixes" if label else ""), {"machine": info, "m": m, "runs": runs, "table": table})
+    save_result("throughput" + args.tag, {"machine": info, "m": m, "runs": runs, "table": table})
     return 0
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from phpo.schemas.tasks import TaskSpec
 from phpo.steering.base import FAILED, HistoryItem, Optimizer, OptimizerConfig
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, defer
 
 from ..db.engine import Database, aware, utcnow
@@ -463,17 +463,14 @@ class HpoManager:
         if task.state == "running" and not seg.finished:
             room = max(0, spec.maxPoints - seg.n_generated)
             now = utcnow()
-            rows = []
-            for p in list(points)[:room]:
-                row = PointRow(task_id=task_id, segment_idx=seg_idx, serial=seg.n_generated, params=p,
-                               state="ready", attempts=0, intermediate=[], created_at=now, updated_at=now)
-                seg.n_generated += 1
-                s.add(row)
-                rows.append(row)
+            rows = [{"task_id": task_id, "segment_idx": seg_idx, "serial": seg.n_generated + i, "params": p,
+                     "state": "ready", "attempts": 0, "intermediate": [], "created_at": now, "updated_at": now}
+                    for i, p in enumerate(list(points)[:room])]
+            seg.n_generated += len(rows)
             if exhausted and not seg.finished_reason:
                 seg.finished_reason = EXHAUSTED if optimizer != "external" else STEERING_EMPTY
-            s.flush()
-            ids = [r.id for r in rows]
+            if rows:  # one multi-row INSERT ... RETURNING, ids in the order of the points
+                ids = list(s.scalars(insert(PointRow).returning(PointRow.id, sort_by_parameter_order=True), rows))
             task.failed_iterations = 0
         s.add(SteeringIterationRow(task_id=task_id, segment_idx=seg_idx, optimizer=optimizer, requested=requested,
                                    produced=len(ids), job_id=job_id, started_at=started, duration_s=duration))

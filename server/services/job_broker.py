@@ -43,9 +43,10 @@ from phpo.schemas.jobs import (
     PointResult,
     SteeringSettings,
 )
+from phpo.schemas.states import check_transition
 from phpo.schemas.tasks import TaskSpec
 from phpo.schemas.upstream import substitute_tokens
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.orm import Session, defer
 
 from ..auth.identity import Caller
@@ -235,15 +236,18 @@ class JobBroker:
                         continue
                     if seg.finished or seg.n_jobs >= info.max_jobs:
                         continue
-                    pstmt = (select(PointRow).where(PointRow.task_id == seg.task_id,
-                                                    PointRow.segment_idx == seg.idx, PointRow.state == "ready")
+                    # plain columns, not ORM objects: a job of k points is one SELECT and one UPDATE
+                    pstmt = (select(PointRow.id, PointRow.serial, PointRow.params, PointRow.attempts,
+                                    PointRow.checkpoint_artifact_id)
+                             .where(PointRow.task_id == seg.task_id, PointRow.segment_idx == seg.idx,
+                                    PointRow.state == "ready")
                              .order_by(PointRow.serial).limit(info.per_job))
                     if self.mlflow is not None and self.mlflow.healthy:
                         # MLflow up: a point goes out once its run exists, so the payload logs into it
                         pstmt = pstmt.where(exists().where(MlflowRunRow.point_id == PointRow.id))
                     if self._pg:
                         pstmt = pstmt.with_for_update(skip_locked=True)
-                    points = list(s.execute(pstmt).scalars())
+                    points = list(s.execute(pstmt).all())
                     if not points:
                         continue
                     return self._make_job(s, caller, req, info, seg, points)
@@ -252,17 +256,20 @@ class JobBroker:
         return None
 
     def _make_job(self, s: Session, caller: Caller, req: AcquireRequest, info: TaskInfo, seg: SegmentRow,
-                  points: list[PointRow]) -> Job:
+                  points: list[Any]) -> Job:
+        """``points``: (id, serial, params, attempts, checkpoint_artifact_id) rows, ready and locked."""
         now = utcnow()
+        ids = [p.id for p in points]
         job = JobRow(kind="evaluation", task_id=seg.task_id, segment_idx=seg.idx, agent=req.agent,
                      holder=caller.name, site=req.site, state="running", lease_expires_at=self._lease_until(),
-                     point_ids=[p.id for p in points], results={}, created_at=now, started_at=now)
+                     point_ids=ids, results={}, created_at=now, started_at=now)
         s.add(job)
         s.flush()
-        for p in points:
-            set_state(p, "leased")
-            p.job_id = job.id
-            p.site = req.site
+        check_transition("point", "ready", "leased")
+        t = PointRow.__table__
+        for i in range(0, len(ids), 1000):
+            s.execute(update(t).where(t.c.id.in_(ids[i:i + 1000]), t.c.state == "ready")
+                      .values(state="leased", job_id=job.id, site=req.site, updated_at=now))
         seg.n_jobs += 1
         seg.last_acquired_at = now
         runs: dict[int, str] = {}
@@ -345,35 +352,62 @@ class JobBroker:
                 continue  # re-leased to another job (or ended): that job's result will count
             set_state(p, "leased")
             p.job_id = job.id
-            self._apply_result(s, job, r)
-            taken = taken or p.state == "evaluated"
+            taken = self._apply_result(s, job, r) or taken
         return taken
 
-    def _apply_result(self, s: Session, job: JobRow, r: PointResult) -> None:
-        self._apply_results(s, job, [r])
+    def _apply_result(self, s: Session, job: JobRow, r: PointResult) -> bool:
+        return bool(self._apply_results(s, job, [r]))
 
-    def _apply_results(self, s: Session, job: JobRow, results: list[PointResult]) -> None:
-        """Record results of ``job``: its points are read and locked in one statement (in id
-        order, like every other path), so a job of k points costs one SELECT, not k."""
+    def _apply_results(self, s: Session, job: JobRow, results: list[PointResult]) -> set[int]:
+        """Record results of ``job``, set-based: its points' states are read and locked in one
+        statement (in id order, like every other path) and the successful results written with
+        one executemany UPDATE, so a job of k points costs two statements, not 2k ORM round
+        trips. Failed attempts (rare) take the ORM path of :meth:`_give_back`. Returns the ids of
+        the points now evaluated."""
         if not results:
-            return
-        task = self._task(s, job.task_id)
+            return set()
         info = self.info(s, job.task_id)
         ids = sorted({r.point_id for r in results})
-        rows: dict[int, PointRow] = {}
+        held: set[int] = set()  # points this job holds now (leased to it)
         for i in range(0, len(ids), 1000):
-            rows.update((p.id, p) for p in s.execute(
-                select(PointRow).where(PointRow.id.in_(ids[i:i + 1000])).order_by(PointRow.id).with_for_update()
+            held.update(s.execute(
+                select(PointRow.id).where(PointRow.id.in_(ids[i:i + 1000]), PointRow.state == "leased",
+                                          PointRow.job_id == job.id).order_by(PointRow.id).with_for_update()
             ).scalars())
         recorded = dict(job.results or {})
+        now = utcnow()
+        good: dict[int, dict[str, Any]] = {}
+        bad: dict[int, str] = {}
         for r in results:
             recorded[str(r.point_id)] = r.status
-            self._apply_one(rows[r.point_id], job, task, info, r)
+            if r.point_id not in held:
+                continue  # already given back (e.g. the task was cancelled); job.results keeps it idempotent
+            held.discard(r.point_id)  # a second result for the same point in one call: the first counts
+            loss, error = self._check_result(info, r)
+            if error is None:
+                good[r.point_id] = {"pid": r.point_id, "loss": loss, "loss_value": loss[0] if isinstance(loss, list)
+                                    else loss, "metrics": r.metrics}
+            else:
+                bad[r.point_id] = error
+        if good:
+            check_transition("point", "leased", "evaluated")
+            s.execute(
+                update(PointRow.__table__)
+                .where(PointRow.__table__.c.id == bindparam("pid"))
+                .values(state="evaluated", loss=bindparam("loss"), loss_value=bindparam("loss_value"),
+                        metrics=bindparam("metrics"), error=None, updated_at=now, evaluated_at=now),
+                list(good.values()),
+            )
+        if bad:
+            task = self._task(s, job.task_id)
+            for p in s.execute(select(PointRow).where(PointRow.id.in_(sorted(bad)))).scalars():
+                self._give_back(p, task, info, error=bad[p.id])
         job.results = recorded
+        return set(good)
 
-    def _apply_one(self, p: PointRow, job: JobRow, task: TaskRow, info: TaskInfo, r: PointResult) -> None:
-        if p.state != "leased" or p.job_id != job.id:
-            return  # already given back (e.g. the task was cancelled); job.results keeps it idempotent
+    @staticmethod
+    def _check_result(info: TaskInfo, r: PointResult) -> tuple[Any, str | None]:
+        """(loss as stored, None) for a usable result, else (None, why the attempt failed)."""
         loss, problem = r.loss, None
         if r.status == 0:
             if loss is None:
@@ -386,14 +420,8 @@ class JobBroker:
             elif info.n_objectives > 1 and (not isinstance(loss, list) or len(loss) != info.n_objectives):
                 problem = f"the task has {info.n_objectives} objectives (directions) but the loss is {loss!r}"
         if r.status == 0 and problem is None:
-            set_state(p, "evaluated")
-            p.loss = loss
-            p.loss_value = loss[0] if isinstance(loss, list) else loss
-            p.metrics = r.metrics
-            p.error = None
-            return
-        error = problem or (r.message or f"the evaluation exited with status {r.status}")
-        self._give_back(p, task, info, error=error)
+            return loss, None
+        return None, problem or (r.message or f"the evaluation exited with status {r.status}")
 
     def _give_back(self, p: PointRow, task: TaskRow, info: TaskInfo, *, error: str, spend: bool = True,
                    final: bool = False) -> None:
