@@ -35,6 +35,11 @@ POST     /workflows/{id}/cancel                  user         -> Workflow
 Result calls are idempotent: a result sent twice (an agent resending after a lost answer)
 gets ``duplicate: true`` and changes nothing. A call on a job whose lease has been lost
 answers 409 ``lease_lost``.
+
+``acquire`` is a long poll when ``wait_s`` > 0: with nothing ready the server holds the call
+until a job is ready (then answers at once) or ``wait_s`` has passed (then 204). ``complete``
+with ``next`` (an AcquireRequest) also leases the agent's next job, returned as
+``JobAck.next_job``: the agent refills a slot in the round trip that reports its last result.
 """
 
 from __future__ import annotations
