@@ -83,7 +83,7 @@ class TaskSpec(BaseModel):
     evaluationMetrics: str | None = None
     checkPointToSave: str | None = None
     checkPointToLoad: str | None = None
-    checkPointInterval: float | str = 5
+    checkPointInterval: float | str = 5.0  # minutes (a float: an int default warns when serialized)
     architecture: str | None = None
     segmentSpecFile: str | None = None
     trainingDS: str | list[str] | None = None

@@ -1,9 +1,12 @@
 """The HPO manager: keeps every running task's pipeline full and ends tasks when their budget
 is spent.
 
-One background thread makes a *pass* every ``manager_interval`` seconds, and at once when
-woken (a result arrived, a task was submitted or resumed). A pass reads, for every running
-task and each unfinished segment, how many points are ready/leased/evaluated/failed, and:
+One background thread makes a *pass* every ``manager_interval`` seconds over every running task,
+and in between a *partial pass* at once when woken: a result names its (task, segment), and only
+the segments named since the last pass are read, so a result costs O(1) segments, not O(S) (with
+300 segments a full pass per result made server CPU per evaluation grow with S); submit, resume
+and the reaper ask for a full pass. A pass reads, for each segment it covers, how many points
+are ready/leased/evaluated/failed, and:
 
 - refills: by default when ``ready + leased < nParallelEvaluation`` (asking for the deficit,
   at most ``nPointsPerIteration``); with an explicit ``minUnevaluatedPoints`` m, upstream's
@@ -34,14 +37,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from phpo.schemas.tasks import TaskSpec
 from phpo.steering.base import FAILED, HistoryItem, Optimizer, OptimizerConfig
-from sqlalchemy import func, insert, select
+from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.orm import Session, defer
 
 from ..db.engine import Database, aware, utcnow
@@ -118,10 +121,18 @@ class HpoManager:
         self._opts: dict[tuple[int, int], _OptState] = {}
         self._lock = threading.Lock()
         self._pass_lock = threading.Lock()
+        self._dirty: set[tuple[int, int]] = set()  # segments named by wakes since the last pass
+        self._full = True  # a wake without segments asks for a full pass
 
     # ------------------------------------------------------------ lifecycle
 
-    def wake(self) -> None:
+    def wake(self, segments: Iterable[tuple[int, int]] | None = None) -> None:
+        """Ask for a pass now: over the (task_id, segment_idx) pairs given, or a full one."""
+        with self._lock:
+            if segments is None:
+                self._full = True
+            else:
+                self._dirty.update(segments)
         self._wake.set()
 
     def start(self) -> None:
@@ -136,15 +147,24 @@ class HpoManager:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
+        interval = self.settings.manager_interval
+        last_full = -interval
         while not self._stop.is_set():
+            self._wake.clear()  # before the snapshot: a wake from now on makes the wait return at once
+            with self._lock:
+                full = self._full or time.monotonic() - last_full >= interval
+                dirty, self._dirty = self._dirty, set()
+                if full:
+                    self._full = False
+            if full:
+                last_full = time.monotonic()
             try:
                 if self._is_leader():
-                    self.run_once()
+                    self.run_once(None if full else dirty)
             except Exception:
                 log.exception("HPO manager pass failed")
                 self._drop_leadership()
-            self._wake.wait(self.settings.manager_interval)
-            self._wake.clear()
+            self._wake.wait(max(0.0, interval - (time.monotonic() - last_full)))
         self._drop_leadership()
 
     def _is_leader(self) -> bool:
@@ -174,26 +194,41 @@ class HpoManager:
 
     # ------------------------------------------------------------ one pass
 
-    def run_once(self) -> None:
+    def run_once(self, segments: set[tuple[int, int]] | None = None) -> None:
+        """One pass: over every running task, or only over the (task_id, segment_idx) given."""
+        if segments is not None and not segments:
+            return
         with self._pass_lock:
-            self._pass()
+            self._pass(segments)
 
-    def _pass(self) -> None:
+    def _pass(self, only: set[tuple[int, int]] | None = None) -> None:
         # taken before reading the database: an iteration that ends after this point may have
         # stored points the read below does not see, so its segment waits for the next pass
         with self._lock:
             busy = set(self._inflight)
             generation = dict(self._generation)
+        by_tid: dict[int, set[int]] = {}
+        for tid, idx in only or ():
+            by_tid.setdefault(tid, set()).add(idx)
         with self.db.read() as s:
-            tasks = list(s.execute(select(TaskRow.id, TaskRow.optimizer).where(TaskRow.state == "running")).all())
+            tstmt = select(TaskRow.id, TaskRow.optimizer).where(TaskRow.state == "running")
+            if only is not None:
+                tstmt = tstmt.where(TaskRow.id.in_(sorted(by_tid)))
+            tasks = list(s.execute(tstmt).all())
             if not tasks:
-                self._forget_except(set())
+                if only is None:
+                    self._forget_except(set())
                 return
             ids = [t[0] for t in tasks]
             new = [tid for tid in ids if tid not in self._specs]  # specs never change: decode each once
             for tid, raw in (s.execute(select(TaskRow.id, TaskRow.spec).where(TaskRow.id.in_(new))) if new else ()):
                 self._spec(tid, raw)
-            segs = list(s.execute(select(SegmentRow).where(SegmentRow.task_id.in_(ids), SegmentRow.finished.is_(False))
+            # a partial pass reads only the segments it was woken for (and their points)
+            seg_where = SegmentRow.task_id.in_(ids) if only is None else or_(*(
+                and_(SegmentRow.task_id == t, SegmentRow.idx.in_(sorted(by_tid[t]))) for t in ids))
+            point_where = PointRow.task_id.in_(ids) if only is None else or_(*(
+                and_(PointRow.task_id == t, PointRow.segment_idx.in_(sorted(by_tid[t]))) for t in ids))
+            segs = list(s.execute(select(SegmentRow).where(seg_where, SegmentRow.finished.is_(False))
                                   .order_by(SegmentRow.task_id, SegmentRow.idx)).scalars())
             # only points in flight are counted (O(in flight) per pass, not O(all points)); the
             # ended ones follow: in an unfinished segment of a running task no point is
@@ -201,15 +236,18 @@ class HpoManager:
             counts: dict[tuple[int, int, str], int] = {}
             for tid, idx, state, n in s.execute(
                     select(PointRow.task_id, PointRow.segment_idx, PointRow.state, func.count())
-                    .where(PointRow.task_id.in_(ids), PointRow.state.in_(("ready", "leased")))
+                    .where(point_where, PointRow.state.in_(("ready", "leased")))
                     .group_by(PointRow.task_id, PointRow.segment_idx, PointRow.state)):
                 counts[(tid, idx, state)] = n
+            ext = [tid for tid, opt in tasks if opt == "external"]
             active_steering = set(s.execute(select(JobRow.task_id).where(
-                JobRow.task_id.in_(ids), JobRow.kind == "steering",
-                JobRow.state.in_(("queued", "running")))).scalars())
-            # a task whose segments have all finished has none left in ``segs``
-            all_done = set(ids) - {sg.task_id for sg in segs}
-        self._forget_except(set(ids))
+                JobRow.task_id.in_(ext), JobRow.kind == "steering",
+                JobRow.state.in_(("queued", "running")))).scalars()) if ext else set()
+            # a task whose segments have all finished has none left in ``segs`` (known only to a
+            # full pass; a partial one sees some segments)
+            all_done = set(ids) - {sg.task_id for sg in segs} if only is None else set()
+        if only is None:
+            self._forget_except(set(ids))
         specs = {tid: self._specs[tid] for tid in ids}
         optimizer = {tid: opt for tid, opt in tasks}
         by_task: dict[int, list[SegmentRow]] = {}
@@ -410,7 +448,7 @@ class HpoManager:
             with self._lock:
                 self._inflight.pop(key, None)
                 self._generation[key] = self._generation.get(key, 0) + 1
-            self.wake()
+            self.wake([key])
 
     def _tell_new(self, st: _OptState, task_id: int, seg_idx: int) -> TaskSpec:
         """Tell the optimizer the points that ended since its last iteration. Only points it saw

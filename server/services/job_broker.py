@@ -61,6 +61,8 @@ from .work_signal import WorkSignal
 log = logging.getLogger(__name__)
 
 TERMINAL_TASK = ("finished", "failed", "cancelled")
+CANDIDATE_PAGE = 64  # segments an acquire reads at a time (round-robin order)
+MAX_CANDIDATES = 512  # and at most: the rest wait for the next acquire
 
 
 class SteeringHandler(Protocol):
@@ -88,7 +90,8 @@ class TaskInfo:
 
 
 class JobBroker:
-    def __init__(self, db: Database, settings: Settings, on_change: Callable[[], None] = lambda: None):
+    def __init__(self, db: Database, settings: Settings,
+                 on_change: Callable[[list[tuple[int, int]] | None], None] = lambda segments: None):
         self.db = db
         self.settings = settings
         self.on_change = on_change
@@ -121,11 +124,13 @@ class JobBroker:
         job's output): as many waiting agents are woken after the commit."""
         self._tl.ready = getattr(self._tl, "ready", 0) + n
 
-    def _changed(self) -> None:
-        """After a commit: the manager steers; waiting agents are woken only when a point became
-        ready again (results alone make nothing ready: the manager's new points do, and it
-        notifies itself; waking every waiter per result cost each of them an acquire)."""
-        self.on_change()
+    def _changed(self, job: JobRow | None = None) -> None:
+        """After a commit: the manager steers (only ``job``'s segment when it has one; a full
+        pass otherwise); waiting agents are woken only when a point became ready again (results
+        alone make nothing ready: the manager's new points do, and it notifies itself; waking
+        every waiter per result cost each of them an acquire)."""
+        seg = None if job is None or job.segment_idx is None else job.segment_idx
+        self.on_change(None if seg is None else [(job.task_id, seg)])
         n = getattr(self._tl, "ready", 0)
         if n:
             self._tl.ready = 0
@@ -150,7 +155,8 @@ class JobBroker:
             raise NotFound(f"job {job_id} does not exist (or was not leased with this token)", field="job_id")
         return job
 
-    def evaluation_settings(self, info: TaskInfo, seg: SegmentRow) -> EvaluationSettings:
+    def evaluation_settings(self, info: TaskInfo, seg: Any) -> EvaluationSettings:
+        """``seg``: a segment (row or ORM object) with ``name`` and ``files``."""
         spec = info.spec
         exec_ = spec.evaluationExec
         if spec.segments:
@@ -205,21 +211,26 @@ class JobBroker:
         # each is checked again under the lock below. Only segment ids are selected: the parsed
         # spec comes from the per-task cache (a segmented spec lists all S segments, so decoding
         # it per candidate made one acquire O(S^2))
+        # Candidates come in pages of CANDIDATE_PAGE, longest-unserved first, until one page
+        # holds a segment this agent may run: an acquire looks at O(1) segments, not all S.
         with self.db.read() as r:
             ready = exists().where(PointRow.task_id == SegmentRow.task_id, PointRow.segment_idx == SegmentRow.idx,
                                    PointRow.state == "ready")
-            cands = r.execute(
-                select(SegmentRow.id, SegmentRow.task_id)
-                .join(TaskRow, TaskRow.id == SegmentRow.task_id)
-                .where(TaskRow.state == "running", SegmentRow.finished.is_(False), ready)
-                .order_by(SegmentRow.last_acquired_at.asc().nulls_first(), SegmentRow.id)
-                .limit(500)
-            ).all()
             matching = []
-            for sid, tid in cands:
-                info = self.info(r, tid)
-                if info.site_ok(req.site) and info.requirement.matches(req.resources):
-                    matching.append((sid, info))
+            for offset in range(0, MAX_CANDIDATES, CANDIDATE_PAGE):
+                cands = r.execute(
+                    select(SegmentRow.id, SegmentRow.task_id)
+                    .join(TaskRow, TaskRow.id == SegmentRow.task_id)
+                    .where(TaskRow.state == "running", SegmentRow.finished.is_(False), ready)
+                    .order_by(SegmentRow.last_acquired_at.asc().nulls_first(), SegmentRow.id)
+                    .offset(offset).limit(CANDIDATE_PAGE)
+                ).all()
+                for sid, tid in cands:
+                    info = self.info(r, tid)
+                    if info.site_ok(req.site) and info.requirement.matches(req.resources):
+                        matching.append((sid, info))
+                if matching or len(cands) < CANDIDATE_PAGE:
+                    break
         if not matching:
             return None
         with self.db.write() as s:
@@ -227,10 +238,12 @@ class JobBroker:
             for blocking in ((False, True) if self._pg else (True,)):
                 skipped = False
                 for sid, info in matching:
-                    stmt = select(SegmentRow).where(SegmentRow.id == sid)
+                    # columns, not an ORM object (the acquire is the hottest write)
+                    stmt = select(SegmentRow.id, SegmentRow.task_id, SegmentRow.idx, SegmentRow.name,
+                                  SegmentRow.files, SegmentRow.finished, SegmentRow.n_jobs).where(SegmentRow.id == sid)
                     if self._pg:
                         stmt = stmt.with_for_update(skip_locked=not blocking)
-                    seg = s.execute(stmt).scalar_one_or_none()
+                    seg = s.execute(stmt).one_or_none()
                     if seg is None:
                         skipped = True
                         continue
@@ -255,9 +268,10 @@ class JobBroker:
                     break
         return None
 
-    def _make_job(self, s: Session, caller: Caller, req: AcquireRequest, info: TaskInfo, seg: SegmentRow,
+    def _make_job(self, s: Session, caller: Caller, req: AcquireRequest, info: TaskInfo, seg: Any,
                   points: list[Any]) -> Job:
-        """``points``: (id, serial, params, attempts, checkpoint_artifact_id) rows, ready and locked."""
+        """``seg``: a locked segment row (id, task_id, idx, name, files, ...); ``points``: (id,
+        serial, params, attempts, checkpoint_artifact_id) rows, ready and locked."""
         now = utcnow()
         ids = [p.id for p in points]
         job = JobRow(kind="evaluation", task_id=seg.task_id, segment_idx=seg.idx, agent=req.agent,
@@ -270,8 +284,8 @@ class JobBroker:
         for i in range(0, len(ids), 1000):
             s.execute(update(t).where(t.c.id.in_(ids[i:i + 1000]), t.c.state == "ready")
                       .values(state="leased", job_id=job.id, site=req.site, updated_at=now))
-        seg.n_jobs += 1
-        seg.last_acquired_at = now
+        s.execute(update(SegmentRow).where(SegmentRow.id == seg.id)
+                  .values(n_jobs=SegmentRow.n_jobs + 1, last_acquired_at=now))
         runs: dict[int, str] = {}
         if self.mlflow is not None:
             from .mlflow_bridge import run_ids
@@ -328,11 +342,11 @@ class JobBroker:
                     raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the result is not taken",
                                     field="job_id")
                 ack = JobAck(job_id=job.id, state=job.state)
-                self._changed()
+                self._changed(job)
                 return ack
             self._apply_result(s, job, result)
             ack = JobAck(job_id=job.id, state=job.state)
-        self._changed()
+        self._changed(job)
         return ack
 
     def _accept_late(self, s: Session, job: JobRow, results: list[PointResult]) -> bool:
@@ -463,7 +477,7 @@ class JobBroker:
                     raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the results are not taken",
                                     field="job_id")
                 ack = JobAck(job_id=job.id, state=job.state)
-                self._changed()
+                self._changed(job)
                 return ack
             task = self._task(s, job.task_id)
             if job.kind == "evaluation":
@@ -482,7 +496,7 @@ class JobBroker:
                 if self.steering is not None:
                     self.steering.steering_succeeded(s, job, task, req.steering_output)
             ack = JobAck(job_id=job.id, state=job.state)
-        self._changed()
+        self._changed(job)
         return ack
 
     def fail(self, caller: Caller, job_id: int, req: FailRequest) -> JobAck:
@@ -499,7 +513,7 @@ class JobBroker:
             elif self.steering is not None:
                 self.steering.steering_failed(s, job, task, req.error)
             ack = JobAck(job_id=job.id, state=job.state)
-        self._changed()
+        self._changed(job)
         return ack
 
     # ---------------------------------------------------------------- reaper

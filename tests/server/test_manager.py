@@ -230,3 +230,43 @@ def test_external_steering_segmented(db_url, start_server):
             a.post(f"/jobs/{j['id']}/points/{pid}/result", json={"point_id": pid, "loss": 1.0})
             a.post(f"/jobs/{j['id']}/complete", json={})
         wait_until(lambda: task(c, tid)["state"] == "finished", what="finished")
+
+
+def test_partial_pass_steers_only_the_segments_it_was_woken_for(tmp_path):
+    """In-process: a result wakes the manager for its own (task, segment), and that pass reads
+    and steers only that segment (a full pass per result made server CPU per evaluation grow
+    with the number of segments); the periodic full pass covers the rest."""
+    from phpo.schemas.api import Role
+    from phpo.schemas.tasks import TaskSpec
+    from phpo.server.auth.identity import Caller
+    from phpo.server.db.engine import Database
+    from phpo.server.db.tables import PointRow
+    from phpo.server.services.hpo_manager import HpoManager
+    from phpo.server.services.tasks import TaskService
+    from phpo.server.settings import Settings
+    from sqlalchemy import func, select
+
+    settings = Settings(data_dir=tmp_path)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    mgr = HpoManager(db, settings)
+    tid = TaskService(db).create(Caller("alice", Role.user), TaskSpec.model_validate(spec(
+        segments=[{"name": n} for n in ("a", "b", "c")], nParallelEvaluation=2))).id
+
+    def per_segment() -> dict[int, int]:
+        with db.read() as s:
+            return dict(s.execute(select(PointRow.segment_idx, func.count()).where(PointRow.task_id == tid)
+                                  .group_by(PointRow.segment_idx)).all())
+
+    try:
+        mgr.run_once({(tid, 1), (tid + 1000, 0)})  # a segment of this task and one of no task
+        wait_until(lambda: not mgr._inflight, what="iteration done")
+        assert per_segment() == {1: 2}
+        mgr.run_once(set())  # nothing named: nothing to do
+        assert per_segment() == {1: 2}
+        mgr.run_once()  # the full pass
+        wait_until(lambda: not mgr._inflight, what="iterations done")
+        assert per_segment() == {0: 2, 1: 2, 2: 2}
+    finally:
+        mgr.stop()
+        db.dispose()
