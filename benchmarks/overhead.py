@@ -10,6 +10,9 @@ perfect scheduler and 0.02 means 2 % of the time went to bookkeeping. The same w
   stamps them (submit to the last result; server start-up is not counted);
 - through Ray Tune: a function trainable sleeping 1 s, ``max_concurrent_trials=16``, each trial
   asking for 0.1 CPU so 16 fit on 2 cores; wall = ``Tuner.fit()`` (``ray.init`` not counted);
+- as a floor: 16 threads running the same shell payload back to back with nothing else (no
+  server, no database, no HTTP): what forking ``bash`` and ``sleep`` costs on this machine, under
+  every system that runs a shell payload (``--no-floor`` skips it);
 - through Optuna: 16 worker threads (``study.optimize(n_jobs=16)``), an objective sleeping 1 s,
   the random sampler, on an RDB storage: a SQLite file, and a fresh PostgreSQL database when
   127.0.0.1:5432 answers; wall = ``optimize()``.
@@ -25,7 +28,10 @@ second of this 2-core machine per trial, so by default it runs ``min(N, 128)`` t
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,6 +78,36 @@ def run_phpo(n: int, database_url: str | None, agent_args: list[str], timeout: f
     return out
 
 
+def run_floor(n: int, slots: int = SLOTS) -> dict:
+    """The payload alone: ``slots`` threads run it back to back, each in its own directory."""
+    left = [n]
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def worker(cwd: Path) -> None:
+        cwd.mkdir()
+        while True:
+            with lock:
+                if left[0] <= 0 or errors:
+                    return
+                left[0] -= 1
+            r = subprocess.run(["bash", "-c", PAYLOAD], cwd=cwd, capture_output=True, text=True)
+            if r.returncode != 0:
+                errors.append(r.stderr[-300:] or f"exit {r.returncode}")
+
+    with workdir("floor") as d:
+        threads = [threading.Thread(target=worker, args=(d / f"slot{i}",)) for i in range(slots)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - t0
+    if errors:
+        return {"error": f"the payload failed: {errors[0]}"}
+    return with_overhead({"n": n, "completed": n, "failed": 0, "wall_s": wall})
+
+
 def with_overhead(res: dict) -> dict:
     if "error" not in res and res.get("completed"):
         res["overhead"] = overhead(res["wall_s"], res["completed"])
@@ -83,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="trials (default 2000)")
     ap.add_argument("--ray-n", type=int, default=None, help="Ray Tune's trials (default min(N, 128))")
     ap.add_argument("--quick", action="store_true", help="N = 160 (smoke run)")
-    ap.add_argument("--no-peers", action="store_true", help="phpo only")
+    ap.add_argument("--no-peers", action="store_true", help="phpo only (and the floor)")
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare shell loop")
     ap.add_argument("--pg", action="store_true", help="also run phpo on PostgreSQL")
     ap.add_argument("--parallel", type=int, default=SLOTS,
                     help="phpo's nParallelEvaluation (default 16 = the slots; more keeps ready points waiting)")
@@ -109,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         with fresh_pg_database("phpo_bench_overhead") as url:
             log(f"phpo on PostgreSQL: {n} trials")
             results["phpo (PostgreSQL)"] = run_phpo(n, url, args.agent_arg, bound(n), args.parallel)
+    if not args.no_floor:
+        log(f"floor: {n} x the shell payload, {SLOTS} threads, no bookkeeping")
+        results["bare shell loop (floor)"] = run_floor(n)
     if not args.no_peers:
         log(f"Ray Tune: {ray_n} trials")
         results["Ray Tune"] = with_overhead(run_peer("ray_overhead.py", ["--n", str(ray_n), "--concurrency",
@@ -141,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                      else "-", f"{vs:.1f}x phpo's" if vs is not None else ""])
     table = print_table(f"Bookkeeping overhead: N trials x 1 s, {SLOTS} concurrent (loadavg {info['loadavg']})",
                         ["system", "trials", "wall s", "ideal s", "overhead", "peer / phpo"], rows)
+    floor = results.get("bare shell loop (floor)", {}).get("overhead")
+    if phpo is not None and floor is not None:
+        print(f"phpo's bookkeeping above the floor of the shell payload itself: {(phpo - floor) * 100:.1f} points "
+              f"({phpo * 100:.1f} % - {floor * 100:.1f} %)")
     tag = (f"-parallel{args.parallel}" if args.parallel != SLOTS else "")
     save_result("overhead" + args.tag + tag, {"machine": info, "n": n, "ray_n": ray_n, "results": results, "table": table})
     return 0

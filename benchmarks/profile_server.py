@@ -50,7 +50,7 @@ def py_spy() -> Path:
 
 IDLE_LEAVES = ("Condition.wait", "EpollSelector.select", "_write_to_self", "_read_from_self", "Event.wait",
                "_worker (concurrent", "Thread.join", "Queue.get", "Lock.acquire")
-OURS = ("server/", "steering/", "schemas/", "phpo/")
+OURS = ("server/", "steering/", "schemas/", "phpo/", "evaluation_container/", "client/")
 
 
 def summarize(raw: Path, top: int = 30) -> str:
@@ -97,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="bound of the run")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--gil", action="store_true", help="only the thread holding the GIL (Python CPU time)")
+    ap.add_argument("--target", choices=["server", "agent"], default="server",
+                    help="the process sampled (agent: only with --workload agent)")
     args = ap.parse_args(argv)
     exe = py_spy()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    raw = RESULTS / f"profile-{args.workload}.txt"
+    if args.target == "agent" and args.workload != "agent":
+        ap.error("--target agent needs --workload agent")
+    raw = RESULTS / f"profile-{args.workload}{'-agentside' if args.target == 'agent' else ''}.txt"
 
     def go(url: str | None) -> None:
         with workdir("profile") as d, PhpoServer(d / "server", url) as srv:
@@ -110,14 +114,24 @@ def main(argv: list[str] | None = None) -> int:
                                                                 time.monotonic() + args.seconds + 30), daemon=True)
             agent = PhpoAgent(srv, args.slots, d / "agent") if args.workload == "agent" else None
             assert srv.proc is not None
-            spy = subprocess.Popen([str(exe), "record", "-p", str(srv.proc.pid), "-r", str(args.rate), "-f", "raw",
-                                    "-o", str(raw), "--nonblocking", *(["--gil"] if args.gil else []), "-d", str(int(args.seconds))],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+            def spy_on(pid: int) -> subprocess.Popen:
+                return subprocess.Popen([str(exe), "record", "-p", str(pid), "-r", str(args.rate), "-f", "raw",
+                                         "-o", str(raw), "--nonblocking", *(["--gil"] if args.gil else []),
+                                         "-d", str(int(args.seconds))],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+            spy = spy_on(srv.proc.pid) if args.target == "server" else None
             time.sleep(1.0)
             if agent is not None:
                 agent.start()
+                if spy is None:
+                    assert agent.proc is not None
+                    spy = spy_on(agent.proc.pid)
+                    time.sleep(1.0)
             else:
                 t.start()
+            assert spy is not None
             if args.workload == "http":
                 spec = {"maxPoints": args.m, "nParallelEvaluation": 2 * args.slots,
                         "nPointsPerIteration": 2 * args.slots}
