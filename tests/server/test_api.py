@@ -158,3 +158,18 @@ def test_illegal_transitions(db_url, start_server):
             assert r.json()["code"] == "illegal_transition" and "final" in r.json()["message"]
         assert task(c, tid)["state"] == "cancelled"
         wait_until(lambda: all(p["state"] == "cancelled" for p in points(c, tid)), what="points cancelled")
+
+
+def test_round_robin_serves_every_segment_before_any_twice(db_url, start_server):
+    """Fair scheduling with more segments than one page of acquire candidates (64): every
+    segment has 2 ready points, yet 70 acquires lease from 70 different segments (the segment
+    served longest ago, or never, goes first), so no segment starves."""
+    srv = start_server(db_url)
+    n = 70
+    with srv.client() as c:
+        t = create_task(c, maxPoints=2, nParallelEvaluation=2, segments=[{"name": f"s{i:02d}"} for i in range(n)])
+        wait_until(lambda: c.get(f"/tasks/{t['id']}").json()["counts"]["ready"] == 2 * n, timeout=60,
+                   what="2 ready points in every segment")
+    with srv.client(srv.agent_token) as a:
+        served = [a.post("/jobs/acquire", json={"agent": "a", "site": "s"}).json()["segment"] for _ in range(n)]
+    assert sorted(served) == [f"s{i:02d}" for i in range(n)]
