@@ -194,16 +194,23 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
         assert hist == [(0, 10.0 * x), (1, 10.0 * x + 1), (2, 10.0 * x + 2)]
 
 
-def test_segmented_task_nests_point_runs_under_one_parent_run_per_segment(mlflow_server, start_server, agents):
-    exp_name = f"user.test.seg.{uuid.uuid4().hex[:8]}"
+def run_two_segments(mlflow_server, start_server, agents, exp_name: str, names: tuple[str, str]):
+    """A task of two segments x 2 points through a server bridged to ``mlflow_server`` and a
+    real agent, run to its end; returns (server, task id)."""
     server = start_server(None, "--mlflow-uri", mlflow_server.uri)
     payload = "from phpo.evaluation_container import sdk; sdk.report(float(sdk.load_point()['x']))"
-    segments = [{"name": n, "files": [f"/data/{n}.dat"]} for n in ("alpha", "beta")]
+    segments = [{"name": n, "files": [f"/data/{n}.dat"]} for n in names]
     tid = submit(server, base_spec(f"{PY} -c \"{payload}\"", outDS=exp_name, segments=segments, maxPoints=2,
                                    searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}}))
     agent = agents(server, "--slots", "2")
     t = wait_task(server, tid, agents=(agent,), timeout=90)
     assert t["state"] == "finished", t
+    return server, tid
+
+
+def test_segmented_task_nests_point_runs_under_one_parent_run_per_segment(mlflow_server, start_server, agents):
+    exp_name = f"user.test.seg.{uuid.uuid4().hex[:8]}"
+    server, _ = run_two_segments(mlflow_server, start_server, agents, exp_name, ("alpha", "beta"))
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     runs = wait_runs_done(client, exp_name, 4, diag=server.log)
     parents = {r.data.tags["phpo.segment"]: r.info.run_id for r in runs if "phpo.segment_parent" in r.data.tags}
@@ -662,13 +669,7 @@ def test_mlflow_ui_lists_the_tasks_runs_in_headless_chromium(chromium, mlflow_se
     from PIL import Image
 
     exp_name = f"user.test.ui.{uuid.uuid4().hex[:8]}"
-    server = start_server(None, "--mlflow-uri", mlflow_server.uri)
-    payload = "from phpo.evaluation_container import sdk; sdk.report(float(sdk.load_point()['x']))"
-    segments = [{"name": n, "files": [f"/data/{n}.dat"]} for n in ("higgs", "ttbar")]
-    tid = submit(server, base_spec(f"{PY} -c \"{payload}\"", outDS=exp_name, segments=segments, maxPoints=2,
-                                   searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}}))
-    agent = agents(server, "--slots", "2")
-    assert wait_task(server, tid, agents=(agent,), timeout=90)["state"] == "finished"
+    server, tid = run_two_segments(mlflow_server, start_server, agents, exp_name, ("higgs", "ttbar"))
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     runs = wait_runs_done(client, exp_name, 4, diag=server.log)
     env = {"PHPO_URL": server.url, "PHPO_TOKEN": server.user_token}
