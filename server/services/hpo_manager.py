@@ -359,10 +359,32 @@ class HpoManager:
                 s.flush()
                 segs = list(s.execute(select(SegmentRow).where(SegmentRow.task_id == tid)).scalars())
                 if all(sg.finished for sg in segs):
-                    reasons = sorted({sg.finished_reason or "done" for sg in segs})
-                    set_state(task, "finished", message="; ".join(reasons))
-                    cancel_open_work(s, tid, "the task finished")
-                    log.info("task %d finished: %s", tid, task.message)
+                    reasons = "; ".join(sorted({sg.finished_reason or "done" for sg in segs}))
+                    failure = self._nothing_evaluated(s, tid, reasons)
+                    set_state(task, "failed" if failure else "finished", message=failure or reasons)
+                    cancel_open_work(s, tid, f"the task {task.state}")
+                    log.info("task %d %s: %s", tid, task.state, task.message)
+
+    @staticmethod
+    def _nothing_evaluated(s: Session, task_id: int, reasons: str) -> str | None:
+        """The failure message of a task that ends without a single evaluated point (every point
+        failed, the steering answered ``[]`` at once, the job budget went on lost jobs): such a
+        task has no result and must never look ``finished``. ``None`` when a point has a loss."""
+        counts = dict(s.execute(select(PointRow.state, func.count()).where(PointRow.task_id == task_id)
+                                .group_by(PointRow.state)).all())
+        if counts.get("evaluated", 0):
+            return None
+        failed = counts.get("failed", 0)
+        if failed:
+            last = s.execute(select(PointRow.id, PointRow.error).where(
+                PointRow.task_id == task_id, PointRow.state == "failed")
+                .order_by(PointRow.updated_at.desc(), PointRow.id.desc()).limit(1)).first()
+            what = f"all {failed} point(s) failed; last error (point {last[0]}): {(last[1] or '(none)')[:4000]}"
+        elif sum(counts.values()) == 0:
+            what = "no point was generated"
+        else:
+            what = f"{sum(counts.values())} point(s) generated, none evaluated"
+        return f"no point was evaluated: {what} (the search ended because {reasons})"
 
     # ------------------------------------------------------------ built-in optimizers
 

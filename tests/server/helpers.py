@@ -71,10 +71,11 @@ class TinyAgent(threading.Thread):
     server that is down for a while (it retries), like a real agent would."""
 
     def __init__(self, url: str, token: str, loss_fn: Callable[[dict], float] = lambda p: p.get("x", 0.0),
-                 name: str = "tiny-agent", site: str = "local", delay: float = 0.0):
+                 name: str = "tiny-agent", site: str = "local", delay: float = 0.0, status: int = 0):
         super().__init__(daemon=True, name=name)
         self.c = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         self.loss_fn, self.agent, self.site, self.delay = loss_fn, name, site, delay
+        self.status = status  # non-zero: every attempt fails, as a broken payload's would
         self.stop = threading.Event()
         self.evaluated: list[int] = []  # point ids whose result was accepted (not duplicate)
         self.jobs = 0
@@ -106,7 +107,9 @@ class TinyAgent(threading.Thread):
                 time.sleep(self.delay)
             for p in job["points"]:
                 rr = self._post(f"/jobs/{job['id']}/points/{p['point_id']}/result",
-                                {"point_id": p["point_id"], "status": 0, "loss": self.loss_fn(p["params"])})
+                                {"point_id": p["point_id"], "status": self.status,
+                                 "loss": None if self.status else self.loss_fn(p["params"]),
+                                 "message": f"payload failed (status {self.status})" if self.status else None})
                 if rr is not None and rr.status_code == 200 and not rr.json()["duplicate"]:
                     self.evaluated.append(p["point_id"])
             self._post(f"/jobs/{job['id']}/complete", {})

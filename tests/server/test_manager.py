@@ -270,3 +270,28 @@ def test_partial_pass_steers_only_the_segments_it_was_woken_for(tmp_path):
     finally:
         mgr.stop()
         db.dispose()
+
+
+def test_a_task_without_any_evaluated_point_fails_with_the_reason(db_url, start_server):
+    """Honest end states: a payload that fails every point, and a steering that answers ``[]``
+    before anything was evaluated, leave a task with no result: ``failed``, never ``finished``."""
+    srv = start_server(db_url)
+    with srv.client() as c, srv.client(srv.agent_token) as a:
+        tid = create_task(c, maxPoints=2, nParallelEvaluation=2, maxAttempts=1)["id"]
+        agent = TinyAgent(srv.url, srv.agent_token, status=3)
+        agent.start()
+        try:
+            t = wait_until(lambda: (x := task(c, tid))["state"] in ("finished", "failed") and x, timeout=60,
+                           what="task ended")
+        finally:
+            agent.halt()
+        assert t["state"] == "failed", t
+        assert t["counts"]["failed"] == 2 and t["counts"]["evaluated"] == 0
+        assert "no point was evaluated" in t["message"] and "payload failed (status 3)" in t["message"]
+
+        tid2 = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT",
+                           searchSpace={"x": [0.0, 1.0]})["id"]
+        sj = wait_until(lambda: _steering_job(a), what="a steering job")
+        a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": []})
+        t2 = wait_until(lambda: (x := task(c, tid2))["state"] in ("finished", "failed") and x, what="ended")
+        assert t2["state"] == "failed" and "no point was generated" in t2["message"], t2
