@@ -231,10 +231,11 @@ class PhpoAgent:
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "phpo.evaluation_container", "--server", self.server.url,
-                 "--token", self.server.agent_token, "--site", "local", "--slots", str(self.slots),
+                 "--site", "local", "--slots", str(self.slots),
                  "--workdir", str(self.workdir), "--gpus", "none", "--log-level", "WARNING",
                  "--grace-seconds", "5", *self.extra],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, "PHPO_TOKEN": self.server.agent_token},
             )
         time.sleep(0.3)
         if self.proc.poll() is not None:

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,14 @@ from typing import Any
 
 from phpo.client.agent_api import AgentAPI, is_transient
 from phpo.client.errors import APIError, AuthError, Conflict, NotFound
+from phpo.schemas.archives import (
+    ArchiveError,
+    ArchiveLimits,
+    open_beneath,
+    read_beneath,
+    unlink_beneath,
+    write_beneath,
+)
 from phpo.schemas.artifacts import ArtifactKind
 from phpo.schemas.jobs import (
     MAX_ACQUIRE_WAIT_S,
@@ -49,7 +58,7 @@ from .checkpoints import CheckpointSaver, restore_checkpoint, safe_extract
 from .gpu_slots import Slot, SlotPool, plan_slots
 from .outbox import Outbox
 from .resources import base_resources, container_runtimes_installed
-from .runners.base import Executor, ExecutorError, RunHandle, RunSpec
+from .runners.base import Executor, ExecutorError, PayloadUser, RunHandle, RunSpec
 from .runners.subprocess import SubprocessExecutor
 
 log = logging.getLogger("phpo.agent")
@@ -61,6 +70,7 @@ STEERING_IN = "phpo_steering_in.json"
 STEERING_OUT = "phpo_steering_out.json"
 STDERR_TAIL_BYTES = 4000
 META_MAX_BYTES = 1024 * 1024
+OUTPUT_MAX_BYTES = 16 * 1024 * 1024
 TIMEOUT_STATUS = 124  # like coreutils' timeout(1)
 
 
@@ -89,6 +99,14 @@ class AgentConfig:
     retry_seconds: float = 60.0
     outbox_interval: float = 10.0
     keep_workdirs: bool = False
+    max_unpack_bytes: int = 10240 * 2**20  # a sandbox or checkpoint, all its files together
+    max_unpack_files: int = 100_000
+    payload_user: PayloadUser | None = None  # subprocess payloads run as this account
+
+    @property
+    def unpack_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(max_members=self.max_unpack_files, max_member_bytes=self.max_unpack_bytes,
+                             max_total_bytes=self.max_unpack_bytes)
 
 
 class Outcome:
@@ -120,11 +138,12 @@ def with_stderr(message: str, stderr_path: Path) -> str:
 
 
 def read_output(
-    output_path: Path, outcome: str, rc: int | None, stderr_path: Path, point_id: int, timeout_s: float | None
+    output_path: Path, outcome: str, rc: int | None, stderr_path: Path, point_id: int, timeout_s: float | None,
+    root: Path | None = None,
 ) -> PointResult:
-    """Turn what the payload left behind into the point's result (CONTRACTS §3). Anything but a
-    readable output with status 0 and a loss is a failed attempt whose message says why and
-    shows the end of stderr."""
+    """Turn what the payload left behind into the point's result. Anything but a readable
+    output with status 0 and a loss is a failed attempt whose message says why and shows the end
+    of stderr. The file is read without following links below ``root`` (default: its folder)."""
     name = output_path.name
     if outcome == Outcome.timeout:
         return PointResult(
@@ -133,11 +152,12 @@ def read_output(
                                 "the payload and its whole process group were killed", stderr_path),
         )
     code = rc if rc else 1
-    if not output_path.exists():
+    root = output_path.parent if root is None else root
+    try:
+        raw = json.loads(read_beneath(root, output_path.relative_to(root), OUTPUT_MAX_BYTES))
+    except FileNotFoundError:
         return PointResult(point_id=point_id, status=code, message=with_stderr(
             f"the payload exited with code {rc} and wrote no output file '{name}'", stderr_path))
-    try:
-        raw = json.loads(output_path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return PointResult(point_id=point_id, status=code, message=with_stderr(
             f"the output file '{name}' is not valid JSON ({e}); exit code {rc}", stderr_path))
@@ -174,6 +194,13 @@ class Agent:
         self.stop_requested_at: float | None = None
         self.pool = SlotPool(plan_slots(cfg.slots, cfg.gpus, cfg.share_gpus))
         self.outbox = Outbox(self.workdir / "outbox")
+        if cfg.payload_user is not None:
+            # payloads of another account may pass through to their run directories, but not
+            # read the agent's cache (every task's sandbox) or outbox (every job's results)
+            for d, mode in ((self.workdir, 0o711), (self.workdir / "jobs", 0o711), (self.workdir / "cache", 0o700),
+                            (self.outbox.dir, 0o700)):
+                d.mkdir(parents=True, exist_ok=True)
+                d.chmod(mode)
         self.runners: dict[int, JobRunner] = {}
         self._runners_lock = threading.Lock()
         self._sandbox_locks: dict[int, threading.Lock] = {}
@@ -429,6 +456,36 @@ class JobRunner(threading.Thread):
         self._lock = threading.Lock()
         self.next_job: Job | None = None  # leased by ``complete`` for this slot
         self.handed_over = False
+        self.owner = self.cfg.payload_user.owner if self.cfg.payload_user else None
+
+    # --- files in the run directory ---------------------------------------------------------
+    # The payload controls its run directory (and may run as another, less privileged account):
+    # the agent never follows a link there, so a payload cannot make it read or write elsewhere.
+
+    def write_run_file(self, rel: str, text: str) -> None:
+        write_beneath(self.rundir, rel, text.encode(), owner=self.owner)
+
+    def remove_run_file(self, rel: str) -> None:
+        unlink_beneath(self.rundir, rel)
+
+    def copy_run_file(self, rel: str, max_bytes: int | None = None) -> Path | None:
+        """A copy in the job's scratch directory of the payload's regular file ``rel`` (None when
+        there is none, it is no regular file, or it is over ``max_bytes``)."""
+        try:
+            fd = open_beneath(self.rundir, rel, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return None
+        dest = self.scratch / f"upload-{Path(rel).name}"
+        with os.fdopen(fd, "rb") as src:
+            st = os.fstat(src.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            if max_bytes is not None and st.st_size > max_bytes:
+                log.warning("job %d: %s is over %d bytes; not uploaded", self.job.id, rel, max_bytes)
+                return None
+            with open(dest, "wb") as out:
+                shutil.copyfileobj(src, out)
+        return dest
 
     # --- thread body ---------------------------------------------------------------------
 
@@ -437,6 +494,11 @@ class JobRunner(threading.Thread):
         try:
             for d in (self.rundir / PHPO_DIR, self.logdir, self.scratch):
                 d.mkdir(parents=True, exist_ok=True)
+            if self.owner is not None:  # the payload's account owns its working directory, nothing else
+                for d in (self.rundir, self.rundir / PHPO_DIR):
+                    os.chown(d, *self.owner)
+                for d in (self.logdir, self.scratch):
+                    d.chmod(0o700)
             hb.start()
             if self.job.kind == JobKind.steering:
                 self.run_steering()
@@ -492,10 +554,9 @@ class JobRunner(threading.Thread):
         """New lines the SDK appended to the intermediate file since the last heartbeat."""
         with self._lock:
             out, self._intermediate_pending = self._intermediate_pending, []
-            path = self.rundir / INTERMEDIATE_FILE
             point = self.current_point
             try:
-                with open(path, "rb") as f:
+                with os.fdopen(open_beneath(self.rundir, INTERMEDIATE_FILE, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
                     f.seek(self._intermediate_offset)
                     data = f.read()
             except OSError:
@@ -532,13 +593,10 @@ class JobRunner(threading.Thread):
             log.warning("job %d: %d intermediate value(s) not delivered: %s", self.job.id, len(reports), e)
 
     def _write_control(self, data: dict[str, Any]) -> None:
-        path = self.rundir / CONTROL_FILE
-        tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(data))
-            tmp.replace(path)
+            self.write_run_file(CONTROL_FILE, json.dumps(data))
         except OSError as e:
-            log.warning("job %d: cannot write %s: %s", self.job.id, path, e)
+            log.warning("job %d: cannot write %s: %s", self.job.id, self.rundir / CONTROL_FILE, e)
 
     # --- talking to the server ------------------------------------------------------------
 
@@ -608,9 +666,19 @@ class JobRunner(threading.Thread):
 
     # --- preparing and running ------------------------------------------------------------
 
-    def unpack_sandbox(self, artifact_id: int | None) -> None:
-        if artifact_id is not None:
-            safe_extract(self.agent.sandbox_tarball(artifact_id), self.rundir)
+    def unpack_sandbox(self, artifact_id: int | None) -> bool:
+        """Unpack the job's sandbox into its run directory; False (the job failed for good, the
+        message naming the member at fault) when the sandbox is refused."""
+        if artifact_id is None:
+            return True
+        try:
+            safe_extract(self.agent.sandbox_tarball(artifact_id), self.rundir, self.cfg.unpack_limits, self.owner)
+        except (ArchiveError, NotFound) as e:
+            why = "is missing on the server" if isinstance(e, NotFound) else f"was not unpacked on agent {self.cfg.name}"
+            log.error("job %d: the sandbox (artifact %d) %s: %s", self.job.id, artifact_id, why, e)
+            self.finish("fail", FailRequest(error=f"the sandbox (artifact {artifact_id}) {why}: {e}", retry=False))
+            return False
+        return True
 
     def run_command(self, handle: RunHandle, timeout_s: float | None,
                     saver: CheckpointSaver | None = None, interval: float = 300.0) -> str:
@@ -671,9 +739,10 @@ class JobRunner(threading.Thread):
             log.error("job %d: %s", self.job.id, e)
             self.finish("fail", FailRequest(error=str(e), retry=e.retryable))
             return
-        self.unpack_sandbox(ev.sandbox_artifact)
+        if not self.unpack_sandbox(ev.sandbox_artifact):
+            return
         if ev.training_files:
-            (self.rundir / ev.training_data).write_text(json.dumps(ev.training_files))
+            self.write_run_file(ev.training_data, json.dumps(ev.training_files))
         command = ev.exec
         if "%SEGMENT_NAME" in command:
             command = substitute_tokens(command, {"%SEGMENT_NAME": self.job.segment})
@@ -699,23 +768,35 @@ class JobRunner(threading.Thread):
             with self._lock:
                 self.current_point = point
             # a fresh start for this point in the shared directory
-            (self.rundir / ev.output).unlink(missing_ok=True)
+            self.remove_run_file(ev.output)
             if saver is not None and i > 0:
                 saver.remove_files()
             if ev.checkpoint_to_load:
-                (self.rundir / ev.checkpoint_to_load).unlink(missing_ok=True)
-            (self.rundir / CONTROL_FILE).unlink(missing_ok=True)
+                self.remove_run_file(ev.checkpoint_to_load)
+            self.remove_run_file(CONTROL_FILE)
             resumed = False
             if point.checkpoint_artifact is not None:
                 tarball = self.scratch / f"restore-{point.checkpoint_artifact}.tar.gz"
-                self.api.download_artifact(point.checkpoint_artifact, tarball)
-                restore_checkpoint(tarball, self.rundir, ev.checkpoint_to_load)
+                try:
+                    self.api.download_artifact(point.checkpoint_artifact, tarball)
+                    restore_checkpoint(tarball, self.rundir, ev.checkpoint_to_load, self.cfg.unpack_limits,
+                                       self.owner)
+                except (ArchiveError, NotFound) as e:
+                    why = ("is missing on the server" if isinstance(e, NotFound)
+                           else f"was not restored on agent {self.cfg.name}")
+                    log.error("job %d: the checkpoint of point %d (artifact %d) %s: %s", self.job.id,
+                              point.point_id, point.checkpoint_artifact, why, e)
+                    result = PointResult(point_id=point.point_id, status=1, message=(
+                        f"the checkpoint of point {point.point_id} (artifact {point.checkpoint_artifact}) {why}: {e}"))
+                    if i == len(self.job.points) - 1 or not self.report_point(result):
+                        unacked.append(result)
+                    continue
                 resumed = True
                 log.info("job %d: point %d resumes from checkpoint artifact %d", self.job.id, point.point_id,
                          point.checkpoint_artifact)
             if saver is not None:
                 saver.reset(saver.fingerprint() if resumed else None)
-            (self.rundir / ev.input).write_text(json.dumps(point.params))
+            self.write_run_file(ev.input, json.dumps(point.params))
             env = self.base_env()
             env.update({
                 "PHPO_WORKDIR": seen_workdir,
@@ -743,7 +824,7 @@ class JobRunner(threading.Thread):
             stdout, stderr = self.logdir / f"{tag}.stdout.txt", self.logdir / f"{tag}.stderr.txt"
             spec = RunSpec(command=command, workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,
                            env=env, image=ev.container, gpus=self.slot.gpu_indices,
-                           network=self.cfg.container_network)
+                           network=self.cfg.container_network, user=self.cfg.payload_user)
             log.info("job %d: point %d (attempt %d) started: %s", self.job.id, point.point_id, point.attempt,
                      command)
             try:
@@ -772,7 +853,8 @@ class JobRunner(threading.Thread):
                 self._upload_point_files(ev, point, stdout, stderr)
                 break
             self.flush_intermediate()
-            result = read_output(self.rundir / ev.output, outcome, rc, stderr, point.point_id, ev.timeout_s)
+            result = read_output(self.rundir / ev.output, outcome, rc, stderr, point.point_id, ev.timeout_s,
+                                 root=self.rundir)
             log.info("job %d: point %d ended (%s, exit %s, status %d)", self.job.id, point.point_id, outcome, rc,
                      result.status)
             if result.status != 0 and saver is not None:
@@ -813,17 +895,11 @@ class JobRunner(threading.Thread):
         name = f"job{self.job.id}-a{point.attempt}"
         self.upload_log(stdout, f"{name}.stdout.txt", point.point_id)
         self.upload_log(stderr, f"{name}.stderr.txt", point.point_id)
-        if ev.meta:
-            p = self.rundir / ev.meta
-            if p.is_file():
-                if p.stat().st_size > META_MAX_BYTES:
-                    log.warning("job %d: meta file %s is over 1 MB; not uploaded", self.job.id, ev.meta)
-                else:
-                    self.upload(ArtifactKind.meta, p, Path(ev.meta).name, point.point_id)
-        if ev.metrics:
-            p = self.rundir / ev.metrics
-            if p.is_file():
-                self.upload(ArtifactKind.metrics, p, Path(ev.metrics).name, point.point_id)
+        for kind, rel, limit in ((ArtifactKind.meta, ev.meta, META_MAX_BYTES), (ArtifactKind.metrics, ev.metrics, None)):
+            p = self.copy_run_file(rel, limit) if rel else None
+            if p is not None:
+                self.upload(kind, p, Path(rel).name, point.point_id)
+                p.unlink(missing_ok=True)
 
     def run_steering(self) -> None:
         st = self.job.steering
@@ -836,13 +912,14 @@ class JobRunner(threading.Thread):
             log.error("job %d: %s", self.job.id, e)
             self.finish("fail", FailRequest(error=str(e), retry=e.retryable))
             return
-        self.unpack_sandbox(st.sandbox_artifact)
-        in_path, out_path = self.rundir / STEERING_IN, self.rundir / STEERING_OUT
-        in_path.write_text(json.dumps(st.input))
-        out_path.unlink(missing_ok=True)
+        if not self.unpack_sandbox(st.sandbox_artifact):
+            return
+        self.write_run_file(STEERING_IN, json.dumps(st.input))
+        self.remove_run_file(STEERING_OUT)
         stdout, stderr = self.logdir / "steering.stdout.txt", self.logdir / "steering.stderr.txt"
         spec = RunSpec(command="", workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,
-                       image=st.container, gpus=self.slot.gpu_indices, network=self.cfg.container_network)
+                       image=st.container, gpus=self.slot.gpu_indices, network=self.cfg.container_network,
+                       user=self.cfg.payload_user)
         seen = executor.workdir_seen_by_command(spec)
         spec.command = substitute_tokens(st.exec, {
             "%IN": f"{seen}/{STEERING_IN}",
@@ -873,16 +950,15 @@ class JobRunner(threading.Thread):
             return
         error = None
         points: Any = None
-        if not out_path.exists():
+        try:
+            points = json.loads(read_beneath(self.rundir, STEERING_OUT))
+            if not isinstance(points, list):
+                error = (f"the steering output (%OUT) must be a JSON list of points, got "
+                         f"{type(points).__name__}; exit code {rc}")
+        except FileNotFoundError:
             error = f"the steering command exited with code {rc} and wrote no output file (%OUT)"
-        else:
-            try:
-                points = json.loads(out_path.read_text())
-                if not isinstance(points, list):
-                    error = (f"the steering output (%OUT) must be a JSON list of points, got "
-                             f"{type(points).__name__}; exit code {rc}")
-            except (OSError, UnicodeDecodeError, ValueError) as e:
-                error = f"the steering output (%OUT) is not valid JSON ({e}); exit code {rc}"
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            error = f"the steering output (%OUT) is not valid JSON ({e}); exit code {rc}"
         if error is None and rc:
             log.warning("job %d: steering exited %s but wrote a valid output; using it", self.job.id, rc)
         if error is not None:

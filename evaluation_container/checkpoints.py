@@ -7,8 +7,15 @@ Saving: every ``checkpoint_interval_s`` the agent fingerprints the listed files 
 while it was being written, so a checkpoint caught half-written is retried at the next check
 instead of being stored torn. The size limit is the agent's ``--max-checkpoint-mb``.
 
-Restoring (CONTRACTS §3 ``--checkPointToLoad``): with a name, the tarball is placed under that
-name for the payload to open; without, it is unpacked in place, recreating the saved paths.
+Only regular files and directories are saved (a link in the checkpoint paths is left out with
+a warning, never followed: the payload may point one anywhere), and they are read without
+following links on the way, because the agent may run with more rights than its payload.
+
+Restoring (``--checkPointToLoad``): with a name, the tarball is placed under that name for the
+payload to open; without, it is unpacked in place by :func:`phpo.schemas.archives.extract`
+(regular files and directories only, inside the working directory only, size-bounded): a
+checkpoint is uploaded with an agent token, and an agent that unpacked whatever arrives would
+let one rogue token write anywhere on every agent that resumes the point.
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+
+from phpo.schemas.archives import DEFAULT_LIMITS, ArchiveError, ArchiveLimits, extract, open_beneath, open_dir_beneath
 
 log = logging.getLogger("phpo.agent.checkpoints")
 
@@ -76,6 +86,7 @@ class CheckpointSaver:
         self.last_uploaded: Fingerprint | None = None
         self.uploads = 0
         self._warned_size = False
+        self._warned_links = False
 
     def reset(self, baseline: Fingerprint | None = None) -> None:
         """Start a new point: nothing uploaded yet (``baseline``: what was restored, which need
@@ -109,9 +120,9 @@ class CheckpointSaver:
         tmp = dest.with_name(dest.name + ".tmp")
         try:
             with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+                left_out: list[str] = []
                 for rel in self.paths:
-                    if (self.workdir / rel).exists():
-                        tar.add(self.workdir / rel, arcname=rel, recursive=True)
+                    left_out.extend(self._add(tar, rel))
         except (OSError, tarfile.TarError) as e:
             log.info("checkpoint files changed while being archived (%s); retrying at the next check", e)
             tmp.unlink(missing_ok=True)
@@ -128,7 +139,50 @@ class CheckpointSaver:
                 f"{self.max_bytes / 2**20:.0f} MB (--max-checkpoint-mb)"
             )
         tmp.replace(dest)
+        if left_out and not self._warned_links:
+            log.warning("checkpoint: %d path(s) that are neither regular files nor directories left out "
+                        "(links are not saved): %s", len(left_out), ", ".join(left_out[:5]))
+            self._warned_links = True
         return before
+
+    def _add(self, tar: tarfile.TarFile, rel: str) -> list[str]:
+        """Add ``rel`` (recursively) to ``tar``: regular files and directories only, each opened
+        beneath the working directory without following a link; returns what was left out."""
+        left_out: list[str] = []
+        try:
+            st = os.lstat(self.workdir / rel)
+        except FileNotFoundError:
+            return left_out
+        if stat.S_ISDIR(st.st_mode):
+            self._add_entry(tar, rel, st, None)
+            fd = open_dir_beneath(self.workdir, Path(rel).parts)
+            try:
+                names = sorted(os.listdir(fd))
+            finally:
+                os.close(fd)
+            for name in names:
+                left_out.extend(self._add(tar, f"{rel}/{name}"))
+        elif stat.S_ISREG(st.st_mode):
+            fd = open_beneath(self.workdir, rel, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                fst = os.fstat(f.fileno())
+                if not stat.S_ISREG(fst.st_mode):
+                    raise OSError(f"{rel} changed while being archived")
+                self._add_entry(tar, rel, fst, f)
+        else:
+            left_out.append(rel)
+        return left_out
+
+    @staticmethod
+    def _add_entry(tar: tarfile.TarFile, rel: str, st: os.stat_result, f) -> None:
+        info = tarfile.TarInfo(rel)
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.mtime = int(st.st_mtime)
+        if f is None:
+            info.type = tarfile.DIRTYPE
+        else:
+            info.size = st.st_size
+        tar.addfile(info, f)
 
     def save_if_changed(self) -> bool:
         """Upload the files when they changed since the last upload; True when uploaded.
@@ -157,27 +211,49 @@ class CheckpointSaver:
         """Clear the checkpoint paths (before the next point of a multi-point job runs in the
         same directory, so it does not mistake the previous point's state for its own)."""
         for rel in self.paths:
-            p = self.workdir / rel
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            parts = Path(rel).parts
+            try:  # the parent opened without following links, then removed relative to it
+                dfd = open_dir_beneath(self.workdir, parts[:-1])
+            except OSError:
+                continue
+            try:
+                st = os.lstat(parts[-1], dir_fd=dfd)
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(parts[-1], dir_fd=dfd, ignore_errors=True)
+                else:
+                    os.unlink(parts[-1], dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(dfd)
 
 
-def safe_extract(tarball: Path, dest: Path) -> None:
-    """Unpack a tarball from the server into ``dest``; the ``data`` filter refuses absolute
-    paths, ``..``, device files and links pointing outside ``dest``."""
-    with tarfile.open(tarball, "r:*") as tar:
-        tar.extractall(dest, filter="data")
+def safe_extract(tarball: Path, dest: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Unpack a tarball from the server into ``dest`` (see :func:`phpo.schemas.archives.extract`);
+    :class:`~phpo.schemas.archives.ArchiveError` names the member it refuses."""
+    extract(tarball, dest, limits=limits, owner=owner)
 
 
-def restore_checkpoint(tarball: Path, workdir: Path, checkpoint_to_load: str | None) -> Path:
-    """Put a downloaded checkpoint where the payload expects it; returns that path."""
+def restore_checkpoint(tarball: Path, workdir: Path, checkpoint_to_load: str | None,
+                       limits: ArchiveLimits = DEFAULT_LIMITS, owner: tuple[int, int] | None = None) -> Path:
+    """Put a downloaded checkpoint where the payload expects it; returns that path. Nothing is
+    written through a link in ``workdir``; an unsafe tarball raises ``ArchiveError``."""
     if checkpoint_to_load:
-        target = workdir / checkpoint_to_load
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tarball), target)
-        return target
-    safe_extract(tarball, workdir)
-    tarball.unlink(missing_ok=True)
+        parts = Path(checkpoint_to_load).parts
+        if Path(checkpoint_to_load).is_absolute() or ".." in parts or not parts:
+            raise ArchiveError(f"checkPointToLoad {checkpoint_to_load!r} must be a relative path inside the "
+                               "working directory")
+        dfd = open_dir_beneath(workdir, parts[:-1], create=True, owner=owner)
+        try:  # the tarball is in the job's scratch directory: the same file system
+            if owner is not None:
+                os.chown(tarball, *owner)
+            os.rename(tarball, parts[-1], dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        return workdir / checkpoint_to_load
+    try:
+        extract(tarball, workdir, limits=limits, owner=owner)
+    finally:
+        tarball.unlink(missing_ok=True)
     return workdir

@@ -14,6 +14,7 @@ from phpo.schemas.jobs import JobKind
 
 from .agent import Agent, AgentConfig, default_agent_name
 from .resources import resolve_gpus
+from .runners.base import PayloadUser
 
 EPILOG = """\
 Jobs that name a container (evaluationContainer / steeringContainer) run through the Docker
@@ -21,6 +22,12 @@ Engine API: --executor docker uses the engine at --docker-url (or DOCKER_HOST, o
 /var/run/docker.sock); --executor podman starts a private `podman system service` under
 --workdir (or uses --docker-url). With the default --executor subprocess, jobs run as
 `bash -c` in their working directory, and container jobs use a Docker engine if one answers.
+
+The token: --token-file FILE (mode 600), else PHPO_TOKEN, else the phpo config file; never on
+the command line, where every process of the machine can read it. Payloads get neither the token
+nor PHPO_TOKEN; the agent makes its /proc files unreadable to processes of its own uid. Running as
+root, --payload-user USER runs subprocess payloads as USER, who can read neither the token file
+nor anything of the agent's (see the README, "What protects the agent's token").
 
 Stop with SIGTERM or Ctrl-C: no new jobs, running jobs get --grace-seconds to finish, then
 their payloads are stopped, a last checkpoint is uploaded and their points are handed back.
@@ -36,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--server", help="server URL (default: PHPO_URL, then the phpo config file)")
-    p.add_argument("--token", help="agent token (default: PHPO_TOKEN, then the phpo config file)")
+    p.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="file holding the agent token (default: PHPO_TOKEN, then the phpo config file)")
+    p.add_argument("--token", help=argparse.SUPPRESS)  # refused with a message saying why
+    p.add_argument("--payload-user", metavar="USER[:GROUP]",
+                   help="run subprocess payloads as this account (the agent must run as root)")
     p.add_argument("--site", required=True, help="site name, matched against the tasks' --site")
     p.add_argument("--slots", type=int, default=1, help="jobs run at the same time (default 1)")
     p.add_argument("--gpus", default="auto",
@@ -61,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, how long running jobs may still run (default 30)")
     p.add_argument("--max-checkpoint-mb", type=float, default=10240.0,
                    help="largest checkpoint tarball uploaded, in MB (default 10240)")
+    p.add_argument("--max-unpack-mb", type=float, default=10240.0,
+                   help="largest sandbox or checkpoint unpacked, all its files together, in MB (default 10240)")
+    p.add_argument("--max-unpack-files", type=int, default=100_000,
+                   help="most members of a sandbox or checkpoint tarball (default 100000)")
     p.add_argument("--max-log-mb", type=float, default=10.0,
                    help="stdout/stderr kept per run: the last N MB (default 10)")
     p.add_argument("--retry-seconds", type=float, default=60.0,
@@ -72,8 +87,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_token(token_file: Path | None) -> str | None:
+    """The token from ``token_file``, else from ``PHPO_TOKEN`` (removed from the environment
+    either way, so no child process inherits it). Raises ConfigError naming the file."""
+    env_token = os.environ.pop("PHPO_TOKEN", None) or None
+    if token_file is None:
+        return env_token
+    try:
+        st = token_file.stat()
+        token = token_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the token file {token_file}: {e}") from None
+    if not token:
+        raise ConfigError(f"the token file {token_file} is empty")
+    if st.st_mode & 0o077:
+        logging.getLogger("phpo.agent").warning(
+            "the token file %s can be read by others (mode %o): chmod 600 %s", token_file, st.st_mode & 0o777,
+            token_file)
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.token is not None:
+        print("phpo agent: --token puts the token on the command line, where every process on this machine "
+              "can read it (/proc/PID/cmdline); give --token-file FILE (mode 600) or set PHPO_TOKEN",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
@@ -82,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     # urllib3/httpx chatter at INFO drowns the agent's own lines
     for noisy in ("httpx", "httpcore", "urllib3", "docker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .runners.subprocess import protect_process
+
+    protect_process()  # before anything secret is in memory
     try:
-        cfg = load_config(args.server, args.token)
+        cfg = load_config(args.server, read_token(args.token_file))
     except ConfigError as e:
         print(f"phpo agent: {e}", file=sys.stderr)
         return 2
@@ -91,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print("phpo agent: no server given: pass --server URL or set PHPO_URL", file=sys.stderr)
         return 2
     if not cfg.token:
-        print("phpo agent: no token given: pass --token TOKEN or set PHPO_TOKEN "
+        print("phpo agent: no token given: pass --token-file FILE or set PHPO_TOKEN "
               "(an admin creates one with `phpo server create-token --role agent`)", file=sys.stderr)
         return 2
     if args.slots < 1:
@@ -102,6 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"phpo agent: {e}", file=sys.stderr)
         return 2
+    payload_user = None
+    if args.payload_user:
+        try:
+            payload_user = PayloadUser.parse(args.payload_user)
+        except ValueError as e:
+            print(f"phpo agent: {e}", file=sys.stderr)
+            return 2
+        if os.geteuid() != 0:
+            print(f"phpo agent: --payload-user needs the agent to run as root (it runs as uid {os.geteuid()})",
+                  file=sys.stderr)
+            return 2
     kinds = [JobKind.evaluation, JobKind.steering]
     if args.steering_only:
         kinds = [JobKind.steering]
@@ -126,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         retry_seconds=args.retry_seconds,
         outbox_interval=args.outbox_interval,
         keep_workdirs=args.keep_workdirs,
+        max_unpack_bytes=int(args.max_unpack_mb * 2**20),
+        max_unpack_files=args.max_unpack_files,
+        payload_user=payload_user,
     )
     from phpo.client.agent_api import AgentAPI
 

@@ -31,6 +31,7 @@ from .upstream import CliError
 DEFAULT_PORT = 8765
 DEFAULT_SLOTS = 2
 TOKENS_FILE = "stack-tokens.toml"
+AGENT_TOKEN_FILE = "agent.token"
 
 SERVER_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic")
 AGENT_MODULES = ("tenacity", "psutil")
@@ -257,6 +258,13 @@ class Stack:
         raise CliError(f"could not create a {role} token: {last}", code=1)
 
     def start_agent(self) -> None:
+        # the token goes in a file only the user can read, never on the agent's command line
+        # (which every process of the machine can read in /proc/PID/cmdline)
+        token_file = self.data_dir / AGENT_TOKEN_FILE
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(str(self.agent_token))
         log = open(self.log_dir / "agent.log", "ab")
         self.agent = subprocess.Popen(
             [
@@ -265,8 +273,8 @@ class Stack:
                 "phpo.evaluation_container",
                 "--server",
                 self.url,
-                "--token",
-                str(self.agent_token),
+                "--token-file",
+                str(token_file),
                 "--site",
                 self.site,
                 "--slots",

@@ -25,6 +25,46 @@ class ExecutorError(RuntimeError):
         self.retryable = retryable
 
 
+@dataclass(frozen=True)
+class PayloadUser:
+    """The account payloads run as (``phpo agent --payload-user``), when the agent runs as root:
+    a payload of another uid can read neither the agent's token file nor its /proc files."""
+
+    uid: int
+    gid: int
+    name: str | None = None
+    home: str | None = None
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        return self.uid, self.gid
+
+    @classmethod
+    def parse(cls, text: str) -> PayloadUser:
+        """``USER``, ``UID``, ``USER:GROUP`` or ``UID:GID``; ValueError naming what is unknown."""
+        import grp
+        import pwd
+
+        user, _, group = text.partition(":")
+        try:
+            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except KeyError:
+            if not user.isdigit():
+                raise ValueError(f"--payload-user: no user {user!r} on this machine") from None
+            pw = None
+        uid = pw.pw_uid if pw else int(user)
+        if group:
+            try:
+                gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise ValueError(f"--payload-user: no group {group!r} on this machine") from None
+        elif pw is not None:
+            gid = pw.pw_gid
+        else:
+            raise ValueError(f"--payload-user {text}: uid {uid} has no account here; give its group as UID:GID")
+        return cls(uid=uid, gid=gid, name=pw.pw_name if pw else None, home=pw.pw_dir if pw else None)
+
+
 @dataclass
 class RunSpec:
     """One command to run. ``workdir`` is a host path; inside a container it is mounted at
@@ -38,6 +78,7 @@ class RunSpec:
     image: str | None = None
     gpus: list[int] | None = None  # None: leave the GPUs as the agent sees them
     network: str = "none"
+    user: PayloadUser | None = None  # subprocess executor only: run as this account
 
 
 CONTAINER_WORKDIR = "/srv/workDir"

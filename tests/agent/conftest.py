@@ -25,8 +25,11 @@ def start_agent(tmp_path):
         wd = workdir or tmp_path / f"agent{n}"
         wd.mkdir(parents=True, exist_ok=True)
         log_path = tmp_path / f"agent{n}-{int(time.time() * 1000)}.log"
+        token_file = tmp_path / f"agent{n}.token"  # the token goes in a file, never on the command line
+        token_file.write_text(token or server.agent_token)
+        token_file.chmod(0o600)
         full = [PY, "-m", "phpo.evaluation_container", "--server", server.url,
-                "--token", token or server.agent_token, "--site", site, "--workdir", str(wd),
+                "--token-file", str(token_file), "--site", site, "--workdir", str(wd),
                 "--poll-interval", "0.3", "--name", f"test-agent-{n}", *args]
         with open(log_path, "w") as logf:
             proc = subprocess.Popen(full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,

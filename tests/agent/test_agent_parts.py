@@ -28,6 +28,7 @@ from phpo.evaluation_container.resources import base_resources, cpu_flags, resol
 from phpo.evaluation_container.runners.base import ExecutorError, RunSpec
 from phpo.evaluation_container.runners.docker import container_kwargs
 from phpo.evaluation_container.runners.subprocess import SubprocessExecutor, command_env
+from phpo.schemas.archives import ArchiveError
 from phpo.schemas.jobs import GPUInfo
 
 from .agent_helpers import PY, pid_alive
@@ -235,7 +236,7 @@ def test_unpacking_refuses_paths_outside(tmp_path):
         tar.addfile(info, io.BytesIO(data))
     dest = tmp_path / "dest"
     dest.mkdir()
-    with pytest.raises(tarfile.TarError):
+    with pytest.raises(ArchiveError, match="'../outside.txt'"):
         safe_extract(tb, dest)
     assert not (tmp_path / "outside.txt").exists()
 
@@ -438,8 +439,21 @@ def test_cli_options_and_errors(tmp_path, monkeypatch):
                        env=env, timeout=60, check=False)
     assert p.returncode == 2 and "--server" in p.stderr
     p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--server", "http://127.0.0.1:9",
-                        "--token", "t", "--gpus", "x,y"], capture_output=True, text=True, env=env, timeout=60, check=False)
+                        "--gpus", "x,y"], capture_output=True, text=True, env={**env, "PHPO_TOKEN": "t"}, timeout=60,
+                       check=False)
     assert p.returncode == 2 and "--gpus" in p.stderr
+    # a token on the command line is refused, saying where to put it instead
+    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--server", "http://127.0.0.1:9",
+                        "--token", "t"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert p.returncode == 2 and "/proc/PID/cmdline" in p.stderr and "--token-file" in p.stderr
+    missing = tmp_path / "no-such-token"
+    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--server", "http://127.0.0.1:9",
+                        "--token-file", str(missing)], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert p.returncode == 2 and f"cannot read the token file {missing}" in p.stderr
+    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--server", "http://127.0.0.1:9",
+                        "--payload-user", "no-such-user-here"], capture_output=True, text=True,
+                       env={**env, "PHPO_TOKEN": "t"}, timeout=60, check=False)
+    assert p.returncode == 2 and "no user 'no-such-user-here'" in p.stderr
     p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--steering-only", "--no-steering"],
                        capture_output=True, text=True, env=env, timeout=60, check=False)
     assert p.returncode == 2 and "not allowed with" in p.stderr

@@ -62,8 +62,6 @@ def agent(server, tmp_path_factory):
             "phpo.evaluation_container",
             "--server",
             server.url,
-            "--token",
-            server.agent_token,
             "--site",
             "local",
             "--slots",
@@ -74,6 +72,7 @@ def agent(server, tmp_path_factory):
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "PHPO_TOKEN": server.agent_token},  # never on the command line
     )
     yield proc
     os.killpg(proc.pid, signal.SIGTERM)

@@ -111,10 +111,11 @@ def agents(tmp_path):
         wd = tmp_path / f"agent{n}"
         wd.mkdir()
         log_path = tmp_path / f"agent{n}.log"
-        full = [PY, "-m", "phpo.evaluation_container", "--server", server.url, "--token", server.agent_token,
+        full = [PY, "-m", "phpo.evaluation_container", "--server", server.url,
                 "--site", "local", "--workdir", str(wd), "--poll-interval", "0.3", "--name", f"mlagent-{n}", *args]
         with open(log_path, "w") as logf:
-            proc = subprocess.Popen(full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "PHPO_TOKEN": server.agent_token})
         a = AgentProc(proc, log_path, wd, full)
         started.append(a)
         return a

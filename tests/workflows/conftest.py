@@ -24,10 +24,11 @@ from .wf_helpers import User
 def start_agent(server: LiveServer, work: Path, slots: int = 4) -> subprocess.Popen:
     log = open(work / "agent.log", "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "phpo.evaluation_container", "--server", server.url, "--token",
-         server.agent_token, "--site", "local", "--slots", str(slots), "--workdir", str(work / "wd"),
+        [sys.executable, "-m", "phpo.evaluation_container", "--server", server.url,
+         "--site", "local", "--slots", str(slots), "--workdir", str(work / "wd"),
          "--poll-interval", "0.2", "--name", f"wf-agent-{uuid.uuid4().hex[:6]}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PHPO_TOKEN": server.agent_token},
     )
 
 
