@@ -3,7 +3,18 @@
 Imports nothing of phpo's and nothing of SQLAlchemy, FastAPI or httpx.
 """
 
-from .api import API_PREFIX, ErrorBody, Health, Me, Page, Role, SteeringIteration, TokenCreate, TokenCreated
+from .api import (
+    API_PREFIX,
+    ErrorBody,
+    Health,
+    Me,
+    Page,
+    Role,
+    SteeringIteration,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+)
 from .artifacts import Artifact, ArtifactKind
 from .jobs import (
     AcquireRequest,

@@ -8,7 +8,9 @@ method   path                                    role         body -> answer
 =======  ======================================  ===========  ==============================
 GET      /health                                 (none)       -> Health
 GET      /me                                     any          -> Me
-POST     /tokens                                 admin        TokenCreate -> TokenCreated
+POST     /tokens                                 admin        TokenCreate -> TokenCreated (201)
+GET      /tokens                                 admin        -> list[TokenInfo]
+POST     /tokens/{id}/revoke                     admin        -> TokenInfo (refused from the next request)
 PUT      /sandboxes                              user         raw bytes (tar.gz) -> Artifact
 POST     /tasks                                  user         TaskSpec -> Task (201)
 GET      /tasks?state=&name=&limit=&offset=      user         -> Page[Task]
@@ -19,7 +21,7 @@ GET      /tasks/{id}/points?segment=&state=&limit&offset&sort   -> Page[Point]
 GET      /tasks/{id}/best?segment=               user         -> list[BestPoint] (one per segment)
 GET      /tasks/{id}/iterations?limit&offset     user         -> Page[SteeringIteration]
 GET      /tasks/{id}/artifacts?kind=&point_id=   user         -> Page[Artifact]
-GET      /artifacts/{id}                         user|agent   -> bytes (streamed)
+GET      /artifacts/{id}                         user|agent   -> bytes (streamed; agents: their jobs' only)
 POST     /jobs/acquire                           agent        AcquireRequest -> Job | 204
 POST     /jobs/{id}/heartbeat                    agent        HeartbeatRequest -> HeartbeatResponse
 POST     /jobs/{id}/points/{point_id}/result     agent        PointResult -> JobAck
@@ -46,9 +48,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 
@@ -78,26 +80,55 @@ class Page(BaseModel, Generic[T]):
 
 
 class Health(BaseModel):
-    status: str = "ok"
+    status: str = Field(default="ok", description="ok, or failing (HTTP 503) with the problems named")
     version: str
     database: str = Field(description="sqlite or postgresql")
+    problems: list[str] = Field(default_factory=list, description="what is wrong with the database or the "
+                                                                  "artifact store, each naming the path")
 
 
 class Me(BaseModel):
     name: str
     role: Role
+    sites: list[str] | None = Field(default=None, description="agent tokens: the sites they may take jobs for "
+                                                              "(absent: any site)")
+
+
+SITE_NAME = r"^[^,\s]([^,]{0,198}[^,\s])?$"  # what an agent's --site may be, without commas
 
 
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     role: Role = Role.user
+    sites: list[Annotated[str, Field(pattern=SITE_NAME)]] | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="agent tokens only: the sites the token may take jobs for (default: any site)")
+
+    @model_validator(mode="after")
+    def _sites_for_agents(self) -> TokenCreate:
+        if self.sites is not None and self.role != Role.agent:
+            raise ValueError(f"sites: only agent tokens are scoped to sites, not {self.role.value} tokens")
+        return self
 
 
 class TokenCreated(BaseModel):
+    id: int
     name: str
     role: Role
-    token: str
+    sites: list[str] | None = None
+    token: str = Field(description="shown only this once; the server keeps only its hash")
+
+
+class TokenInfo(BaseModel):
+    """A token as an admin sees it (never the token itself)."""
+
+    id: int
+    name: str
+    role: Role
+    sites: list[str] | None = None
+    created_at: datetime
+    revoked: bool
 
 
 class SteeringIteration(BaseModel):

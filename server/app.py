@@ -32,6 +32,9 @@ def build_context(settings: Settings) -> AppContext:
     store = ArtifactStore(settings.effective_artifact_url)
     broker = JobBroker(db, settings)
     ctx = AppContext(settings=settings, db=db, store=store, broker=broker, tasks=TaskService(db))
+    from .services.health import HealthProbe
+
+    ctx.health = HealthProbe(db, store)
     from .services.hpo_manager import HpoManager
 
     manager = HpoManager(db, settings, broker)

@@ -1,4 +1,5 @@
-"""``phpo server``: run the server, or ``phpo server create-token``.
+"""``phpo server``: run the server, or manage tokens (``create-token``, ``list-tokens``,
+``revoke-token``) straight in its database.
 
 ``main(argv)`` is what ``python -m phpo.server`` and the ``phpo server ...`` subcommand call.
 Command-line options override ``PHPO_*`` environment variables (pydantic-settings).
@@ -41,8 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("create-token", help="create a bearer token and print it (only the token) on stdout")
     t.add_argument("--name", required=True)
     t.add_argument("--role", choices=[r.value for r in Role], default="user")
+    t.add_argument("--site", metavar="SITE[,SITE...]",
+                   help="agent tokens: the only sites it may take jobs for (default: any site)")
     # SUPPRESS: `phpo server --data-dir D create-token ...` keeps D (argparse would reset it)
     _db_options(t, default=argparse.SUPPRESS)
+    r = sub.add_parser("revoke-token", help="revoke tokens by name (all of that name) or by id; refused from "
+                                            "their next request on, by every server on the database")
+    r.add_argument("token", metavar="NAME|ID")
+    _db_options(r, default=argparse.SUPPRESS)
+    ls = sub.add_parser("list-tokens", help="list tokens: id, name, role, sites, created, revoked")
+    _db_options(ls, default=argparse.SUPPRESS)
     return p
 
 
@@ -61,20 +70,73 @@ def _settings(args: argparse.Namespace) -> Any:
     return Settings(**given)
 
 
-def create_token_cmd(args: argparse.Namespace) -> int:
+def _database(args: argparse.Namespace) -> Any:
     from .db.engine import Database
-    from .repositories.tokens import create_token
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
+    db.migrate()
+    return db
+
+
+def create_token_cmd(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from phpo.schemas.api import TokenCreate
+
+    from .repositories.tokens import create_token
+
+    sites = [x.strip() for x in args.site.split(",") if x.strip()] if args.site is not None else None
     try:
-        db.migrate()
+        body = TokenCreate(name=args.name, role=args.role, sites=sites)
+    except ValidationError as e:
+        msg = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'token'}: {err['msg']}" for err in e.errors())
+        print(f"phpo server create-token: {msg.replace('Value error, ', '')}", file=sys.stderr)
+        return 2
+    db = _database(args)
+    try:
         with db.write() as s:
-            token = create_token(s, args.name, args.role)
+            token, _row = create_token(s, body.name, body.role, body.sites)
     finally:
         db.dispose()
     sys.stdout.write(token + "\n")
+    return 0
+
+
+def revoke_token_cmd(args: argparse.Namespace) -> int:
+    from .repositories.tokens import find_tokens, revoke
+
+    db = _database(args)
+    try:
+        with db.write() as s:
+            rows = find_tokens(s, args.token)
+            revoke(rows)
+            done = [(r.id, r.name, r.role) for r in rows]
+    finally:
+        db.dispose()
+    if not done:
+        print(f"phpo server revoke-token: no token named or numbered {args.token!r} (list-tokens shows them)",
+              file=sys.stderr)
+        return 1
+    for tid, name, role in done:
+        print(f"revoked token {tid} ({name}, {role})")
+    return 0
+
+
+def list_tokens_cmd(args: argparse.Namespace) -> int:
+    from .repositories.tokens import list_tokens, token_info
+
+    db = _database(args)
+    try:
+        with db.read() as s:
+            infos = [token_info(r) for r in list_tokens(s)]
+    finally:
+        db.dispose()
+    print(f"{'ID':>5}  {'NAME':<24} {'ROLE':<6} {'SITES':<24} {'CREATED':<20} REVOKED")
+    for t in infos:
+        print(f"{t.id:>5}  {t.name:<24} {t.role.value:<6} {','.join(t.sites or []) or '(any)':<24} "
+              f"{t.created_at:%Y-%m-%d %H:%M:%S}  {'yes' if t.revoked else 'no'}")
     return 0
 
 
@@ -101,4 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "create-token":
         return create_token_cmd(args)
+    if args.command == "revoke-token":
+        return revoke_token_cmd(args)
+    if args.command == "list-tokens":
+        return list_tokens_cmd(args)
     return serve(args)

@@ -22,4 +22,5 @@ class AppContext:
     manager: Any = None  # HpoManager, when running
     workflows: Any = None  # WorkflowEngine
     mlflow: Any = None  # MlflowBridge, when --mlflow-uri / PHPO_MLFLOW_URI is set
+    health: Any = None  # HealthProbe
     background: list[Any] = field(default_factory=list)

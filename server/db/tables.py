@@ -40,6 +40,8 @@ class TokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # agent tokens: the sites they may take jobs for (None: any site; older tokens and admins)
+    sites: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class TaskRow(Base):
@@ -109,7 +111,7 @@ class JobRow(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     segment_idx: Mapped[int | None] = mapped_column(Integer)
     agent: Mapped[str | None] = mapped_column(String(200))
-    holder: Mapped[str | None] = mapped_column(String(200), doc="token name that leased the job")
+    holder: Mapped[str | None] = mapped_column(String(200), doc="token that leased the job (NAME#ID)")
     site: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(16))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -59,6 +59,23 @@ class ArtifactStore:
             raise
         return size, h.hexdigest()
 
+    @property
+    def is_local(self) -> bool:
+        protocol = self.fs.protocol
+        return bool({"file", "local"} & set((protocol,) if isinstance(protocol, str) else protocol))
+
+    def open_stream(self, rel: str) -> Iterator[bytes]:
+        """The file's chunks; the file is opened here, so a missing one raises
+        ``FileNotFoundError`` now (and the caller can answer 404), not half-way through a response."""
+        f = self.fs.open(self._full(rel), "rb")
+
+        def chunks() -> Iterator[bytes]:
+            with f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+
+        return chunks()
+
     def open_read(self, rel: str) -> Iterator[bytes]:
         with self.fs.open(self._full(rel), "rb") as f:
             while chunk := f.read(CHUNK):

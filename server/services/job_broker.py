@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session, defer
 from ..auth.identity import Caller
 from ..db.engine import Database, aware, utcnow
 from ..db.tables import JobRow, MlflowRunRow, PointRow, SegmentRow, TaskRow
-from ..errors import InvalidInput, LeaseLost, NotFound
+from ..errors import Forbidden, InvalidInput, LeaseLost, NotFound
 from ..orchestration.transitions import set_state
 from ..settings import Settings
 from .architecture import Requirement, parse_architecture, parse_sites
@@ -151,7 +151,7 @@ class JobBroker:
 
     def _job_row(self, s: Session, caller: Caller, job_id: int) -> JobRow:
         job = s.execute(select(JobRow).where(JobRow.id == job_id).with_for_update()).scalar_one_or_none()
-        if job is None or not (caller.is_admin or job.holder == caller.name):
+        if job is None or not (caller.is_admin or job.holder == caller.holder):
             raise NotFound(f"job {job_id} does not exist (or was not leased with this token)", field="job_id")
         return job
 
@@ -174,6 +174,9 @@ class JobBroker:
     # ---------------------------------------------------------------- acquire
 
     def acquire(self, caller: Caller, req: AcquireRequest) -> Job | None:
+        if not caller.site_ok(req.site):
+            raise Forbidden(f"this agent token ('{caller.name}') is for site(s) {', '.join(sorted(caller.sites or ()))}; "
+                            f"it cannot take jobs for site {req.site!r}", field="site")
         if JobKind.steering in req.kinds:
             job = self._acquire_steering(caller, req)
             if job is not None:
@@ -198,7 +201,7 @@ class JobBroker:
                 if not self.info(s, job.task_id).site_ok(req.site):
                     continue
                 set_state(job, "running")
-                job.agent, job.holder, job.site = req.agent, caller.name, req.site
+                job.agent, job.holder, job.site = req.agent, caller.holder, req.site
                 job.lease_expires_at = self._lease_until()
                 payload = dict(job.payload or {})
                 return Job(id=job.id, kind=JobKind.steering, task_id=job.task_id, segment_id=job.segment_idx or 0,
@@ -275,7 +278,7 @@ class JobBroker:
         now = utcnow()
         ids = [p.id for p in points]
         job = JobRow(kind="evaluation", task_id=seg.task_id, segment_idx=seg.idx, agent=req.agent,
-                     holder=caller.name, site=req.site, state="running", lease_expires_at=self._lease_until(),
+                     holder=caller.holder, site=req.site, state="running", lease_expires_at=self._lease_until(),
                      point_ids=ids, results={}, created_at=now, started_at=now)
         s.add(job)
         s.flush()

@@ -4,9 +4,13 @@ refused upload leaves neither a row nor a file."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 from fastapi import Request
 from phpo.schemas.artifacts import Artifact
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from ..auth.identity import Caller
@@ -15,6 +19,8 @@ from ..db.engine import utcnow
 from ..db.tables import ArtifactRow, JobRow, PointRow, TaskRow
 from ..errors import InvalidInput, LeaseLost, NotFound, TooLarge
 from ..repositories.artifacts import artifact_to_schema
+
+log = logging.getLogger(__name__)
 
 
 async def receive(ctx: AppContext, request: Request, kind: str, name: str) -> tuple[str, int, str]:
@@ -45,7 +51,7 @@ async def upload_sandbox(ctx: AppContext, request: Request, caller: Caller, name
 def _check_job(ctx: AppContext, caller: Caller, job_id: int, kind: str, point_id: int | None) -> None:
     with ctx.db.read() as s:
         job = s.get(JobRow, job_id)
-        if job is None or not (caller.is_admin or job.holder == caller.name):
+        if job is None or not (caller.is_admin or job.holder == caller.holder):
             raise NotFound(f"job {job_id} does not exist (or was not leased with this token)", field="job_id")
         if point_id is not None and point_id not in (job.point_ids or []):
             raise NotFound(f"point {point_id} is not part of job {job_id}", field="point_id")
@@ -97,12 +103,31 @@ async def upload_job_artifact(ctx: AppContext, request: Request, caller: Caller,
     return art
 
 
+def _agent_may_read(s: Session, caller: Caller, row: ArtifactRow) -> bool:
+    """An agent token reads only what the jobs it holds need: the sandbox of their task and the
+    checkpoints of their points. Anything else (another user's sandbox, logs, metrics) is not
+    its business, whoever's token it is."""
+    jobs = s.execute(select(JobRow.task_id, JobRow.point_ids)
+                     .where(JobRow.holder == caller.holder, JobRow.state == "running")).all()
+    if row.kind == "checkpoint":
+        return any(row.task_id == task_id and row.point_id in (points or []) for task_id, points in jobs)
+    if row.kind == "sandbox" and jobs:
+        specs = s.execute(select(TaskRow.spec).where(TaskRow.id.in_({task_id for task_id, _ in jobs}))).scalars()
+        return any(str((spec or {}).get("sandbox")) == str(row.id) for spec in specs)
+    return False
+
+
 def artifact_for_download(ctx: AppContext, caller: Caller, artifact_id: int) -> ArtifactRow:
     with ctx.db.read() as s:
         row = s.get(ArtifactRow, artifact_id)
         if row is None:
             raise NotFound(f"artifact {artifact_id} does not exist (or is not yours)", field="artifact_id")
-        if caller.role.value == "agent" or caller.is_admin:
+        if caller.is_admin:
+            return row
+        if caller.role.value == "agent":
+            if not _agent_may_read(s, caller, row):
+                raise NotFound(f"artifact {artifact_id} does not exist (or is not the sandbox or a checkpoint "
+                               "of a job this token holds)", field="artifact_id")
             return row
         owner = row.owner
         if row.task_id is not None:
@@ -110,3 +135,15 @@ def artifact_for_download(ctx: AppContext, caller: Caller, artifact_id: int) -> 
         if owner != caller.name:
             raise NotFound(f"artifact {artifact_id} does not exist (or is not yours)", field="artifact_id")
         return row
+
+
+def open_artifact(ctx: AppContext, row: ArtifactRow) -> Iterator[bytes]:
+    """The artifact's bytes; its file missing from the store is a 404 naming both (never an
+    empty 200, which a client would take for a torn download and retry)."""
+    try:
+        return ctx.store.open_stream(row.path)
+    except FileNotFoundError:
+        log.error("artifact %d (%s): its file %s is missing from the artifact store %s", row.id, row.name, row.path,
+                  ctx.store.url)
+        raise NotFound(f"artifact {row.id} ({row.name!r}) is recorded, but its file {row.path!r} is missing from "
+                       "the artifact store", field="artifact_id", code="artifact_missing") from None

@@ -20,14 +20,15 @@ def start_agent(tmp_path):
     agents: list[AgentProc] = []
 
     def _start(server, *args: str, site: str = "local", workdir: Path | None = None,
-               token: str | None = None, env: dict | None = None) -> AgentProc:
+               token: str | None = None, env: dict | None = None, token_file: Path | None = None) -> AgentProc:
         n = len(agents)
         wd = workdir or tmp_path / f"agent{n}"
         wd.mkdir(parents=True, exist_ok=True)
         log_path = tmp_path / f"agent{n}-{int(time.time() * 1000)}.log"
-        token_file = tmp_path / f"agent{n}.token"  # the token goes in a file, never on the command line
-        token_file.write_text(token or server.agent_token)
-        token_file.chmod(0o600)
+        if token_file is None:  # the token goes in a file, never on the command line
+            token_file = tmp_path / f"agent{n}.token"
+            token_file.write_text(token or server.agent_token)
+            token_file.chmod(0o600)
         full = [PY, "-m", "phpo.evaluation_container", "--server", server.url,
                 "--token-file", str(token_file), "--site", site, "--workdir", str(wd),
                 "--poll-interval", "0.3", "--name", f"test-agent-{n}", *args]

@@ -45,3 +45,35 @@ def test_fast_head_check_agrees_with_alembic():
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     assert head_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def test_upgrade_keeps_tokens_made_before_site_scopes(db_url):
+    """A database at 0004 with a token: after the upgrade the token still works, for any site."""
+    import hashlib
+
+    from alembic import command
+    from phpo.server.db.engine import _alembic_config
+    from phpo.server.repositories.tokens import create_token, lookup
+    from sqlalchemy import text
+
+    db = Database(db_url)
+    try:
+        cfg = _alembic_config()
+        with db.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0004_mlflow_artifacts")
+            conn.commit()
+            conn.execute(text("INSERT INTO tokens (name, role, token_hash, created_at, revoked) VALUES "
+                              "('old-agent', 'agent', :h, CURRENT_TIMESTAMP, false)"),
+                         {"h": hashlib.sha256(b"phpo_old").hexdigest()})
+            conn.commit()
+        db.migrate()
+        with db.read() as s:
+            old = lookup(s, "phpo_old")
+        assert old is not None and old.name == "old-agent" and old.sites is None and old.site_ok("ANY")
+        with db.write() as s:
+            token, _ = create_token(s, "new-agent", "agent", ["B", "A"])
+        with db.read() as s:
+            assert lookup(s, token).sites == frozenset({"A", "B"})
+    finally:
+        db.dispose()

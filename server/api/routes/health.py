@@ -1,12 +1,13 @@
-"""GET /health (no token): liveness plus which database backs this server."""
+"""GET /health (no token): the database and the artifact store as they are, and which database
+backs this server. 503 with the problems named when either is not usable."""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from phpo.schemas.api import Health
-from sqlalchemy import text
 
 from ..deps import Ctx
 
@@ -20,8 +21,12 @@ def _version() -> str:
         return "0+unknown"
 
 
-@router.get("/health", response_model=Health)
-def health(ctx: Ctx) -> Health:
-    with ctx.db.read() as s:
-        s.execute(text("SELECT 1"))
-    return Health(version=_version(), database=ctx.db.backend)
+@router.get("/health", response_model=Health, responses={
+    503: {"model": Health, "description": "the database or the artifact store is not usable: see problems"}})
+def health(ctx: Ctx):
+    problems = ctx.health.problems()
+    body = Health(status="failing" if problems else "ok", version=_version(), database=ctx.db.backend,
+                  problems=problems)
+    if problems:
+        return JSONResponse(status_code=503, content=body.model_dump(mode="json"))
+    return body

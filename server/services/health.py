@@ -1,0 +1,76 @@
+"""What ``/health`` reports: the database and the artifact store as they are, not as they were.
+
+A SQLite database whose file (or whole data directory) is removed under a running server keeps
+answering, from the deleted file it still holds open, and everything written from then on is
+gone at the next start; an artifact directory removed or unmounted loses every upload the same
+way. So the probe remembers, at start, which file and directory it serves (device and inode),
+and every check compares: gone or replaced is a problem, named, and ``/health`` answers 503.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from ..db.engine import Database
+from .artifact_store import ArtifactStore
+
+
+def _ident(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class HealthProbe:
+    def __init__(self, db: Database, store: ArtifactStore):
+        self.db = db
+        self.store = store
+        name = make_url(db.url).database if db.is_sqlite else None
+        self.db_file = Path(name).expanduser().resolve() if name and name != ":memory:" else None
+        self.db_ident = _ident(self.db_file)
+        self.store_dir = Path(store.root) if store.is_local else None
+        self.store_ident = _ident(self.store_dir)
+
+    def problems(self) -> list[str]:
+        """Each problem as a sentence naming the path and what to do; empty when all is well."""
+        out: list[str] = []
+        try:
+            with self.db.read() as s:
+                s.execute(text("SELECT 1"))
+        except Exception as e:  # noqa: BLE001 - whatever it is, the database is not usable
+            out.append(f"the database does not answer: {type(e).__name__}: {str(e)[:300]}")
+        if self.db_file is not None:
+            now = _ident(self.db_file)
+            self.db_ident = self.db_ident or now  # the file is made by the first migration
+            if now is None:
+                out.append(f"the SQLite database file {self.db_file} was removed while the server runs: what it "
+                           "writes now is lost when it stops; restore the data directory and restart the server")
+            elif self.db_ident is not None and now != self.db_ident:
+                out.append(f"the SQLite database file {self.db_file} was replaced while the server runs (it still "
+                           "writes to the old one); restart the server")
+        if self.store_dir is not None:
+            now = _ident(self.store_dir)
+            self.store_ident = self.store_ident or now
+            if now is None:
+                out.append(f"the artifact directory {self.store_dir} was removed while the server runs: uploads "
+                           "fail or are lost; restore it and restart the server")
+            elif self.store_ident is not None and now != self.store_ident:
+                out.append(f"the artifact directory {self.store_dir} was replaced while the server runs; restart "
+                           "the server")
+            elif not os.access(self.store_dir, os.W_OK | os.X_OK):
+                out.append(f"the artifact directory {self.store_dir} is not writable by the server")
+        else:
+            try:
+                if not self.store.fs.exists(self.store.root):
+                    out.append(f"the artifact store {self.store.url} has no root {self.store.root!r} any more")
+            except Exception as e:  # noqa: BLE001
+                out.append(f"the artifact store {self.store.url} does not answer: {type(e).__name__}: {str(e)[:300]}")
+        return out
