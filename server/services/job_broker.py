@@ -173,10 +173,15 @@ class JobBroker:
 
     # ---------------------------------------------------------------- acquire
 
-    def acquire(self, caller: Caller, req: AcquireRequest) -> Job | None:
+    @staticmethod
+    def check_site(caller: Caller, req: AcquireRequest) -> None:
+        """403 for an agent token asking for jobs of a site it was not made for."""
         if not caller.site_ok(req.site):
             raise Forbidden(f"this agent token ('{caller.name}') is for site(s) {', '.join(sorted(caller.sites or ()))}; "
                             f"it cannot take jobs for site {req.site!r}", field="site")
+
+    def acquire(self, caller: Caller, req: AcquireRequest) -> Job | None:
+        self.check_site(caller, req)
         if JobKind.steering in req.kinds:
             job = self._acquire_steering(caller, req)
             if job is not None:

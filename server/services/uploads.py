@@ -104,15 +104,17 @@ async def upload_job_artifact(ctx: AppContext, request: Request, caller: Caller,
 
 
 def _agent_may_read(s: Session, caller: Caller, row: ArtifactRow) -> bool:
-    """An agent token reads only what the jobs it holds need: the sandbox of their task and the
-    checkpoints of their points. Anything else (another user's sandbox, logs, metrics) is not
-    its business, whoever's token it is."""
-    jobs = s.execute(select(JobRow.task_id, JobRow.point_ids)
+    """An agent token reads only what the jobs it holds need: the sandbox of their task, the
+    checkpoints of their points, and what it uploaded for them. Anything else (another user's
+    sandbox, other jobs' logs and metrics) is not its business, whoever's token it is."""
+    jobs = s.execute(select(JobRow.id, JobRow.task_id, JobRow.point_ids)
                      .where(JobRow.holder == caller.holder, JobRow.state == "running")).all()
+    if any(row.job_id == job_id for job_id, _, _ in jobs):
+        return True
     if row.kind == "checkpoint":
-        return any(row.task_id == task_id and row.point_id in (points or []) for task_id, points in jobs)
+        return any(row.task_id == task_id and row.point_id in (points or []) for _, task_id, points in jobs)
     if row.kind == "sandbox" and jobs:
-        specs = s.execute(select(TaskRow.spec).where(TaskRow.id.in_({task_id for task_id, _ in jobs}))).scalars()
+        specs = s.execute(select(TaskRow.spec).where(TaskRow.id.in_({task_id for _, task_id, _ in jobs}))).scalars()
         return any(str((spec or {}).get("sandbox")) == str(row.id) for spec in specs)
     return False
 
@@ -126,8 +128,8 @@ def artifact_for_download(ctx: AppContext, caller: Caller, artifact_id: int) -> 
             return row
         if caller.role.value == "agent":
             if not _agent_may_read(s, caller, row):
-                raise NotFound(f"artifact {artifact_id} does not exist (or is not the sandbox or a checkpoint "
-                               "of a job this token holds)", field="artifact_id")
+                raise NotFound(f"artifact {artifact_id} does not exist (or is not the sandbox, a checkpoint or "
+                               "an upload of a job this token holds)", field="artifact_id")
             return row
         owner = row.owner
         if row.task_id is not None:

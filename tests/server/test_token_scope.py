@@ -67,6 +67,10 @@ def test_agent_tokens_are_held_to_their_sites_jobs_and_artifacts(db_url, start_s
             resp = other.put(f"/jobs/{job['id']}/artifacts/checkpoint", content=b"x",
                              params={"point_id": pid, "name": "c.tgz"})
             assert resp.status_code == 404, resp.text
+        # complete asking for a next job of another site is refused before it ends the job
+        nxt = {"results": [], "next": {"agent": "agent-a", "site": "SITE_B"}}
+        resp = a.post(f"/jobs/{job['id']}/complete", json=nxt)
+        assert resp.status_code == 403 and resp.json()["field"] == "site", resp.text
         # the holder's own checkpoint it may read back; once the job is over, nothing
         ck = a.put(f"/jobs/{job['id']}/artifacts/checkpoint", content=b"ckpt", params={"point_id": pid, "name": "c"})
         assert ck.status_code == 201, ck.text

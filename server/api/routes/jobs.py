@@ -63,6 +63,8 @@ def point_result(job_id: int, point_id: int, body: PointResult, ctx: Ctx, caller
 async def complete(job_id: int, body: CompleteRequest, ctx: Ctx, caller: AgentCaller) -> JobAck:
     """Ends the job; with ``next`` also leases the agent's next job (``next_job``), so a slot is
     refilled in the same round trip that reports its last result."""
+    if body.next is not None:  # refused before the job ends, not after
+        ctx.broker.check_site(caller, body.next)
     ack = await run_in_threadpool(ctx.broker.complete, caller, job_id, body)
     if body.next is not None:
         ack.next_job = await lease(ctx, caller, body.next)
