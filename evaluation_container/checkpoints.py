@@ -22,13 +22,20 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from phpo.schemas.archives import DEFAULT_LIMITS, ArchiveError, ArchiveLimits, extract, open_beneath, open_dir_beneath
+from phpo.schemas.archives import (
+    DEFAULT_LIMITS,
+    ArchiveError,
+    ArchiveLimits,
+    extract,
+    open_beneath,
+    open_dir_beneath,
+    unlink_beneath,
+)
 
 log = logging.getLogger("phpo.agent.checkpoints")
 
@@ -211,21 +218,10 @@ class CheckpointSaver:
         """Clear the checkpoint paths (before the next point of a multi-point job runs in the
         same directory, so it does not mistake the previous point's state for its own)."""
         for rel in self.paths:
-            parts = Path(rel).parts
-            try:  # the parent opened without following links, then removed relative to it
-                dfd = open_dir_beneath(self.workdir, parts[:-1])
-            except OSError:
-                continue
             try:
-                st = os.lstat(parts[-1], dir_fd=dfd)
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(parts[-1], dir_fd=dfd, ignore_errors=True)
-                else:
-                    os.unlink(parts[-1], dir_fd=dfd)
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(dfd)
+                unlink_beneath(self.workdir, rel)  # no link followed: the payload may have planted one
+            except OSError as e:
+                log.warning("checkpoint: cannot remove %s: %s", rel, e)
 
 
 def safe_extract(tarball: Path, dest: Path, limits: ArchiveLimits = DEFAULT_LIMITS,

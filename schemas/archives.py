@@ -32,6 +32,7 @@ import io
 import lzma
 import os
 import secrets
+import shutil
 import stat
 import tarfile
 from collections.abc import Callable
@@ -194,8 +195,8 @@ def write_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str], dat
 
 
 def unlink_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str]) -> None:
-    """Remove the file or link ``root/rel`` (never anything a link on the way points to);
-    nothing there is fine."""
+    """Remove the file, link or directory tree ``root/rel`` (never anything a link on the way,
+    or in the tree, points to); nothing there is fine."""
     parts = _rel_parts(rel)
     try:
         dfd = open_dir_beneath(root, parts[:-1])
@@ -206,7 +207,10 @@ def unlink_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str]) ->
             return  # a link on the way: what it points to is not ours to remove
         raise
     try:
-        os.unlink(parts[-1], dir_fd=dfd)
+        if stat.S_ISDIR(os.lstat(parts[-1], dir_fd=dfd).st_mode):
+            shutil.rmtree(parts[-1], dir_fd=dfd)  # fd-based: it does not follow links either
+        else:
+            os.unlink(parts[-1], dir_fd=dfd)
     except FileNotFoundError:
         pass
     finally:

@@ -118,6 +118,15 @@ def test_crafted_sandboxes_fail_their_job_naming_the_member(live_server, start_a
     assert get_points(live_server, tid3)[0]["loss"] == 2.5
 
 
+def test_an_agent_on_a_site_its_token_is_not_for_stops_saying_why(live_server, start_agent):
+    with live_server.client(live_server.admin_token) as admin:
+        r = admin.post("/tokens", json={"name": "site-a-agent", "role": "agent", "sites": ["SITE_A"]})
+        assert r.status_code == 201, r.text
+    agent = start_agent(live_server, site="SITE_B", token=r.json()["token"])
+    assert agent.wait(60) == 3
+    assert "is for site(s) SITE_A; it cannot take jobs for site 'SITE_B'" in agent.log()
+
+
 # ------------------------------------------------------------------------- the agent's token
 
 NOBODY = "nobody"

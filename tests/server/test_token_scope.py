@@ -80,7 +80,7 @@ def test_agent_tokens_are_held_to_their_sites_jobs_and_artifacts(db_url, start_s
         assert resp.status_code == 200, resp.text
         assert a.get(f"/artifacts/{alice_box}").status_code == 404
         assert [p["loss"] for p in points(alice, tid)] == [0.5]  # no -12345 anywhere
-        assert task(alice, tid)["state"] == "finished"
+        wait_until(lambda: task(alice, tid)["state"] == "finished", what="the task to finish")
 
 
 def test_sites_only_for_agent_tokens(start_server, tmp_path):
