@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import socket
+import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from phpo.schemas.jobs import (
 from phpo.schemas.points import EvaluationOutput
 from phpo.schemas.upstream import substitute_tokens
 
+from . import mlflow_local
 from .checkpoints import CheckpointSaver, restore_checkpoint, safe_extract
 from .gpu_slots import Slot, SlotPool, plan_slots
 from .outbox import Outbox
@@ -513,8 +516,12 @@ class JobRunner(threading.Thread):
                         log.warning("job %d: ignoring an intermediate value for point %s, not in this job",
                                     self.job.id, pid)
                         continue
-                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]),
-                                                  value=float(rec["value"])))
+                    value = float(rec["value"])
+                    if not math.isfinite(value):  # the server refuses a heartbeat carrying one
+                        log.warning("job %d: ignoring the intermediate value %r of point %s (step %s): not finite",
+                                    self.job.id, value, pid, rec.get("step"))
+                        continue
+                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]), value=value))
                 except (ValueError, KeyError, TypeError):
                     log.warning("job %d: ignoring a bad intermediate line %r", self.job.id, line[:200])
             return out
@@ -700,6 +707,7 @@ class JobRunner(threading.Thread):
                 self.current_point = point
             # a fresh start for this point in the shared directory
             (self.rundir / ev.output).unlink(missing_ok=True)
+            mlflow_local.clear(self.rundir)
             if saver is not None and i > 0:
                 saver.remove_files()
             if ev.checkpoint_to_load:
@@ -735,10 +743,9 @@ class JobRunner(threading.Thread):
                 env["PHPO_META_FILE"] = ev.meta
             if ev.metrics:
                 env["PHPO_METRICS_FILE"] = ev.metrics
-            if self.job.mlflow_tracking_uri and point.mlflow_run_id:
-                # the payload's own mlflow.log_metric(...) lands in this point's run, live
-                env["MLFLOW_TRACKING_URI"] = self.job.mlflow_tracking_uri
-                env["MLFLOW_RUN_ID"] = point.mlflow_run_id
+            # the payload's own MLflow calls go to ./mlruns; the server imports it into the point's run
+            env.update(mlflow_local.payload_env(seen_workdir, bool(self.job.mlflow_tracking_uri),
+                                                point.mlflow_run_id))
             tag = f"p{point.point_id}-a{point.attempt}"
             stdout, stderr = self.logdir / f"{tag}.stdout.txt", self.logdir / f"{tag}.stderr.txt"
             spec = RunSpec(command=command, workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,
@@ -824,6 +831,15 @@ class JobRunner(threading.Thread):
             p = self.rundir / ev.metrics
             if p.is_file():
                 self.upload(ArtifactKind.metrics, p, Path(ev.metrics).name, point.point_id)
+        if self.job.mlflow_tracking_uri:  # what the payload logged with MLflow, for the point's run
+            try:
+                packed = mlflow_local.pack(self.rundir, ev.metrics, self.scratch / f"{name}.mlruns.tgz")
+            except (OSError, tarfile.TarError) as e:
+                log.warning("job %d: cannot pack the payload's mlruns/: %s", self.job.id, e)
+                packed = None
+            if packed is not None:
+                self.upload(ArtifactKind.metrics, packed, packed.name, point.point_id)
+                packed.unlink(missing_ok=True)
 
     def run_steering(self) -> None:
         st = self.job.steering

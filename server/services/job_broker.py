@@ -51,7 +51,7 @@ from sqlalchemy.orm import Session, defer
 
 from ..auth.identity import Caller
 from ..db.engine import Database, aware, utcnow
-from ..db.tables import JobRow, MlflowRunRow, PointRow, SegmentRow, TaskRow
+from ..db.tables import JobRow, PointRow, SegmentRow, TaskRow
 from ..errors import InvalidInput, LeaseLost, NotFound
 from ..orchestration.transitions import set_state
 from ..settings import Settings
@@ -96,7 +96,9 @@ class JobBroker:
         self.settings = settings
         self.on_change = on_change
         self.steering: SteeringHandler | None = None
-        self.mlflow: Any = None  # MlflowBridge when --mlflow-uri is set (only its table is read here)
+        # MlflowBridge when --mlflow-uri is set; only its table is read here, and a point never
+        # waits for its run: the payload logs into its own working directory, the bridge imports it
+        self.mlflow: Any = None
         self.work = WorkSignal()  # wakes long-polling acquires (see work_signal.py)
         self._tl = threading.local()  # .ready: points this thread's transaction made ready again
         self._infos: dict[int, TaskInfo] = {}
@@ -255,9 +257,6 @@ class JobBroker:
                              .where(PointRow.task_id == seg.task_id, PointRow.segment_idx == seg.idx,
                                     PointRow.state == "ready")
                              .order_by(PointRow.serial).limit(info.per_job))
-                    if self.mlflow is not None and self.mlflow.healthy:
-                        # MLflow up: a point goes out once its run exists, so the payload logs into it
-                        pstmt = pstmt.where(exists().where(MlflowRunRow.point_id == PointRow.id))
                     if self._pg:
                         pstmt = pstmt.with_for_update(skip_locked=True)
                     points = list(s.execute(pstmt).all())

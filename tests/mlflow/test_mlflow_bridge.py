@@ -148,9 +148,11 @@ import os, mlflow
 from phpo.evaluation_container import sdk
 
 p = sdk.load_point()
-assert os.environ["MLFLOW_RUN_ID"], "no MLflow run handed to the payload"
+# the payload's MLflow logs into its working directory; phpo imports it into the point's run
+assert os.environ["MLFLOW_TRACKING_URI"] == "file://" + os.getcwd() + "/mlruns", os.environ["MLFLOW_TRACKING_URI"]
 for epoch in range(3):
     mlflow.log_metric("val_loss", 10 * p["x"] + epoch, step=epoch)
+    sdk.report_intermediate(epoch, p["x"] + epoch / 10)
 sdk.report(float((p["x"] - 2) ** 2), metrics={"epochs": 3, "note": "ok"})
 """
 
@@ -178,6 +180,7 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
         r = by_point[p["id"]]
         x = p["params"]["x"]
         assert r.info.status == "FINISHED"
+        assert r.info.run_name == f"point-{p['id']}"  # as the CLI names the point
         assert r.data.params == {"x": str(x)}
         tags = r.data.tags
         assert tags["phpo.task_id"] == str(tid)
@@ -190,8 +193,13 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
         assert r.data.metrics["loss"] == float((x - 2) ** 2)
         assert r.data.metrics["epochs"] == 3.0
         # the payload's own per-epoch metrics landed in this point's run
+        wait_until(lambda: client.get_metric_history(r.info.run_id, "val_loss"), 30, "the payload's mlruns imported",
+                   server.log)
         hist = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_loss"))
         assert hist == [(0, 10.0 * x), (1, 10.0 * x + 1), (2, 10.0 * x + 2)]
+        # and its sdk.report_intermediate values are the run's learning curve
+        curve = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "intermediate"))
+        assert curve == [(e, x + e / 10) for e in range(3)]
 
 
 def run_two_segments(mlflow_server, start_server, agents, exp_name: str, names: tuple[str, str]):
@@ -304,7 +312,11 @@ def test_stack_starts_mlflow_and_dashboard_prints_the_experiment_url(tmp_path):
         assert list((stack.data_dir / "mlflow" / "artifacts").rglob("*.stdout.txt"))
         got = run_phpo("dashboard", str(tid), "--mlflow-uri", str(stack.mlflow_url), env=env).stdout.strip()
         exp = client.get_experiment_by_name(exp_name)
-        assert got == f"{stack.mlflow_url}/#/experiments/{exp.experiment_id}/runs"
+        assert got == f"{stack.mlflow_url}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=phpo"
+        # the view it opens: best points first, the loss and the point's params as columns
+        view = json.loads(exp.tags["mlflow.sharedViewState.phpo"])
+        assert view == {"orderByKey": "metrics.`loss`", "orderByAsc": True,
+                        "selectedColumns": ["metrics.`loss`", "params.`x`"]}
         assert httpx.get(got.split("#")[0], timeout=10).status_code == 200  # the stock MLflow UI
         missing = run_phpo("dashboard", "999999", "--mlflow-uri", str(stack.mlflow_url), env=env, check=False)
         assert missing.returncode != 0 and "999999" in (missing.stderr + missing.stdout)
@@ -619,8 +631,8 @@ def test_extract_mlruns_takes_only_safe_regular_files_within_bounds(tmp_path):
     root = extract_mlruns(ok, tmp_path / "x")
     assert root == tmp_path / "x" / "mlruns"
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
-    # the first mlruns/ only; no run artifacts, no links; the run's folders exist for MLflow's reader
-    assert files == ["1/abc/meta.yaml", "1/abc/metrics/acc", "1/meta.yaml"]
+    # the first mlruns/ only (its runs' artifacts too), no links; the run's folders exist for MLflow's reader
+    assert files == ["1/abc/artifacts/model.bin", "1/abc/meta.yaml", "1/abc/metrics/acc", "1/meta.yaml"]
     assert {p.name for p in (root / "1" / "abc").iterdir()} == {"meta.yaml", "metrics", "params", "tags",
                                                                  "artifacts"}
     assert extract_mlruns(_tar(tmp_path / "none.tgz", [("a/b.txt", b"x", "file")]), tmp_path / "y") is None
@@ -662,29 +674,73 @@ def chromium() -> str:
     return binary
 
 
-def test_mlflow_ui_lists_the_tasks_runs_in_headless_chromium(chromium, mlflow_server, start_server, agents,
-                                                              tmp_path):
+def _page_text(binary: str, url: str) -> str:
+    """What the page at ``url`` shows, as one line of text (the DOM after its scripts ran)."""
+    dom = _headless(binary, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+def _columns(text: str) -> set[str]:
+    """The runs table's column headers (the words between "Duration" and the first row)."""
+    m = re.search(r" Run Name Created (.*?) Hide run ", text)
+    assert m, f"no runs table in the MLflow UI page:\n{text[:3000]}"
+    return set(m.group(1).split())
+
+
+def _assert_best_first(text: str, point_runs: list) -> None:
+    """The point runs' names appear in the page in the order of their loss (best first)."""
+    at = {}
+    for r in point_runs:
+        m = re.search(rf" {re.escape(r.info.run_name)} ", text)
+        assert m, f"run {r.info.run_name} not in the MLflow UI page:\n{text[:3000]}"
+        at[r.info.run_name] = m.start()
+    shown = sorted(point_runs, key=lambda r: at[r.info.run_name])
+    losses = [r.data.metrics["loss"] for r in shown]
+    assert losses == sorted(losses), f"runs not sorted by loss: {[(r.info.run_name, r.data.metrics['loss']) for r in shown]}"
+
+
+def test_dashboard_opens_the_runs_table_best_first_with_loss_and_params_in_headless_chromium(
+        chromium, mlflow_server, start_server, agents, tmp_path):
+    """``phpo dashboard`` in the stock MLflow UI: the runs table sorted by loss, with the loss
+    and the parameters as columns; a segmented task shows its point runs with their segment."""
     binary = chromium
     from conftest import run_phpo
     from PIL import Image
 
     exp_name = f"user.test.ui.{uuid.uuid4().hex[:8]}"
     server, tid = run_two_segments(mlflow_server, start_server, agents, exp_name, ("higgs", "ttbar"))
+    # and a plain task on the same server: loss (x-2)^2, so the best point is not the first one
+    flat_name = f"user.test.ui.flat.{uuid.uuid4().hex[:8]}"
+    payload = "from phpo.evaluation_container import sdk; x = sdk.load_point()['x']; sdk.report(float((x - 2) ** 2))"
+    flat = submit(server, base_spec(f"{PY} -c \"{payload}\"", outDS=flat_name, nParallelEvaluation=2))
+    assert wait_task(server, flat, timeout=90)["state"] == "finished"
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     runs = wait_runs_done(client, exp_name, 4, diag=server.log)
+    flat_runs = wait_runs_done(client, flat_name, 4, diag=server.log)
     env = {"PHPO_URL": server.url, "PHPO_TOKEN": server.user_token}
-    url = run_phpo("dashboard", str(tid), "--mlflow-uri", mlflow_server.uri, env=env).stdout.strip()
-    assert url.endswith("/runs")
 
-    dom = _headless(binary, "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-3000:]
-    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom.stdout, flags=re.S)
-    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
-    # the runs table of the experiment: the segments' parent runs, their point runs folded under them
-    assert exp_name in text and "Run Name" in text, text[:3000]
+    url = run_phpo("dashboard", str(flat), "--mlflow-uri", mlflow_server.uri, env=env).stdout.strip()
+    assert url.endswith("/runs?viewStateShareKey=phpo"), url
+    text = _page_text(binary, url)
+    assert flat_name in text and "Run Name" in text and "Sort: loss" in text, text[:3000]
+    assert {"Metrics", "Parameters", "loss", "x"} <= _columns(text), text[:3000]
+    assert re.search(r"\b4 matching runs\b", text), text[:3000]
+    _assert_best_first(text, flat_runs)
+    for r in flat_runs:  # each row shows its loss and its x
+        x, loss = r.data.params["x"], f"{r.data.metrics['loss']:g}"
+        assert f" {loss} {x} " in text or f" {x} {loss} " in text, f"point x={x} not shown:\n{text[:3000]}"
+
+    url = run_phpo("dashboard", str(tid), "--mlflow-uri", mlflow_server.uri, env=env).stdout.strip()
+    text = _page_text(binary, url)
+    assert exp_name in text and "Sort: loss" in text, text[:3000]
+    assert {"Tags", "phpo.segment", "loss", "x"} <= _columns(text), text[:3000]  # the segment is a column
+    point_runs = [r for r in runs if "phpo.point_id" in r.data.tags]
+    assert re.search(r"\b4 matching runs\b", text), text[:3000]  # the point runs, not the parent runs
+    _assert_best_first(text, point_runs)
     for name in ("higgs", "ttbar"):
-        assert f" {name} " in text, f"run {name} not in the MLflow UI page:\n{text[:3000]}"
-    assert re.search(r"\b6 matching runs\b", text), text[:3000]  # 2 parent runs + 4 point runs
+        assert f" {name} " in text, f"segment {name} not in the MLflow UI page:\n{text[:3000]}"
 
     shot = tmp_path / "mlflow-ui.png"
     got = _headless(binary, f"--screenshot={shot}", url)
