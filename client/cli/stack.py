@@ -452,7 +452,7 @@ def runs_view(url: str, experiment_id: str, directions: list[str] | None, segmen
 
 
 def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
-    """``phpo dashboard ID``: the MLflow experiment URL of task ID (named after its outDS)."""
+    """``phpo dashboard ID``: the MLflow runs table of task ID (its experiment is named after its outDS)."""
     url = mlflow_url(args.mlflow_uri)
     if not url or not url.startswith(("http://", "https://")):
         raise CliError("no MLflow tracking server known: start the stack with `phpo up`, or give "

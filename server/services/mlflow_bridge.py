@@ -2,13 +2,20 @@
 
 Why a polling background thread: MLflow calls take ~0.1 s each and MLflow may be down, so they
 must stay off the request/job path. The bridge reads the database and writes to MLflow; the
-job path only reads the ``mlflow_runs`` table (the run id handed to the payload).
+job path only reads the ``mlflow_runs`` table (the run id the payload may read, for links) and
+never waits for a run: the payload logs with MLflow into ``./mlruns`` in its working directory,
+the agent ships that store as a metrics artifact, and the bridge imports it (below) once the
+run exists. So a tracking server that starts late or is down loses nothing the payload logged.
 
 Durability (the outbox is the database itself):
 - a point with no ``mlflow_runs`` row still needs its run: the bridge creates the run (tags
   ``phpo.*``, params = the point) and then records the row;
 - a row ``synced='open'`` whose point has ended still needs its final loss/metrics/status;
   the bridge writes them (one ``log_batch`` + ``set_terminated``) and marks it ``done``;
+- the intermediate values of a point (``sdk.report_intermediate``, stored with the agents'
+  heartbeats) are the run's metric ``intermediate``: sent while the point runs and, the rest,
+  with its final result; how many a run has is MLflow's own history (read once per run where
+  this bridge did not write them), so a crash or an outage neither loses nor doubles one;
 - ``synced='error'``: MLflow refused that point (a 4xx, e.g. an invalid value): logged and
   skipped so one bad point cannot stop the bridge for everything else.
 If MLflow is down a pass fails and the next pass retries; nothing is lost because nothing is
@@ -26,8 +33,9 @@ Artifacts (when the bridge has the artifact store): each point's logs and ``eval
 file are uploaded to its run (``logs/``, ``metrics/``), and once a segment has ended the
 checkpoint of its best evaluated point goes to that point's run (``checkpoint/``). A metrics
 file that is a tarball holding an ``mlruns/`` folder (the MLflow file-store layout the upstream
-payloads write) is imported instead: its runs' params, tags and full metric histories go into
-the point's run (one run in the tarball) or into child runs nested under it (several). The
+payloads write, and what the agent ships of ``./mlruns``) is imported instead: its runs' params,
+tags, full metric histories and artifacts go into the point's run (one run in the tarball) or
+into child runs nested under it (several). The
 ``mlflow_artifacts`` table records what was handled, so nothing is uploaded or imported twice;
 marker tags in MLflow cover a crash between the upload and that record. Files over
 ``max_artifact_bytes`` are not uploaded: the run gets a tag with the phpo download route.
