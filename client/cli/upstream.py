@@ -286,6 +286,7 @@ def help_group_text(group: str) -> str:
         rows += [(", ".join(u.flags) + (f" {u.metavar}" if u.metavar else ""), u.help)
                  for u in UPSTREAM_ONLY if u.help_group == g]
         if g == "config":
+            rows.append(("--version", "print phpo's version"))
             rows.append(("--helpGroup GROUP", "print the options of one group (INPUT, OUTPUT, CONFIG, SUBMIT, "
                                               "EXPERT, PHPO) or ALL"))
         for flag, text in rows:
