@@ -615,7 +615,7 @@ def _unmet_steering(info: TaskInfo, seen: list[SeenAgent]) -> list[str]:
     steerers = [a for a in seen if JobKind.steering in a.kinds]
     if not steerers:
         return [f"its steering waits: none of the {len(seen)} agent(s) seen takes steering jobs "
-                "(all run with --kinds evaluation)"]
+                "(all run with --no-steering)"]
     if not any(info.can_steer(a.resources) for a in steerers):
         what = (f"--steeringContainer {info.spec.steeringContainer}" if info.spec.steeringContainer
                 else "a docker-style steeringExec ('run ... IMAGE ...')")
