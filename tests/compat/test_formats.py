@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -130,6 +129,3 @@ def test_number_types_survive_the_database_into_the_steering_input(db_url, start
     text = json.dumps(sj["steering"]["input"]["points"])
     assert text == '[[{"lr": 0.0, "n": 0, "big": 1e+300}, 0.0]]', text
 
-
-def test_docs_config_path_is_a_relative_name():
-    assert Path(DOCS_CONFIG["searchSpaceFile"]).name == DOCS_CONFIG["searchSpaceFile"]

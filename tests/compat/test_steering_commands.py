@@ -43,15 +43,15 @@ def test_hpogrid_in_the_docs_style_runs_the_whole_budget(hpogrid, live_server, s
     steering = (f'/bin/bash -c "{hpogrid} generate --n_point=%NUM_POINTS --max_point=%MAX_POINTS '
                 '--infile=$PWD/%IN  --outfile=$PWD/%OUT -l nevergrad -s unused"')
     tid = submit(live_server, base_spec(f"{PY} {payload} {tmp_path / 'marker'}", optimizer=None,
-                                        steeringExec=steering, searchSpace=DOCS_SEARCH_SPACE, maxPoints=6,
+                                        steeringExec=steering, searchSpace=DOCS_SEARCH_SPACE, maxPoints=4,
                                         nParallelEvaluation=2, nPointsPerIteration=2, maxAttempts=1))
     agent = start_agent(live_server, "--slots", "2")
     t = wait_task(live_server, tid, timeout=120, agents=(agent,))
     pts = get_points(live_server, tid)
     assert t["state"] == "finished", (t, agent.log())
-    assert len(pts) == 6 and t["counts"]["evaluated"] == 5 and t["counts"]["failed"] == 1, t["counts"]
+    assert len(pts) == 4 and t["counts"]["evaluated"] == 3 and t["counts"]["failed"] == 1, t["counts"]
     assert all(p["params"]["cnn_block_depths_1"] in (1, 2) for p in pts)
-    assert "maxPoints (6)" in t["message"]
+    assert "maxPoints (4)" in t["message"]
 
 
 STEER_SH = """\
