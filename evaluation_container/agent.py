@@ -45,7 +45,9 @@ from phpo.schemas.jobs import (
     PointResult,
 )
 from phpo.schemas.points import EvaluationOutput
-from phpo.schemas.upstream import substitute_tokens
+from phpo.schemas.upstream import STEERING_IN, STEERING_OUT, steering_form, substitute_placeholders
+
+from . import steering_command
 
 from . import mlflow_local
 from .checkpoints import CheckpointSaver, restore_checkpoint, safe_extract
@@ -60,8 +62,6 @@ log = logging.getLogger("phpo.agent")
 PHPO_DIR = ".phpo"  # the agent's files inside a job's working directory (SDK exchange)
 INTERMEDIATE_FILE = f"{PHPO_DIR}/intermediate.jsonl"
 CONTROL_FILE = f"{PHPO_DIR}/control.json"
-STEERING_IN = "phpo_steering_in.json"
-STEERING_OUT = "phpo_steering_out.json"
 STDERR_TAIL_BYTES = 4000
 META_MAX_BYTES = 1024 * 1024
 TIMEOUT_STATUS = 124  # like coreutils' timeout(1)
@@ -683,7 +683,7 @@ class JobRunner(threading.Thread):
             (self.rundir / ev.training_data).write_text(json.dumps(ev.training_files))
         command = ev.exec
         if "%SEGMENT_NAME" in command:
-            command = substitute_tokens(command, {"%SEGMENT_NAME": self.job.segment})
+            command = substitute_placeholders(command, {"%SEGMENT_NAME": self.job.segment})
         seen_workdir = executor.workdir_seen_by_command(
             RunSpec(command="", workdir=self.rundir, stdout_path=Path(), stderr_path=Path()))
         interval = max(0.5, ev.checkpoint_interval_s)
@@ -842,12 +842,17 @@ class JobRunner(threading.Thread):
                 packed.unlink(missing_ok=True)
 
     def run_steering(self) -> None:
+        """One steering iteration as iDDS runs it: ``%IN`` (``idds_input.json``) written into a
+        fresh working directory, the command run in one of its three forms (see
+        :mod:`.steering_command`), ``%OUT`` (``output.json``) read back from it."""
         st = self.job.steering
         if st is None:
             self.finish("fail", FailRequest(error="steering job without steering settings", retry=False))
             return
+        form = steering_form(st.exec, st.container)
         try:
-            executor = self.agent.executor_for(st.container)
+            executor = self.agent.executor_for(st.container or ("(docker-style steeringExec)" if form != "shell"
+                                                                 else None))
         except ExecutorError as e:
             log.error("job %d: %s", self.job.id, e)
             self.finish("fail", FailRequest(error=str(e), retry=e.retryable))
@@ -858,15 +863,13 @@ class JobRunner(threading.Thread):
         out_path.unlink(missing_ok=True)
         stdout, stderr = self.logdir / "steering.stdout.txt", self.logdir / "steering.stderr.txt"
         spec = RunSpec(command="", workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,
-                       image=st.container, gpus=self.slot.gpu_indices, network=self.cfg.container_network)
-        seen = executor.workdir_seen_by_command(spec)
-        spec.command = substitute_tokens(st.exec, {
-            "%IN": f"{seen}/{STEERING_IN}",
-            "%OUT": f"{seen}/{STEERING_OUT}",
-            "%NUM_POINTS": str(st.num_points),
-            "%MAX_POINTS": str(st.max_points),
-        })
-        spec.env = {**self.base_env(), "PHPO_WORKDIR": seen}
+                       gpus=self.slot.gpu_indices, network=self.cfg.container_network)
+        spec.env = {**self.base_env(), "PHPO_WORKDIR": str(self.rundir)}
+        try:
+            steering_command.prepare(spec, st.exec, st.container, st.num_points, st.max_points)
+        except ExecutorError as e:
+            self.finish("fail", FailRequest(error=f"cannot run the steering command: {e}", retry=e.retryable))
+            return
         log.info("job %d: steering for task %d started: %s", self.job.id, self.job.task_id, spec.command)
         try:
             handle = executor.start(spec)
