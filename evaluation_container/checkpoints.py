@@ -25,6 +25,7 @@ import os
 import stat
 import tarfile
 from collections.abc import Callable
+from typing import BinaryIO
 from pathlib import Path
 
 from phpo.schemas.archives import (
@@ -66,6 +67,47 @@ def _walk(root: Path, rel: str) -> list[tuple[str, int, int]]:
     else:
         out.append((rel, st.st_size, st.st_mtime_ns))
     return out
+
+
+def add_beneath(tar: tarfile.TarFile, root: Path, rel: str) -> list[str]:
+    """Add ``root/rel`` (recursively) to ``tar``: regular files and directories only, each opened
+    beneath ``root`` without following a link (the agent may read with more rights than the
+    payload that made them); returns what was left out (links, devices, FIFOs)."""
+    left_out: list[str] = []
+    try:
+        st = os.lstat(root / rel)
+    except FileNotFoundError:
+        return left_out
+    if stat.S_ISDIR(st.st_mode):
+        _add_entry(tar, rel, st, None)
+        fd = open_dir_beneath(root, Path(rel).parts)
+        try:
+            names = sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+        for name in names:
+            left_out.extend(add_beneath(tar, root, f"{rel}/{name}"))
+    elif stat.S_ISREG(st.st_mode):
+        fd = open_beneath(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            fst = os.fstat(f.fileno())
+            if not stat.S_ISREG(fst.st_mode):
+                raise OSError(f"{rel} changed while being archived")
+            _add_entry(tar, rel, fst, f)
+    else:
+        left_out.append(rel)
+    return left_out
+
+
+def _add_entry(tar: tarfile.TarFile, rel: str, st: os.stat_result, f: BinaryIO | None) -> None:
+    info = tarfile.TarInfo(rel)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.mtime = int(st.st_mtime)
+    if f is None:
+        info.type = tarfile.DIRTYPE
+    else:
+        info.size = st.st_size
+    tar.addfile(info, f)
 
 
 class CheckpointSaver:
@@ -129,7 +171,7 @@ class CheckpointSaver:
             with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
                 left_out: list[str] = []
                 for rel in self.paths:
-                    left_out.extend(self._add(tar, rel))
+                    left_out.extend(add_beneath(tar, self.workdir, rel))
         except (OSError, tarfile.TarError) as e:
             log.info("checkpoint files changed while being archived (%s); retrying at the next check", e)
             tmp.unlink(missing_ok=True)
@@ -151,45 +193,6 @@ class CheckpointSaver:
                         "(links are not saved): %s", len(left_out), ", ".join(left_out[:5]))
             self._warned_links = True
         return before
-
-    def _add(self, tar: tarfile.TarFile, rel: str) -> list[str]:
-        """Add ``rel`` (recursively) to ``tar``: regular files and directories only, each opened
-        beneath the working directory without following a link; returns what was left out."""
-        left_out: list[str] = []
-        try:
-            st = os.lstat(self.workdir / rel)
-        except FileNotFoundError:
-            return left_out
-        if stat.S_ISDIR(st.st_mode):
-            self._add_entry(tar, rel, st, None)
-            fd = open_dir_beneath(self.workdir, Path(rel).parts)
-            try:
-                names = sorted(os.listdir(fd))
-            finally:
-                os.close(fd)
-            for name in names:
-                left_out.extend(self._add(tar, f"{rel}/{name}"))
-        elif stat.S_ISREG(st.st_mode):
-            fd = open_beneath(self.workdir, rel, os.O_RDONLY | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as f:
-                fst = os.fstat(f.fileno())
-                if not stat.S_ISREG(fst.st_mode):
-                    raise OSError(f"{rel} changed while being archived")
-                self._add_entry(tar, rel, fst, f)
-        else:
-            left_out.append(rel)
-        return left_out
-
-    @staticmethod
-    def _add_entry(tar: tarfile.TarFile, rel: str, st: os.stat_result, f) -> None:
-        info = tarfile.TarInfo(rel)
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.mtime = int(st.st_mtime)
-        if f is None:
-            info.type = tarfile.DIRTYPE
-        else:
-            info.size = st.st_size
-        tar.addfile(info, f)
 
     def save_if_changed(self) -> bool:
         """Upload the files when they changed since the last upload; True when uploaded.
