@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path, Query
-from phpo.schemas.api import MAX_INT64, MAX_PAGE
+from phpo.schemas.api import MAX_INT32, MAX_INT64, MAX_PAGE
 from phpo.schemas.artifacts import MAX_ARTIFACT_NAME, check_artifact_name
 from pydantic import AfterValidator
 
@@ -14,7 +14,7 @@ Id = Annotated[int, Path(ge=1, le=MAX_INT64, description="a record's id (1 to 2^
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"items per page (1 to {MAX_PAGE})")]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT64, description="items to skip (0 to 2^63-1)")]
 OptionalId = Annotated[int | None, Query(ge=1, le=MAX_INT64, description="a record's id (1 to 2^63-1)")]
-SegmentIndex = Annotated[int | None, Query(ge=0, le=MAX_INT64, description="0-based segment index")]
+SegmentIndex = Annotated[int | None, Query(ge=0, le=MAX_INT32, description="0-based segment index (0 to 2^31-1)")]
 # the bounds are checked by check_artifact_name (whose message names the offending character) and
 # declared in the spec
 ArtifactName = Annotated[str, Query(description="the file name downloads get: 1 to 255 printable characters",

@@ -24,11 +24,12 @@ from __future__ import annotations
 import ast
 import json
 import re
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from simpleeval import EvalWithCompoundTypes, InvalidExpression
+from simpleeval import DISALLOW_FUNCTIONS, EvalWithCompoundTypes, InvalidExpression
 
 MAX_EXPRESSION_LENGTH = 2_000
 MAX_STEPS = 100_000
@@ -211,9 +212,10 @@ def value_size(value: Any, limit: int = MAX_VALUE_ITEMS) -> int:
     return total
 
 
-def _bounded(value: Any, what: str) -> Any:
+def _bounded(value: Any, what: str | ast.AST) -> Any:
     n = value_size(value)
     if n > MAX_VALUE_ITEMS:
+        what = what if isinstance(what, str) else f"'{ast.unparse(what)[:60]}'"
         raise ExpressionError(f"{what} would hold more than {MAX_VALUE_ITEMS:,} elements or characters "
                               f"(counted through nested lists); expressions are capped at that")
     return value
@@ -236,6 +238,14 @@ class _Evaluator(EvalWithCompoundTypes):
 
     _steps = 0
 
+    def _check_disallowed_items(self, item: Any) -> None:
+        """simpleeval walks every intermediate value for modules and forbidden functions, which
+        costs the value's size on each step (quadratic in a comprehension over a list). Here the
+        names hold JSON data only (parameters, node outputs, items) and the functions are the
+        allow-list above, so neither can appear inside a value: the value itself is checked."""
+        if isinstance(item, types.ModuleType) or (callable(item) and item in DISALLOW_FUNCTIONS):
+            raise ExpressionError(f"{type(item).__name__} values are not allowed in expressions")
+
     def _eval(self, node: ast.AST) -> Any:
         self._steps += 1
         if self._steps > MAX_STEPS:
@@ -243,7 +253,7 @@ class _Evaluator(EvalWithCompoundTypes):
                                   "expressions are capped at that")
         value = super()._eval(node)
         if isinstance(node, (ast.ListComp, ast.GeneratorExp, ast.Call, ast.BinOp)):
-            _bounded(value, f"'{ast.unparse(node)[:60]}'")
+            _bounded(value, node)
         return value
 
     def _eval_attribute(self, node: ast.Attribute) -> Any:

@@ -77,8 +77,10 @@ def seed(url: str, tokens: dict[str, str]) -> None:
     for role in ("user", "admin"):
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {tokens[role]}"}, timeout=30) as c:
             c.put("/sandboxes", content=_sandbox(), params={"name": "sandbox.tar.gz"}).raise_for_status()
+            # many points in parallel: a fuzzed acquire finds one at once instead of long-polling
             c.post("/tasks", json={
-                "evaluationExec": "python train.py", "optimizer": "random", "maxPoints": 6, "nParallelEvaluation": 3,
+                "evaluationExec": "python train.py", "optimizer": "random", "maxPoints": 100_000,
+                "nParallelEvaluation": 30, "nPointsPerIteration": 30,
                 "searchSpace": {"x": {"method": "uniform", "dimension": {"low": 0.0, "high": 1.0}},
                                 "c": {"method": "categorical", "dimension": {"categories": ["a", "b"]}}},
             }).raise_for_status()

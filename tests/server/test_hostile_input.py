@@ -37,6 +37,8 @@ def test_ids_offsets_and_point_ids_beyond_64_bits_are_422(db_url, start_server):
             ("GET", "/tasks", "offset", {"offset": BIG}), ("GET", "/workflows", "offset", {"offset": BIG}),
             ("GET", f"/tasks/{tid}/iterations", "offset", {"offset": 10**30}),
             ("GET", f"/tasks/{tid}/points", "segment", {"segment": BIG}),
+            ("GET", f"/tasks/{tid}/points", "segment", {"segment": 2**31}),  # a 32-bit column
+            ("GET", f"/tasks/{tid}/best", "segment", {"segment": 2**31}),
             ("GET", f"/tasks/{tid}/artifacts", "point_id", {"point_id": BIG}),
             ("GET", f"/artifacts/{BIG}", "artifact_id"),
             ("POST", f"/workflows/{BIG}/cancel", "workflow_id"), ("GET", "/tasks", "limit", {"limit": 1001})]
