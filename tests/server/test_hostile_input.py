@@ -105,16 +105,13 @@ def test_nan_infinity_and_huge_floats_are_422_naming_the_field_and_nothing_is_st
     pid = job["points"][0]["point_id"]
     hb = f"/jobs/{job['id']}/heartbeat"
     raw = {"content-type": "application/json"}
-    cases = [
-        (hb, '{"intermediate": [{"point_id": %d, "step": 1, "value": NaN}]}' % pid, "intermediate.0.value"),
-        (hb, '{"intermediate": [{"point_id": %d, "step": 1, "value": -Infinity}]}' % pid, "intermediate.0.value"),
-        (hb, '{"intermediate": [{"point_id": %d, "step": 1, "value": 1e999}]}' % pid, "intermediate.0.value"),
-        (hb, '{"intermediate": [{"point_id": %d, "step": 1, "value": "NaN"}]}' % pid, "intermediate.0.value"),
-        (f"/jobs/{job['id']}/points/{pid}/result",
-         '{"point_id": %d, "loss": 0.5, "metrics": {"acc": [1, Infinity]}}' % pid, "metrics.acc.1"),
-        (f"/jobs/{job['id']}/complete",
-         '{"results": [{"point_id": %d, "loss": 0.5, "metrics": {"a": NaN}}]}' % pid, "results.0.metrics.a"),
-    ]
+    beat = '{"intermediate": [{"point_id": PID, "step": 1, "value": VALUE}]}'
+    cases = [(hb, beat.replace("VALUE", v), "intermediate.0.value") for v in ("NaN", "-Infinity", "1e999", '"NaN"')]
+    cases += [(f"/jobs/{job['id']}/points/{pid}/result",
+               '{"point_id": PID, "loss": 0.5, "metrics": {"acc": [1, Infinity]}}', "metrics.acc.1"),
+              (f"/jobs/{job['id']}/complete",
+               '{"results": [{"point_id": PID, "loss": 0.5, "metrics": {"a": NaN}}]}', "results.0.metrics.a")]
+    cases = [(path, body.replace("PID", str(pid)), field) for path, body, field in cases]
     with srv.client(srv.agent_token) as a:
         for path, body, field in cases:
             r = a.post(path, content=body, headers=raw)
