@@ -17,7 +17,6 @@ An unknown method or type is an error naming the parameter, never silently dropp
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any, Literal, Union
 
@@ -81,32 +80,13 @@ class NormalParam(_Param):
 
 
 class CategoricalParam(_Param):
+    """A choice among ``choices``, each listed entry equally likely. A value may be listed more
+    than once, which weights it (``[1, 1, 2]``: 1 twice as likely as 2), as upstream's nevergrad
+    ``Choice`` does; samplers draw an entry, not a distinct value."""
+
     type: Literal["categorical"] = "categorical"
     choices: list[Any] = Field(min_length=1)
     ordered: bool = False  # nevergrad TransitionChoice
-
-    @model_validator(mode="after")
-    def _check(self) -> CategoricalParam:
-        repeated = first_repeat(self.choices)
-        if repeated:
-            raise ValueError(f"choice {repeated[0]!r} is listed twice")
-        return self
-
-
-def first_repeat(values: list[Any]) -> tuple[Any] | None:
-    """``(value,)`` for the first value equal to an earlier one, else ``None``; O(n) (a hash per
-    value; lists and objects by their JSON text), so a long choice list costs milliseconds."""
-    seen: set[Any] = set()
-    for v in values:
-        try:
-            key: Any = ("v", v)
-            hash(key)
-        except TypeError:
-            key = ("json", json.dumps(v, sort_keys=True, default=repr))
-        if key in seen:
-            return (v,)
-        seen.add(key)
-    return None
 
 
 class FixedParam(_Param):

@@ -24,7 +24,7 @@ from phpo.schemas import BestPoint, Point, Segment, Task, TaskState
 from ..errors import InvalidInput, PhpoError
 from ..progress import format_loss, summary_line
 from ..sandbox import build_sandbox, sandbox_files
-from .upstream import CliError, build_spec, collect_options, dump_options, write_dump
+from .upstream import CliError, build_spec, collect_options, dump_options, submission_notes, write_dump
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 SHOW_SEGMENTS = 20  # `phpo show` lists at most this many segments; `phpo segments` lists them all
@@ -61,6 +61,8 @@ def cmd_submit(args: argparse.Namespace, make_client) -> int:
     dump_path = options.get("dumpJson")
     try:
         spec = build_spec(options, warn=lambda m: err.print(f"[yellow]warning:[/] {m}"))
+        for note in submission_notes(spec, options):
+            err.print(note, markup=False, highlight=False)
         if options.get("noSubmit"):
             data = build_sandbox(os.getcwd())  # the size cap is checked even when nothing is sent
             files = [p.name for p in sandbox_files(os.getcwd())] if data else []
@@ -206,6 +208,8 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
     ]
     if task.message:
         lines.append(f"message: {task.message}")
+    if task.waiting_for:
+        lines.append(f"[yellow]waiting for an agent:[/] {escape(task.waiting_for)}")
     for line in lines:
         con.print(line)
     if segments:

@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "logs": "the evaluation logs of a task (--point N: of one point)",
     "wait": "follow a task live until it ends; exit 0 when it finished",
     "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
-    "dashboard": "the MLflow experiment URL of a task (--open: open it)",
+    "dashboard": "the MLflow runs table of a task, best points first (--open: open it)",
     "up": "run the embedded stack (server on SQLite + one local agent) until Ctrl-C",
     "demo": "run a real HPO on the embedded stack and show the result",
     "server": "the phpo server (phpo server --help)",
