@@ -71,6 +71,19 @@ def default_agent_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def heartbeat_request(reports: list[IntermediateReport]) -> HeartbeatRequest:
+    """A heartbeat carrying ``reports``; values the payload reported as NaN or Infinity travel as
+    null (JSON has neither, and the server refuses them), and the message says which, so a
+    missing value on the server is explained rather than silent."""
+    nulls = [r for r in reports if r.value is None]
+    note = None
+    if nulls:
+        where = ", ".join(f"point {r.point_id} step {r.step}" for r in nulls[:10])
+        more = f" and {len(nulls) - 10} more" if len(nulls) > 10 else ""
+        note = f"intermediate values that were NaN or Infinity were sent as null: {where}{more}"
+    return HeartbeatRequest(intermediate=reports, message=note)
+
+
 @dataclass
 class AgentConfig:
     site: str
@@ -473,8 +486,7 @@ class JobRunner(threading.Thread):
         while not self.done.wait(interval):
             reports = self._collect_intermediate()
             try:
-                resp = self.api.heartbeat(self.job.id, HeartbeatRequest(intermediate=reports),
-                                          retry_seconds=interval)
+                resp = self.api.heartbeat(self.job.id, heartbeat_request(reports), retry_seconds=interval)
             except (Conflict, NotFound) as e:
                 log.error("job %d: the server no longer holds this job for us (%s); stopping it", self.job.id, e)
                 self.lease_lost.set()
@@ -517,11 +529,11 @@ class JobRunner(threading.Thread):
                                     self.job.id, pid)
                         continue
                     value = float(rec["value"])
-                    if not math.isfinite(value):  # the server refuses a heartbeat carrying one
-                        log.warning("job %d: ignoring the intermediate value %r of point %s (step %s): not finite",
-                                    self.job.id, value, pid, rec.get("step"))
-                        continue
-                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]), value=value))
+                    if not math.isfinite(value):
+                        log.warning("job %d: point %s reported %s at step %s; it is sent as null (JSON has "
+                                    "no NaN or Infinity)", self.job.id, pid, value, rec["step"])
+                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]),
+                                                  value=value if math.isfinite(value) else None))
                 except (ValueError, KeyError, TypeError):
                     log.warning("job %d: ignoring a bad intermediate line %r", self.job.id, line[:200])
             return out
@@ -533,8 +545,7 @@ class JobRunner(threading.Thread):
         if not reports:
             return
         try:
-            self.api.heartbeat(self.job.id, HeartbeatRequest(intermediate=reports),
-                               retry_seconds=min(self.cfg.retry_seconds, 10))
+            self.api.heartbeat(self.job.id, heartbeat_request(reports), retry_seconds=min(self.cfg.retry_seconds, 10))
         except Exception as e:  # noqa: BLE001
             log.warning("job %d: %d intermediate value(s) not delivered: %s", self.job.id, len(reports), e)
 

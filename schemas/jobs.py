@@ -41,7 +41,7 @@ class AgentResources(BaseModel):
 
 
 class AcquireRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     agent: str = Field(min_length=1, max_length=200, description="agent name, unique per process")
     site: str = Field(min_length=1, max_length=200)
     resources: AgentResources = Field(default_factory=AgentResources)
@@ -112,13 +112,14 @@ class Job(BaseModel):
 
 
 class IntermediateReport(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     point_id: int
     step: int
-    value: float
+    value: float | None = Field(description="null where the payload reported NaN or Infinity (JSON has neither)")
 
 
 class HeartbeatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     intermediate: list[IntermediateReport] = Field(default_factory=list)
     message: str | None = None
 
@@ -132,7 +133,7 @@ class HeartbeatResponse(BaseModel):
 class PointResult(BaseModel):
     """One point's outcome, from the payload's output file plus what the agent saw."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     point_id: int
     status: int = 0
     loss: Loss | None = None
@@ -149,7 +150,7 @@ class CompleteRequest(BaseModel):
     """Ends a job. Results not reported earlier through ``/points/{id}/result`` go here.
     Points of the job with no result at all are returned to ``ready`` (attempt spent)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     results: list[PointResult] = Field(default_factory=list)
     steering_output: list[Any] | None = Field(default=None, description="%OUT of a steering job")
     message: str | None = Field(default=None, max_length=100_000)

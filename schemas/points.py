@@ -30,7 +30,7 @@ def check_loss(v: Any) -> Loss | None:
 
 class IntermediateValue(BaseModel):
     step: int
-    value: float
+    value: float | None = Field(description="null where the payload reported NaN or Infinity")
 
 
 class Point(BaseModel):

@@ -62,7 +62,7 @@ class TaskSpec(BaseModel):
     ``searchSpaceFile``/``segmentSpecFile`` (the client reads the files); the file names are
     kept only so ``--dumpJson`` can write them back."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     # --- upstream options (CONTRACTS §1) ---
     outDS: str | None = Field(default=None, max_length=250, description="task name")

@@ -112,9 +112,17 @@ def finite_values(p: Any) -> list[Any] | None:
     if isinstance(p, CategoricalParam):
         # distinct values, first-listed order: a value listed twice weights sampling, but a
         # grid visits it once and a parameter with one distinct value is a constant
+        # O(n): a 10,000-choice space is checked at submit (pairwise comparison took seconds)
         distinct: list[Any] = []
+        seen: set[Any] = set()
         for c in p.choices:
-            if not any(type(c) is type(d) and c == d for d in distinct):
+            try:
+                key: Any = (type(c), c)
+                hash(key)
+            except TypeError:  # lists and objects: by their JSON text
+                key = (type(c), json.dumps(c, sort_keys=True, default=repr))
+            if key not in seen:
+                seen.add(key)
                 distinct.append(c)
         return [copy.deepcopy(c) for c in distinct]
     if isinstance(p, IntParam):
