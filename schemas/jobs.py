@@ -122,7 +122,9 @@ class HeartbeatRequest(BaseModel):
 
 class HeartbeatResponse(BaseModel):
     lease_expires_at: datetime
-    cancel: bool = Field(default=False, description="stop the job: its task was cancelled/paused")
+    cancel: bool = Field(default=False, description="stop the job now: its task has ended (cancelled, failed, finished)")
+    pause: bool = Field(default=False, description="its task is paused: finish the running point, start no "
+                        "further point of this job (they go back to ready, no attempt spent)")
     stop_points: list[int] = Field(default_factory=list, description="points to stop early (pruning)")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -25,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "show": "one task: state, counts, best point, points",
     "segments": "the per-segment summary of a segmented task (--sort, --limit/--offset, --csv)",
     "best": "the best point (--segments: of each segment)",
+    "points": "every point of a task as a table, CSV (--csv) or JSON (--json)",
     "kill": "cancel a task",
     "pause": "pause a task (running jobs finish, no new ones start)",
     "resume": "resume a paused task",
@@ -44,7 +46,8 @@ EPILOG = (
     + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items())
     + (
         "\n\nphpo COMMAND --help describes each. Server and token come from --url/--token, else "
-        "PHPO_URL/PHPO_TOKEN, else the config file `phpo up` writes ($XDG_CONFIG_HOME/phpo/config.toml)."
+        "PHPO_URL/PHPO_TOKEN, else the config file `phpo up` writes ($XDG_CONFIG_HOME/phpo/config.toml).\n\n"
+        + commands.EXIT_CODES_HELP
     )
 )
 
@@ -94,9 +97,24 @@ def command_parser() -> argparse.ArgumentParser:
     s = cmd("show")
     s.add_argument("id", type=int)
     s.add_argument(
-        "--points", type=int, default=20, metavar="N", help="list the N best points (default 20; 0: none)"
+        "--points", type=int, default=20, metavar="N",
+        help="list N points, best first (default 20; 0: none); with --json they go under \"points\"",
     )
-    _connection(s, "print the task as JSON")
+    s.add_argument("--offset", type=int, default=0, metavar="N", help="skip the N best points (paging)")
+    _connection(s, 'print the task as JSON, with one page of points ("points", "points_page")')
+
+    s = cmd(
+        "points",
+        description="Every point of a task (all pages): state, loss, attempts, site, parameters and the "
+        "payload's metrics. --csv and --json export them.",
+    )
+    s.add_argument("id", type=int)
+    s.add_argument("--state", help="only points in this state (ready, leased, evaluated, failed, cancelled)")
+    s.add_argument("--segment", help="only the points of this segment (its id or name)")
+    s.add_argument("--sort", metavar="KEY", help="id (default), serial, loss, created_at or evaluated_at; "
+                   "-KEY descending; points without a loss last")
+    s.add_argument("--csv", action="store_true", help="print CSV (one column per parameter and per metric)")
+    _connection(s, "print a list of points as JSON")
 
     s = cmd(
         "segments",
@@ -236,6 +254,7 @@ HANDLERS: dict[str, Callable] = {
     "pause": commands.cmd_action,
     "resume": commands.cmd_action,
     "logs": commands.cmd_logs,
+    "points": commands.cmd_points,
     "wait": commands.cmd_wait,
 }
 
@@ -268,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return workflow_main(argv[i + 1 :] + argv[:i])
     try:
         if word in COMMANDS:
-            args = command_parser().parse_args(_glue_sort(argv) if word == "segments" else argv)
+            args = command_parser().parse_args(_glue_sort(argv) if word in ("segments", "points") else argv)
         elif word is None and not argv:
             submit_parser().print_help(sys.stderr)
             return commands.EXIT_USAGE
@@ -304,10 +323,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code
     except PhpoError as e:
         print(f"error: {e}", file=sys.stderr)
-        return commands.EXIT_FAILED
+        # submit: 1 for every failure, as upstream phpo; the other commands tell the causes apart
+        return commands.EXIT_FAILED if word in (None, "submit") or word.startswith("-") else commands.exit_code_for(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return reader_gone()
+
+
+def reader_gone() -> int:
+    """The reader of stdout went away (``phpo logs 7 | head``): no traceback, and no second
+    BrokenPipeError when Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return commands.EXIT_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

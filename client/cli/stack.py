@@ -423,8 +423,15 @@ def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
         raise CliError(f"no MLflow experiment {name!r} at {url} yet (the server creates it with the "
                        "task's first point)", code=1)
     # the runs table: MLflow 3's default experiment page is the GenAI overview, which lists no runs
-    link = f"{url}/#/experiments/{r.json()['experiment']['experiment_id']}/runs"
-    print(link)
+    experiment_id = r.json()["experiment"]["experiment_id"]
+    link = f"{url}/#/experiments/{experiment_id}/runs"
+    if getattr(args, "json", False):  # one object, like every other --json
+        from .commands import print_json
+
+        print_json({"task_id": task.id, "experiment": name, "experiment_id": experiment_id,
+                    "mlflow_url": url, "url": link})
+    else:
+        print(link)
     if args.open:
         import webbrowser
 
