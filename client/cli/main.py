@@ -34,7 +34,8 @@ COMMANDS: dict[str, str] = {
     "wait": "follow a task live until it ends; exit 0 when it finished",
     "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
     "dashboard": "the MLflow experiment URL of a task (--open: open it)",
-    "up": "run the embedded stack (server on SQLite + one local agent) until Ctrl-C",
+    "up": "run the embedded stack (server on SQLite + one local agent + MLflow) until Ctrl-C (--detach)",
+    "down": "stop the embedded stack `phpo up --detach` (or another shell's phpo up) started",
     "demo": "run a real HPO on the embedded stack and show the result",
     "server": "the phpo server (phpo server --help)",
     "agent": "an evaluation agent (phpo agent --help)",
@@ -176,6 +177,19 @@ def command_parser() -> argparse.ArgumentParser:
     s.add_argument("--slots", type=int, default=None, help="jobs the local agent runs at a time (default 2)")
     s.add_argument("--no-config", action="store_true", help="do not write the client config file")
     s.add_argument("--no-mlflow", action="store_true", help="do not start an MLflow tracking server")
+    s.add_argument("--mlflow-port", type=int, default=None,
+                   help="MLflow's port (default: the one this data directory had last time, else a free one)")
+    s.add_argument("--detach", action="store_true",
+                   help="run in the background (output in DATA_DIR/logs/up.log) until `phpo down`")
+
+    s = cmd(
+        "down",
+        description="Stop the `phpo up` that runs for a data directory (started with --detach, or in "
+        "another shell): the agent first, then the server and MLflow, as Ctrl-C does.",
+    )
+    s.add_argument("--data-dir", help="the data directory of that phpo up (default $XDG_DATA_HOME/phpo)")
+    s.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS",
+                   help="give up waiting after this long (exit 3; default 90)")
 
     s = cmd("dashboard")
     s.add_argument("id", type=int)
@@ -305,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .stack import cmd_up
 
             return cmd_up(args)
+        if args.command == "down":
+            from .stack import cmd_down
+
+            return cmd_down(args)
         if args.command == "dashboard":
             from .stack import cmd_dashboard
 
