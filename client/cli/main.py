@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "resume": "resume a paused task",
     "logs": "the evaluation logs of a task (--point N: of one point)",
     "wait": "follow a task live until it ends; exit 0 when it finished",
+    "run-local": "run the payload once here, on a sample point, as an agent would (before submitting)",
     "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
     "dashboard": "the MLflow experiment URL of a task (--open: open it)",
     "up": "run the embedded stack (server on SQLite + one local agent + MLflow) until Ctrl-C (--detach)",
@@ -44,7 +45,7 @@ PASSTHROUGH = {"server": ("phpo.server.cli", "server"), "agent": ("phpo.evaluati
 
 EPILOG = (
     "commands:\n"
-    + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items())
+    + "\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items())
     + (
         "\n\nphpo COMMAND --help describes each. Server and token come from --url/--token, else "
         "PHPO_URL/PHPO_TOKEN, else the config file `phpo up` writes ($XDG_CONFIG_HOME/phpo/config.toml).\n\n"
@@ -161,6 +162,26 @@ def command_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--quiet", action="store_true", help="no live progress")
     _connection(s, "print the final task as JSON")
+
+    s = cmd(
+        "run-local",
+        usage="phpo run-local [--loadJson FILE] [--OPTION VALUE ...] [--point JSON]",
+        description="Run evaluationExec once in a directory laid out like an agent's job directory (the "
+        "sandbox phpo submit would ship, the point in input.json, the training file list, the PHPO_* "
+        "variables) and read output.json with the agent's rules: a missing file, a crash or a bad "
+        "output shows in seconds. Takes the options of phpo submit. Exit 0 when the point would be "
+        "evaluated, 1 when it would fail.",
+    )
+    add_submit_options(s)
+    g = s.add_argument_group("run-local")
+    g.add_argument("--point", metavar="JSON", help="the point to run (default: the middle of the search space)")
+    g.add_argument("--segment", metavar="NAME", help="segmented HPO: run as this segment (default: the first)")
+    g.add_argument("--workdir", metavar="DIR", help="use this (new or empty) directory; it is kept")
+    g.add_argument("--keep", action="store_true", help="keep the job directory also when the point works")
+    g.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the payload after this long "
+                   "(default evaluationTimeout)")
+    g.add_argument("--quiet", action="store_true", help="do not show the payload's output as it runs")
+    g.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
 
     s = cmd(
         "up",
@@ -319,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .stack import cmd_up
 
             return cmd_up(args)
+        if args.command == "run-local":
+            from .runlocal import cmd_run_local
+
+            return cmd_run_local(args)
         if args.command == "down":
             from .stack import cmd_down
 
