@@ -1,4 +1,4 @@
-"""Jobs: what an agent leases, runs and reports (CONTRACTS §3)."""
+"""Jobs: what an agent leases, runs and reports (docs/payloads.md)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class EvaluationSettings(BaseModel):
 
 
 class SteeringSettings(BaseModel):
-    """A steering iteration (CONTRACTS §2): write ``input`` to %IN, run ``exec``, read %OUT."""
+    """A steering iteration (upstream's steering command, docs/compatibility.md): write ``input`` to %IN, run ``exec``, read %OUT."""
 
     container: str | None = None
     exec: str

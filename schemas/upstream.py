@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-# placeholders are substituted as whole tokens only (CONTRACTS §2): "%IN" yes, "x%IN" no
+# placeholders are substituted as whole tokens only, as upstream (docs/compatibility.md): "%IN" yes
 STEERING_PLACEHOLDERS = ("%IN", "%OUT", "%NUM_POINTS", "%MAX_POINTS")
 EVALUATION_PLACEHOLDERS = ("%SEGMENT_NAME",)
 

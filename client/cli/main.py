@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "best": "the best point (--segments: of each segment)",
     "points": "every point of a task as a table, CSV (--csv) or JSON (--json)",
     "kill": "cancel a task",
-    "pause": "pause a task (running jobs finish, no new ones start)",
+    "pause": "pause a task (running points finish and count, no new ones start)",
     "resume": "resume a paused task",
     "logs": "the evaluation logs of a task (--point N: of one point)",
     "wait": "follow a task live until it ends; exit 0 when it finished",
@@ -185,9 +185,10 @@ def command_parser() -> argparse.ArgumentParser:
 
     s = cmd(
         "up",
-        description="Run the embedded stack in the foreground until Ctrl-C: a server on SQLite and one "
-        "local agent. It writes the URL and a user token to the client config so that "
-        "`phpo ...` in another shell just works.",
+        description="Run the embedded stack in the foreground until Ctrl-C, SIGTERM, SIGHUP or `phpo down` "
+        "(with --detach: in the background): a server on SQLite, one local agent and MLflow. Its "
+        "children end with it, also when it is killed. It writes the URL and a user token to the "
+        "client config so that `phpo ...` in another shell just works.",
     )
     s.add_argument(
         "--data-dir",

@@ -1,4 +1,4 @@
-"""The upstream ``phpo`` submission options (CONTRACTS §1), ``--loadJson`` and ``--dumpJson``.
+"""The upstream ``phpo`` submission options (docs/compatibility.md), ``--loadJson`` and ``--dumpJson``.
 
 One table (:data:`OPTIONS`) drives the argparse options, the keys ``--loadJson`` accepts and the
 keys ``--dumpJson`` writes, so the three can never disagree. Values go through
@@ -144,7 +144,7 @@ OPTIONS: tuple[Opt, ...] = (
         "SPEC",
         "CPU/GPU requirement, e.g. '#x86_64-*-avx2&nvidia', '#&nvidia:vram>=40960'",
     ),
-    Opt("segmentSpecFile", "str", "FILE", "segmented HPO: a JSON list of {name, files} (CONTRACTS §4)"),
+    Opt("segmentSpecFile", "str", "FILE", "segmented HPO: a JSON list of {name, files}, one per segment"),
     Opt(
         "trainingDS",
         "str",
@@ -215,7 +215,7 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     typed appears in the namespace (that is how the command line wins over ``--loadJson``)."""
     groups = {
         "upstream": parser.add_argument_group(
-            "upstream options (CONTRACTS §1)",
+            "upstream options (PanDA phpo; docs/compatibility.md)",
             "Option names and meanings as in PanDA's phpo. With --loadJson FILE, options come from the "
             "JSON file first; a value given on the command line wins over the JSON file.",
         ),
