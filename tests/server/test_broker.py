@@ -93,8 +93,9 @@ def test_lease_expiry_attempts_and_lease_lost(db_url, start_server):
         with srv.client() as c:
             pt = wait_until(lambda: [x for x in points(c, tid) if x["state"] == "failed"], what="point failed")[0]
             assert pt["attempts"] == 2 and "lease lost" in pt["error"] and pt["loss"] is None
-            t = wait_until(lambda: (x := task(c, tid))["state"] == "finished" and x, what="task finished")
-            assert t["counts"]["failed"] == 1
+            # its only point failed: the task has no result, so it failed (never "finished")
+            t = wait_until(lambda: (x := task(c, tid))["state"] == "failed" and x, what="task failed")
+            assert t["counts"]["failed"] == 1 and "no point was evaluated" in t["message"]
 
 
 def test_late_result_counts_when_nobody_took_the_point(db_url, start_server):
