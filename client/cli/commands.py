@@ -66,6 +66,8 @@ def task_exit(task: Task) -> int:
     if task.state == TaskState.finished and not task_succeeded(task.state, task.counts.evaluated):
         return EXIT_FAILED
     return EXIT_OK
+
+
 SHOW_SEGMENTS = 20  # `phpo show` lists at most this many segments; `phpo segments` lists them all
 
 

@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "pause": "pause a task (running points finish and count, no new ones start)",
     "resume": "resume a paused task",
     "logs": "the evaluation logs of a task (--point N: of one point)",
-    "wait": "follow a task live until it ends; exit 0 when it finished",
+    "wait": "follow a task live until it ends; exit 0 when it finished with evaluated points",
     "run-local": "run the payload once here, on a sample point, as an agent would (before submitting)",
     "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
     "dashboard": "the MLflow experiment URL of a task (--open: open it)",

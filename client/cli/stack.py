@@ -621,10 +621,10 @@ def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
         r = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name},
                       timeout=10)
     except httpx.TransportError as e:
-        raise CliError(f"MLflow at {url} does not answer: {e}", code=1) from None
+        raise CliError(f"MLflow at {url} does not answer: {e}", code=5) from None  # unreachable
     if r.status_code != 200:
         raise CliError(f"no MLflow experiment {name!r} at {url} yet (the server creates it with the "
-                       "task's first point)", code=1)
+                       "task's first point)", code=4)  # nothing to show yet
     # the runs table: MLflow 3's default experiment page is the GenAI overview, which lists no runs
     experiment_id = r.json()["experiment"]["experiment_id"]
     link = f"{url}/#/experiments/{experiment_id}/runs"
