@@ -75,7 +75,9 @@ def test_exit_codes_tell_the_causes_apart(server, agent, user, finished, tmp_pat
 
     # nothing to show: a task with no evaluated point yet, no logs yet, no such task or point
     with Client(server.url, uenv["PHPO_TOKEN"]) as c:
-        idle = c.submit(evaluationExec="true", searchSpace={"x": [0.0, 1.0]}, maxPoints=100, sandbox=None)
+        # a site no agent serves: nothing runs it, whatever the timing
+        idle = c.submit(evaluationExec="true", searchSpace={"x": [0.0, 1.0]}, maxPoints=100, sandbox=None,
+                        site="NOWHERE")
         c.pause(idle.id)
     assert run_phpo("best", str(idle.id), env=uenv, check=False).returncode == 4
     assert run_phpo("best", str(idle.id), "--json", env=uenv, check=False).returncode == 4
