@@ -7,6 +7,7 @@ whole process group, SIGTERM), and psutil checks that none of its children survi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -103,9 +104,21 @@ def stack_processes(info: dict, timeout: float = 90, mlflow_workers: bool = Fals
     return [me, *kids]
 
 
+@pytest.fixture
+def data(tmp_path):
+    """The stack's data directory; whatever runs for it when the test ends (a failed test) is stopped."""
+    d = tmp_path / "data"
+    yield d
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if str(d) in " ".join(cmd) and "up" in cmd and alive(p):
+            p.terminate()
+            with contextlib.suppress(psutil.Error):
+                p.wait(timeout=60)
+
+
 @pytest.mark.skipif(__import__("importlib").util.find_spec("mlflow") is None, reason="mlflow is not installed")
-def test_phpo_up_children_end_with_it_and_it_restarts_at_once(tmp_path):
-    data = tmp_path / "data"
+def test_phpo_up_children_end_with_it_and_it_restarts_at_once(tmp_path, data):
     port = free_port()
     cfg = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "PHPO_URL": "", "PHPO_TOKEN": ""}
 
