@@ -32,6 +32,7 @@ def summary_line(task: Task) -> str:
     return (
         f"task {task.id} {task.state.value}: {c.evaluated}/{budget(task)} evaluated, "
         f"{c.leased} running, {c.failed} failed, {c.ready} waiting; best loss {format_loss(task.best_loss)}"
+        + (f"; waiting for an agent: {task.waiting_for}" if task.waiting_for else "")
     )
 
 
@@ -75,6 +76,7 @@ class TaskProgress:
         detail = (
             f"[cyan]{c.leased} running[/] [red]{c.failed} failed[/] "
             f"best [green]{format_loss(task.best_loss)}[/] [dim]{task.state.value}[/]"
+            + (f" [yellow]waiting for an agent: {task.waiting_for}[/]" if task.waiting_for else "")
         )
         desc = f"task {task.id}" + (f" {task.name}" if task.name else "")
         done = c.evaluated + c.failed

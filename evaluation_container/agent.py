@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import socket
+import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,8 +45,11 @@ from phpo.schemas.jobs import (
     PointResult,
 )
 from phpo.schemas.points import EvaluationOutput
-from phpo.schemas.upstream import substitute_tokens
+from phpo.schemas.upstream import STEERING_IN, STEERING_OUT, steering_form, substitute_placeholders
 
+from . import steering_command
+
+from . import mlflow_local
 from .checkpoints import CheckpointSaver, restore_checkpoint, safe_extract
 from .gpu_slots import Slot, SlotPool, plan_slots
 from .outbox import Outbox
@@ -57,8 +62,6 @@ log = logging.getLogger("phpo.agent")
 PHPO_DIR = ".phpo"  # the agent's files inside a job's working directory (SDK exchange)
 INTERMEDIATE_FILE = f"{PHPO_DIR}/intermediate.jsonl"
 CONTROL_FILE = f"{PHPO_DIR}/control.json"
-STEERING_IN = "phpo_steering_in.json"
-STEERING_OUT = "phpo_steering_out.json"
 STDERR_TAIL_BYTES = 4000
 META_MAX_BYTES = 1024 * 1024
 TIMEOUT_STATUS = 124  # like coreutils' timeout(1)
@@ -519,8 +522,12 @@ class JobRunner(threading.Thread):
                         log.warning("job %d: ignoring an intermediate value for point %s, not in this job",
                                     self.job.id, pid)
                         continue
-                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]),
-                                                  value=float(rec["value"])))
+                    value = float(rec["value"])
+                    if not math.isfinite(value):  # the server refuses a heartbeat carrying one
+                        log.warning("job %d: ignoring the intermediate value %r of point %s (step %s): not finite",
+                                    self.job.id, value, pid, rec.get("step"))
+                        continue
+                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]), value=value))
                 except (ValueError, KeyError, TypeError):
                     log.warning("job %d: ignoring a bad intermediate line %r", self.job.id, line[:200])
             return out
@@ -682,7 +689,7 @@ class JobRunner(threading.Thread):
             (self.rundir / ev.training_data).write_text(json.dumps(ev.training_files))
         command = ev.exec
         if "%SEGMENT_NAME" in command:
-            command = substitute_tokens(command, {"%SEGMENT_NAME": self.job.segment})
+            command = substitute_placeholders(command, {"%SEGMENT_NAME": self.job.segment})
         seen_workdir = executor.workdir_seen_by_command(
             RunSpec(command="", workdir=self.rundir, stdout_path=Path(), stderr_path=Path()))
         interval = max(0.5, ev.checkpoint_interval_s)
@@ -707,6 +714,7 @@ class JobRunner(threading.Thread):
                 self.current_point = point
             # a fresh start for this point in the shared directory
             (self.rundir / ev.output).unlink(missing_ok=True)
+            mlflow_local.clear(self.rundir)
             if saver is not None and i > 0:
                 saver.remove_files()
             if ev.checkpoint_to_load:
@@ -742,10 +750,9 @@ class JobRunner(threading.Thread):
                 env["PHPO_META_FILE"] = ev.meta
             if ev.metrics:
                 env["PHPO_METRICS_FILE"] = ev.metrics
-            if self.job.mlflow_tracking_uri and point.mlflow_run_id:
-                # the payload's own mlflow.log_metric(...) lands in this point's run, live
-                env["MLFLOW_TRACKING_URI"] = self.job.mlflow_tracking_uri
-                env["MLFLOW_RUN_ID"] = point.mlflow_run_id
+            # the payload's own MLflow calls go to ./mlruns; the server imports it into the point's run
+            env.update(mlflow_local.payload_env(seen_workdir, bool(self.job.mlflow_tracking_uri),
+                                                point.mlflow_run_id))
             tag = f"p{point.point_id}-a{point.attempt}"
             stdout, stderr = self.logdir / f"{tag}.stdout.txt", self.logdir / f"{tag}.stderr.txt"
             spec = RunSpec(command=command, workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,
@@ -831,14 +838,28 @@ class JobRunner(threading.Thread):
             p = self.rundir / ev.metrics
             if p.is_file():
                 self.upload(ArtifactKind.metrics, p, Path(ev.metrics).name, point.point_id)
+        if self.job.mlflow_tracking_uri:  # what the payload logged with MLflow, for the point's run
+            try:
+                packed = mlflow_local.pack(self.rundir, ev.metrics, self.scratch / f"{name}.mlruns.tgz")
+            except (OSError, tarfile.TarError) as e:
+                log.warning("job %d: cannot pack the payload's mlruns/: %s", self.job.id, e)
+                packed = None
+            if packed is not None:
+                self.upload(ArtifactKind.metrics, packed, packed.name, point.point_id)
+                packed.unlink(missing_ok=True)
 
     def run_steering(self) -> None:
+        """One steering iteration as iDDS runs it: ``%IN`` (``idds_input.json``) written into a
+        fresh working directory, the command run in one of its three forms (see
+        :mod:`.steering_command`), ``%OUT`` (``output.json``) read back from it."""
         st = self.job.steering
         if st is None:
             self.finish("fail", FailRequest(error="steering job without steering settings", retry=False))
             return
+        form = steering_form(st.exec, st.container)
         try:
-            executor = self.agent.executor_for(st.container)
+            executor = self.agent.executor_for(st.container or ("(docker-style steeringExec)" if form != "shell"
+                                                                 else None))
         except ExecutorError as e:
             log.error("job %d: %s", self.job.id, e)
             self.finish("fail", FailRequest(error=str(e), retry=e.retryable))
@@ -849,15 +870,13 @@ class JobRunner(threading.Thread):
         out_path.unlink(missing_ok=True)
         stdout, stderr = self.logdir / "steering.stdout.txt", self.logdir / "steering.stderr.txt"
         spec = RunSpec(command="", workdir=self.rundir, stdout_path=stdout, stderr_path=stderr,
-                       image=st.container, gpus=self.slot.gpu_indices, network=self.cfg.container_network)
-        seen = executor.workdir_seen_by_command(spec)
-        spec.command = substitute_tokens(st.exec, {
-            "%IN": f"{seen}/{STEERING_IN}",
-            "%OUT": f"{seen}/{STEERING_OUT}",
-            "%NUM_POINTS": str(st.num_points),
-            "%MAX_POINTS": str(st.max_points),
-        })
-        spec.env = {**self.base_env(), "PHPO_WORKDIR": seen}
+                       gpus=self.slot.gpu_indices, network=self.cfg.container_network)
+        spec.env = {**self.base_env(), "PHPO_WORKDIR": str(self.rundir)}
+        try:
+            steering_command.prepare(spec, st.exec, st.container, st.num_points, st.max_points)
+        except ExecutorError as e:
+            self.finish("fail", FailRequest(error=f"cannot run the steering command: {e}", retry=e.retryable))
+            return
         log.info("job %d: steering for task %d started: %s", self.job.id, self.job.task_id, spec.command)
         try:
             handle = executor.start(spec)

@@ -12,6 +12,11 @@ default names apply: ``input.json``, ``input_ds.json``, ``output.json`` in the c
         if not sdk.report_intermediate(epoch, val_loss):
             break                       # the server asked to stop this point early
     sdk.report(val_loss, metrics={"acc": acc})
+
+With MLflow on the server, the values given to :func:`report_intermediate` become the metric
+``intermediate`` of the point's MLflow run (one entry per step), and whatever the payload logs
+with MLflow itself (``mlflow.log_metric(..., step=epoch)``, ``log_params``, artifacts) goes to
+``./mlruns`` in the working directory and is imported into that run after the payload ends.
 """
 
 from __future__ import annotations
@@ -147,8 +152,9 @@ def report(
 
 def report_intermediate(step: int, value: float) -> bool:
     """Send an intermediate value (e.g. the validation loss of an epoch) to the server through
-    the agent, which forwards it with its next heartbeat. Returns ``True`` to continue, ``False``
-    when the server asked the agent to stop this point early (pruning)."""
+    the agent, which forwards it with its next heartbeat (a NaN or infinite value is dropped
+    there, with a warning in the agent's log). Returns ``True`` to continue, ``False`` when the
+    server asked the agent to stop this point early (pruning)."""
     path = os.environ.get(ENV_INTERMEDIATE)
     if path:
         record = {"point_id": point_id(), "step": int(step), "value": float(value), "t": time.time()}

@@ -58,7 +58,8 @@ class JobPoint(BaseModel):
     params: dict[str, Any]
     attempt: int = Field(description="1 for the first try")
     checkpoint_artifact: int | None = Field(default=None, description="latest checkpoint to resume from")
-    mlflow_run_id: str | None = Field(default=None, description="MLflow run of this point (MLFLOW_RUN_ID), if any")
+    mlflow_run_id: str | None = Field(
+        default=None, description="MLflow run of this point, if it exists yet (the payload's PHPO_MLFLOW_RUN_ID)")
 
 
 class EvaluationSettings(BaseModel):
@@ -105,7 +106,9 @@ class Job(BaseModel):
     points: list[JobPoint] = Field(default_factory=list)
     evaluation: EvaluationSettings | None = None
     steering: SteeringSettings | None = None
-    mlflow_tracking_uri: str | None = Field(default=None, description="MLFLOW_TRACKING_URI for the payload")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="set when the server bridges to MLflow: the agent then ships the payload's "
+        "./mlruns store, which the server imports into the point's run")
 
 
 class IntermediateReport(BaseModel):

@@ -80,18 +80,13 @@ class NormalParam(_Param):
 
 
 class CategoricalParam(_Param):
+    """A choice among ``choices``, each listed entry equally likely. A value may be listed more
+    than once, which weights it (``[1, 1, 2]``: 1 twice as likely as 2), as upstream's nevergrad
+    ``Choice`` does; samplers draw an entry, not a distinct value."""
+
     type: Literal["categorical"] = "categorical"
     choices: list[Any] = Field(min_length=1)
     ordered: bool = False  # nevergrad TransitionChoice
-
-    @model_validator(mode="after")
-    def _check(self) -> CategoricalParam:
-        seen = []
-        for c in self.choices:
-            if c in seen:
-                raise ValueError(f"choice {c!r} is listed twice")
-            seen.append(c)
-        return self
 
 
 class FixedParam(_Param):

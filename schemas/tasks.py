@@ -40,7 +40,8 @@ def parse_duration_minutes(value: float | int | str) -> float:
 
 
 class SegmentSpec(BaseModel):
-    """One entry of ``--segmentSpecFile`` (segmented HPO, docs/compatibility.md)."""
+    """One entry of ``--segmentSpecFile``: a name and the training data of its jobs, as names of
+    files in ``--trainingDS`` (``files``) or of constituent datasets of it (``datasets``)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-+=:]+$")
@@ -146,6 +147,8 @@ class TaskSpec(BaseModel):
             dup = sorted(n for n, k in Counter(names).items() if k > 1)  # O(S): specs hold 100s of segments
             if dup:
                 raise ValueError(f"segments: duplicate segment names {dup}")
+        if self.segments is not None:
+            self.segment_training_files()  # a file or dataset not in trainingDS is a 422 at submit
         if self.directions is not None and not self.directions:
             raise ValueError("directions: give at least one of 'minimize'/'maximize'")
         # validate the spaces now, so a bad space is a 422 at submit
@@ -159,6 +162,22 @@ class TaskSpec(BaseModel):
         if self.steeringExec:
             return "external"
         return self.optimizer or DEFAULT_OPTIMIZER
+
+    @property
+    def min_unevaluated_points(self) -> int | None:
+        """``minUnevaluatedPoints`` in effect: upstream's 0 for a steering command unless set (an
+        iteration starts only when no point is waiting or running: the only value every
+        upstream steering tool works with); ``None`` for built-in optimizers, whose default
+        keeps every evaluation slot busy."""
+        if self.minUnevaluatedPoints is None and self.steeringExec:
+            return 0
+        return self.minUnevaluatedPoints
+
+    @property
+    def total_max_points(self) -> int:
+        """``%MAX_POINTS``: the whole task's point budget (panda-client multiplies ``maxPoints`` by
+        the number of segments)."""
+        return self.maxPoints * len(self.segment_names)
 
     @property
     def max_evaluation_jobs(self) -> int:
@@ -176,6 +195,51 @@ class TaskSpec(BaseModel):
     def segment_names(self) -> list[str]:
         return [s.name for s in self.segments] if self.segments else [""]
 
+    def segment_training_files(self) -> list[list[str]]:
+        """Each segment's training files, resolved against ``trainingFiles`` (the resolved
+        ``--trainingDS``): a name in ``files`` is an entry of the dataset, its file name, or its
+        path relative to the dataset; a name in ``datasets`` is a constituent dataset, i.e. a
+        directory the entries lie in (or an entry itself). A name the dataset does not hold is an
+        error naming it. Without ``--trainingDS`` the names are taken as they are (paths or URLs:
+        a phpo extension). A segment with neither gets the whole dataset."""
+        if not self.segments:
+            return [list(self.trainingFiles)]
+        out: list[list[str]] = []
+        if not self.trainingFiles:
+            for seg in self.segments:
+                if seg.datasets:
+                    raise ValueError(f"segments: segment '{seg.name}' names datasets {seg.datasets} but the task "
+                                     "has no trainingDS to find them in")
+                out.append(list(seg.files))
+            return out
+        entries = list(self.trainingFiles)
+        by_name: dict[str, list[str]] = {}
+        for e in entries:
+            for key in _entry_names(e):
+                by_name.setdefault(key, []).append(e)
+        for seg in self.segments:
+            if not seg.files and not seg.datasets:
+                out.append(entries)
+                continue
+            got: list[str] = []
+            for f in seg.files:
+                hits = by_name.get(f.strip("/"), [])
+                if not hits:
+                    raise ValueError(f"segments: segment '{seg.name}': file '{f}' is not in trainingDS "
+                                     f"({_some(entries)})")
+                if len(hits) > 1:
+                    raise ValueError(f"segments: segment '{seg.name}': file '{f}' matches {len(hits)} entries "
+                                     f"of trainingDS ({_some(hits)}); name it by a longer path")
+                got.append(hits[0])
+            for d in seg.datasets:
+                hits = _in_dataset(entries, d)
+                if not hits:
+                    raise ValueError(f"segments: segment '{seg.name}': dataset '{d}' is not a part of trainingDS "
+                                     f"({_some(entries)})")
+                got.extend(hits)
+            out.append(list(dict.fromkeys(got)))
+        return out
+
     def segment_spaces(self) -> list[SearchSpace | None]:
         """The canonical space of each segment (``None`` when only external steering knows it)."""
         names = self.segment_names
@@ -188,6 +252,12 @@ class TaskSpec(BaseModel):
                     raise ValueError(
                         "searchSpace: a list of search spaces needs segments (segmentSpecFile)"
                     )
+                if raw and not any(isinstance(x, dict) and "search_space" in x for x in raw):
+                    # a plain list of spaces, one per segment in order (panda-client passes it on)
+                    if len(raw) != len(names):
+                        raise ValueError(f"searchSpace: {len(raw)} search spaces for {len(names)} segments; "
+                                         "give one per segment, or one space for all")
+                    return [parse_search_space(x) for x in raw]
                 items = [SegmentSearchSpace.model_validate(x) for x in raw]
                 by_id = {str(i.model_id): i.search_space for i in items}
                 # model_id is the segment's 0-based position (upstream) or its name
@@ -205,6 +275,41 @@ class TaskSpec(BaseModel):
             return [space] * len(names)
         except SearchSpaceError as e:
             raise ValueError(f"searchSpace: {e}") from None
+
+
+def _path_of(entry: str) -> str:
+    """An entry's path: a URL without its scheme and host, a path as it is."""
+    if "://" in entry:
+        rest = entry.split("://", 1)[1]
+        return rest.split("/", 1)[1] if "/" in rest else ""
+    return entry
+
+
+def _entry_names(entry: str) -> list[str]:
+    """The names a segment may give a training entry: the entry itself, and each trailing part
+    of its path (``a/b/file.tar`` is ``file.tar``, ``b/file.tar``, ...)."""
+    parts = [x for x in _path_of(entry).split("/") if x]
+    names = {entry.strip("/")}
+    names.update("/".join(parts[i:]) for i in range(len(parts)))
+    return sorted(names)
+
+
+def _in_dataset(entries: list[str], dataset: str) -> list[str]:
+    """The entries that lie in the dataset (a directory of theirs, by name or by path)."""
+    d = dataset.strip("/")
+    hits = []
+    for e in entries:
+        parts = [x for x in _path_of(e).split("/") if x]
+        dirs = parts[:-1]
+        if e.strip("/") == d or any("/".join(dirs[i:j]) == d for i in range(len(dirs))
+                                    for j in range(i + 1, len(dirs) + 1)):
+            hits.append(e)
+    return hits
+
+
+def _some(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... {len(items) - n} more" if len(items) > n else "") if items else "empty"
 
 
 class TaskCounts(BaseModel):
@@ -232,3 +337,8 @@ class Task(BaseModel):
     counts: TaskCounts = Field(default_factory=TaskCounts)
     n_segments: int = 1
     best_loss: float | list[float] | None = None
+    waiting_for: str | None = Field(
+        default=None,
+        description="why a running task makes no progress: the requirement (site, architecture, container "
+        "runtime) that none of the agents seen lately meets; null when nothing is known to block it",
+    )

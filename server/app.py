@@ -50,7 +50,6 @@ def build_context(settings: Settings) -> AppContext:
 
         ctx.mlflow = MlflowBridge(db, settings.mlflow_uri, interval=settings.mlflow_interval, store=store)
         broker.mlflow = ctx.mlflow
-        ctx.mlflow.on_runs = broker.work.notify
     return ctx
 
 

@@ -2,15 +2,20 @@
 
 The server never runs a user's steering command: it writes the ``%IN`` content with
 :func:`build_steering_input` into a steering job, an agent runs the command (placeholders
-substituted by :func:`phpo.schemas.upstream.substitute_tokens`), and the server checks the
+substituted by :func:`phpo.schemas.upstream.substitute_placeholders`), and the server checks the
 ``%OUT`` content with :func:`parse_steering_output` before storing a single point.
 
-Failed points: upstream has no "failed" marker, only a loss or ``null`` (not evaluated). A point
-whose every attempt failed is given the task's ``penaltyLoss`` when one is set (upstream's
-own behaviour, switched on explicitly); otherwise it is listed with ``null``. It stays in the
-list so that the steering knows it was tried (a grid does not propose it again); ``null`` is the
-truth, as it has no loss, and it is never turned into a made-up number. Cancelled points (never
-evaluated because their task ended) are listed with ``null`` as well.
+Failed points: upstream has no "failed" marker, only a loss or ``null``, and ``null`` means
+"not evaluated yet", i.e. pending. A point whose every attempt failed must therefore never be
+``null``: steering tools that subtract the pending points from ``%NUM_POINTS`` (hpogrid does)
+would answer ``[]`` and end the search. It is given what iDDS gives it: the task's
+``penaltyLoss`` when one is set, else upstream's ``1e5`` (:data:`UPSTREAM_FAILED_LOSS`). This
+number exists only in the steering's input file: the point itself stays ``failed`` without a
+loss, and built-in optimizers are told it failed. Cancelled points (never evaluated because
+their segment ended) are listed with ``null``.
+
+Numbers keep their JSON type: a loss is a float (``0.0`` is written ``0.0``, as iDDS stores
+``float(loss)``), parameters are written as the steering proposed them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from phpo.schemas.search_space import SearchSpace
+from phpo.schemas.upstream import UPSTREAM_FAILED_LOSS
 
 _EVALUATED = "evaluated"
 _FAILED = "failed"
@@ -41,15 +47,19 @@ def _state(point: Any) -> str | None:
 
 
 def _loss_of(point: Any, penalty_loss: float | None) -> Any:
-    """The loss upstream sees: the real one (``0.0`` included), the penalty for a failed point
-    when the task sets one, else ``None``."""
+    """The loss upstream sees: the real one as a float (``0.0`` included), for a failed point the
+    task's penalty or iDDS's ``1e5``, else ``None`` (not evaluated yet)."""
     state = _state(point)
     loss = _field(point, "loss")
     if state == _FAILED:
-        return penalty_loss
+        return float(penalty_loss) if penalty_loss is not None else UPSTREAM_FAILED_LOSS
     if state not in (None, _EVALUATED):
         return None  # ready / leased / cancelled: not evaluated
-    return loss
+    if isinstance(loss, bool) or loss is None:
+        return loss
+    if isinstance(loss, (int, float)):
+        return float(loss)
+    return [float(x) for x in loss]  # multi-objective
 
 
 def build_steering_input(

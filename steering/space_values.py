@@ -103,7 +103,13 @@ def finite_values(p: Any) -> list[Any] | None:
     if isinstance(p, FixedParam):
         return [copy.deepcopy(p.value)]
     if isinstance(p, CategoricalParam):
-        return [copy.deepcopy(c) for c in p.choices]
+        # distinct values, first-listed order: a value listed twice weights sampling, but a
+        # grid visits it once and a parameter with one distinct value is a constant
+        distinct: list[Any] = []
+        for c in p.choices:
+            if not any(type(c) is type(d) and c == d for d in distinct):
+                distinct.append(c)
+        return [copy.deepcopy(c) for c in distinct]
     if isinstance(p, IntParam):
         return list(range(p.low, int_high(p) + 1, p.step))
     if isinstance(p, FloatParam):

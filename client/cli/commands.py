@@ -25,7 +25,7 @@ from phpo.schemas.states import task_succeeded
 from ..errors import AuthError, ConfigError, InvalidInput, NotFound, PhpoError, ServerUnreachable
 from ..progress import format_loss, summary_line
 from ..sandbox import check_size, pack, plan_sandbox
-from .upstream import CliError, build_spec, collect_options, dump_options, write_dump
+from .upstream import CliError, build_spec, collect_options, dump_options, submission_notes, write_dump
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_NOTHING, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_SERVER = 4, 5, 6, 7
@@ -102,6 +102,8 @@ def cmd_submit(args: argparse.Namespace, make_client) -> int:
     dump_path = options.get("dumpJson")
     try:
         spec = build_spec(options, warn=lambda m: err.print(f"[yellow]warning:[/] {m}"))
+        for note in submission_notes(spec, options):
+            err.print(note, markup=False, highlight=False)
         plan = plan_sandbox(os.getcwd(), _sandbox_files(options.get("sandboxFiles")))
         if options.get("noSubmit"):
             check_size(plan)  # the size cap is checked even when nothing is sent
@@ -273,6 +275,8 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
     ]
     if task.message:
         lines.append(f"message: {task.message}")
+    if task.waiting_for:
+        lines.append(f"[yellow]waiting for an agent:[/] {escape(task.waiting_for)}")
     for line in lines:
         con.print(line)
     if segments:

@@ -34,7 +34,7 @@ COMMANDS: dict[str, str] = {
     "wait": "follow a task live until it ends; exit 0 when it finished with evaluated points",
     "run-local": "run the payload once here, on a sample point, as an agent would (before submitting)",
     "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
-    "dashboard": "the MLflow experiment URL of a task (--open: open it)",
+    "dashboard": "the MLflow runs table of a task, best points first (--open: open it, --json: as an object)",
     "up": "run the embedded stack (server on SQLite + one local agent + MLflow) until Ctrl-C (--detach)",
     "down": "stop the embedded stack `phpo up --detach` (or another shell's phpo up) started",
     "demo": "run a real HPO on the embedded stack and show the result",

@@ -23,6 +23,8 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import tomli_w
@@ -608,8 +610,51 @@ def mlflow_url(given: str | None) -> str | None:
     return url.rstrip("/") if url else None
 
 
+VIEW_KEY = "phpo"  # the shared view phpo keeps in each task's experiment (tag mlflow.sharedViewState.phpo)
+
+
+def runs_view(url: str, experiment_id: str, directions: list[str] | None, segmented: bool) -> str:
+    """The link to the experiment's runs table, best points first, with the loss and the
+    parameters as columns. Sorting fits in the URL (``orderByKey``/``orderByAsc``); the columns
+    do not: the MLflow UI takes them from a shared view, an experiment tag
+    ``mlflow.sharedViewState.<key>`` holding the page state as JSON and opened with
+    ``?viewStateShareKey=<key>``. The view is rewritten at every call (new params show up);
+    where it cannot be written (an MLflow that refuses it), the link sorts only. Segmented tasks:
+    the point runs only (not the segments' parent runs, which have no loss), with the segment as
+    a column."""
+    api = f"{url}/api/2.0/mlflow"
+    asc = (directions or ["minimize"])[0] != "maximize"
+    order = {"orderByKey": "metrics.`loss`", "orderByAsc": asc}
+    base = f"{url}/#/experiments/{experiment_id}/runs"
+    point_runs = "tags.`phpo.point_id` LIKE '%'"
+    try:
+        found = httpx.post(f"{api}/runs/search", timeout=10, json={
+            "experiment_ids": [experiment_id], "filter": point_runs, "max_results": 200})
+        runs = found.json().get("runs", []) if found.status_code == 200 else []
+        params: dict[str, None] = {}
+        losses: dict[str, None] = {"loss": None}
+        for run in runs:
+            for p in run.get("data", {}).get("params", []):
+                params.setdefault(p["key"])
+            for m in run.get("data", {}).get("metrics", []):
+                if m["key"].startswith("loss_"):
+                    losses.setdefault(m["key"])
+        columns = [f"metrics.`{k}`" for k in losses] + [f"params.`{k}`" for k in sorted(params)[:50]]
+        state: dict[str, Any] = {**order, "selectedColumns": columns}
+        if segmented:
+            state["searchFilter"] = point_runs
+            state["selectedColumns"] = ["tags.`phpo.segment`", *columns]
+        put = httpx.post(f"{api}/experiments/set-experiment-tag", timeout=10, json={
+            "experiment_id": experiment_id, "key": f"mlflow.sharedViewState.{VIEW_KEY}", "value": json.dumps(state)})
+        if put.status_code == 200:
+            return f"{base}?viewStateShareKey={VIEW_KEY}"
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        pass
+    return f"{base}?{urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in order.items()})}"
+
+
 def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
-    """``phpo dashboard ID``: the MLflow experiment URL of task ID (named after its outDS)."""
+    """``phpo dashboard ID``: the MLflow runs table of task ID (its experiment is named after its outDS)."""
     url = mlflow_url(args.mlflow_uri)
     if not url or not url.startswith(("http://", "https://")):
         raise CliError("no MLflow tracking server known: start the stack with `phpo up`, or give "
@@ -627,7 +672,8 @@ def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
                        "task's first point)", code=4)  # nothing to show yet
     # the runs table: MLflow 3's default experiment page is the GenAI overview, which lists no runs
     experiment_id = r.json()["experiment"]["experiment_id"]
-    link = f"{url}/#/experiments/{experiment_id}/runs"
+    link = runs_view(url, experiment_id, getattr(task.spec, "directions", None),
+                     bool(getattr(task.spec, "segments", None)))
     if getattr(args, "json", False):  # one object, like every other --json
         from .commands import print_json
 

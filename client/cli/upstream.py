@@ -12,6 +12,7 @@ import argparse
 import difflib
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from phpo.schemas import TaskSpec
+from phpo.schemas.upstream import STEERING_IN, steering_command_line, steering_form
 
 from ..client import spec_error
 from ..errors import InvalidInput
@@ -42,6 +44,7 @@ class Opt:
     metavar: str | None
     help: str
     group: str = "upstream"
+    help_group: str = "config"  # panda-client's --helpGroup group (phpo extensions: "phpo")
 
 
 OPTIONS: tuple[Opt, ...] = (
@@ -50,8 +53,9 @@ OPTIONS: tuple[Opt, ...] = (
         "str",
         "FILE",
         "read options from a flat JSON object with the same names without dashes, e.g. "
-        '{"nParallelEvaluation": 4}; unknown keys are an error; a value given on the command line '
-        "wins over the JSON file",
+        '{"nParallelEvaluation": 4}; keys phpo does not use (such as those panda-client\'s own '
+        "--dumpJson writes) are named in one warning and ignored, null means the default; a value "
+        "given on the command line wins over the JSON file",
     ),
     Opt(
         "dumpJson",
@@ -80,16 +84,19 @@ OPTIONS: tuple[Opt, ...] = (
         "minUnevaluatedPoints",
         "int",
         "N",
-        "a new steering iteration starts when fewer unevaluated points remain (default: keep every "
-        "evaluation slot busy)",
+        "a new steering iteration starts when at most N points are unevaluated (default with a "
+        "steering command: 0, as upstream: only when no point is waiting or running; with a built-in "
+        "optimizer: keep every evaluation slot busy)",
     ),
     Opt("steeringContainer", "str", "IMAGE", "image the steering command runs in"),
     Opt(
         "steeringExec",
         "str",
         "STR",
-        "steering command; placeholders %%IN, %%OUT, %%NUM_POINTS, %%MAX_POINTS "
-        "(implies --optimizer external)",
+        "steering command; placeholders %%IN, %%OUT, %%NUM_POINTS, %%MAX_POINTS, replaced anywhere "
+        "in the string. Without --steeringContainer a string starting with 'run' is docker's "
+        "arguments, as upstream ('run --rm -v \"$(pwd)\":/X IMAGE CMD...'); anything else runs as a "
+        "shell command on the agent (implies --optimizer external)",
     ),
     Opt(
         "searchSpaceFile",
@@ -144,22 +151,43 @@ OPTIONS: tuple[Opt, ...] = (
         "SPEC",
         "CPU/GPU requirement, e.g. '#x86_64-*-avx2&nvidia', '#&nvidia:vram>=40960'",
     ),
-    Opt("segmentSpecFile", "str", "FILE", "segmented HPO: a JSON list of {name, files}, one per segment"),
+    Opt(
+        "segmentSpecFile",
+        "str",
+        "FILE",
+        "segmented HPO: a JSON list of {name, files} or {name, datasets}, the names being files "
+        "(or constituent directories) of --trainingDS",
+    ),
     Opt(
         "trainingDS",
         "str",
         "NAME",
         "training data: a directory, a glob, or a comma-separated list of files/URLs",
+        help_group="input",
     ),
-    Opt("outDS", "str", "NAME", "task name; outputs and logs are grouped under it"),
-    Opt("site", "str", "SITES", "comma-separated sites allowed to run the evaluations"),
-    Opt("noSubmit", "flag", None, "validate and print what would be submitted; submit nothing"),
+    Opt("outDS", "str", "NAME", "task name; outputs and logs are grouped under it", help_group="output"),
+    Opt(
+        "site",
+        "str",
+        "SITES",
+        "comma-separated sites allowed to run the evaluations (never the steering)",
+        help_group="submit",
+    ),
+    Opt(
+        "noSubmit",
+        "flag",
+        None,
+        "validate and print what would be submitted, and the steering command as it will run for the "
+        "first iteration; submit nothing",
+        help_group="submit",
+    ),
     # --- phpo extensions ---
     Opt(
         "optimizer",
         "str",
         "NAME",
         "built-in optimizer instead of a steering command (default optuna.tpe; e.g. skopt.gp, random, grid)",
+        "phpo",
         "phpo",
     ),
     Opt(
@@ -168,6 +196,7 @@ OPTIONS: tuple[Opt, ...] = (
         "JSON",
         "options of the optimizer as a JSON object, e.g. '{\"seed\": 1}'",
         "phpo",
+        "phpo",
     ),
     Opt(
         "directions",
@@ -175,9 +204,10 @@ OPTIONS: tuple[Opt, ...] = (
         "LIST",
         "comma-separated minimize/maximize, one per objective (default minimize)",
         "phpo",
+        "phpo",
     ),
-    Opt("maxAttempts", "int", "N", "tries per point before it is recorded as failed (default 3)", "phpo"),
-    Opt("evaluationTimeout", "float", "SECONDS", "wall-clock limit of one payload run", "phpo"),
+    Opt("maxAttempts", "int", "N", "tries per point before it is recorded as failed (default 3)", "phpo", "phpo"),
+    Opt("evaluationTimeout", "float", "SECONDS", "wall-clock limit of one payload run", "phpo", "phpo"),
     Opt(
         "sandboxFiles",
         "str",
@@ -190,14 +220,54 @@ OPTIONS: tuple[Opt, ...] = (
         "penaltyLoss",
         "float",
         "LOSS",
-        "upstream-compatible: give failed points this loss (default: failed points have none)",
+        "the loss a steering command is shown for a point that failed every attempt (default 1e5, as "
+        "iDDS; the point itself stays failed, without a loss)",
+        "phpo",
         "phpo",
     ),
 )
 
+@dataclass(frozen=True)
+class UpstreamOnly:
+    """An upstream option phpo accepts without giving it a meaning of its own."""
+
+    flags: tuple[str, ...]
+    dest: str  # the key panda-client uses for it (in --loadJson and --dumpJson files)
+    metavar: str | None  # None: a flag
+    help: str
+    help_group: str
+
+
+UPSTREAM_ONLY: tuple[UpstreamOnly, ...] = (
+    UpstreamOnly(("-v",), "verbose", None, "verbose: print the task, the sandbox and the steering command", "config"),
+    UpstreamOnly(("--official",), "official", None, "produce an official dataset (no effect in phpo)", "output"),
+    UpstreamOnly(("--workingGroup",), "workingGroup", "GROUP", "working group (no effect in phpo)", "submit"),
+    UpstreamOnly(("-3",), "python3", None, "use python3 (no effect in phpo: it always is)", "submit"),
+    UpstreamOnly(("--voms",), "vomsRoles", "ROLES", "grid proxy roles (no effect in phpo: tokens)", "submit"),
+    UpstreamOnly(("--noEmail",), "noEmail", None, "no email notification (no effect in phpo)", "submit"),
+    UpstreamOnly(("--intrSrv",), "intrSrv", None, "developers' server (no effect in phpo)", "expert"),
+    UpstreamOnly(
+        ("--alrbArgs",), "alrbArgs", "ARGS", "ALRB arguments for the evaluation container (no effect in phpo)",
+        "config",
+    ),
+)
+UPSTREAM_ONLY_BY_DEST = {u.dest: u for u in UPSTREAM_ONLY}
+# options of panda-client that a --dumpJson file holds and that mean nothing when read back
+DUMPED_CLI_OPTIONS = {"helpGroup", "help", "version", "loadJson"}
+# the outcome of the submission that a --dumpJson file records
+DUMP_OUTCOME = ("returnCode", "returnOut", "jediTaskID", "taskID")
+HELP_GROUPS = {
+    "input": "input dataset(s)/files/format",
+    "output": "output dataset/files",
+    "config": "single configuration file to set multiple options",
+    "submit": "job submission/site/retry",
+    "expert": "for experts/developers only",
+    "phpo": "phpo's own options (extensions)",
+}
+
 BY_NAME = {o.name: o for o in OPTIONS}
 # options that steer the command line itself rather than the task
-CLI_ONLY = {"loadJson", "dumpJson", "noSubmit", "sandboxFiles"}
+CLI_ONLY = {"loadJson", "dumpJson", "noSubmit", "verbose", "sandboxFiles"}
 JSON_KEYS = set(BY_NAME) - {"loadJson"}
 
 _ARG_TYPES: dict[str, Callable[[str], Any]] = {
@@ -210,9 +280,43 @@ _ARG_TYPES: dict[str, Callable[[str], Any]] = {
 }
 
 
+def help_group_text(group: str) -> str:
+    """What ``--helpGroup GROUP`` prints: the options of one of panda-client's groups (``ALL``:
+    every group), named and explained as in ``--help``."""
+    wanted = [g for g in HELP_GROUPS if group.lower() in (g, "all")]
+    if not wanted:
+        raise CliError(f"--helpGroup: unknown group {group!r}; use one of "
+                       f"{', '.join(g.upper() for g in HELP_GROUPS)} or ALL")
+    lines: list[str] = []
+    for g in wanted:
+        lines.append(f"{g.upper()}: {HELP_GROUPS[g]}")
+        rows = [(f"--{o.name}" + (f" {o.metavar}" if o.metavar else ""), o.help.replace("%%", "%"))
+                for o in OPTIONS if o.help_group == g]
+        rows += [(", ".join(u.flags) + (f" {u.metavar}" if u.metavar else ""), u.help)
+                 for u in UPSTREAM_ONLY if u.help_group == g]
+        if g == "config":
+            rows.append(("--version", "print phpo's version"))
+            rows.append(("--helpGroup GROUP", "print the options of one group (INPUT, OUTPUT, CONFIG, SUBMIT, "
+                                              "EXPERT, PHPO) or ALL"))
+        for flag, text in rows:
+            lines.append(f"  {flag}\n      {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+class _HelpGroup(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            print(help_group_text(str(values)))
+        except CliError as e:
+            parser.exit(2, f"error: {e}\n")
+        parser.exit(0)
+
+
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
     """Every option of :data:`OPTIONS`, with ``default=SUPPRESS`` so that only what the user
-    typed appears in the namespace (that is how the command line wins over ``--loadJson``)."""
+    typed appears in the namespace (that is how the command line wins over ``--loadJson``),
+    and upstream's options that phpo accepts without effect (:data:`UPSTREAM_ONLY`)."""
     groups = {
         "upstream": parser.add_argument_group(
             "upstream options (PanDA phpo; docs/compatibility.md)",
@@ -233,10 +337,24 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
                 default=argparse.SUPPRESS,
                 help=o.help,
             )
+    g = parser.add_argument_group(
+        "upstream options without effect in phpo",
+        "Accepted so that upstream command lines and --loadJson files work unchanged; named in one notice.",
+    )
+    g.add_argument("--helpGroup", metavar="GROUP", action=_HelpGroup,
+                   help="print the options of one group (INPUT, OUTPUT, CONFIG, SUBMIT, EXPERT, PHPO) or ALL")
+    for u in UPSTREAM_ONLY:
+        if u.metavar is None:
+            g.add_argument(*u.flags, dest=u.dest, action="store_true", default=argparse.SUPPRESS, help=u.help)
+        else:
+            g.add_argument(*u.flags, dest=u.dest, metavar=u.metavar, default=argparse.SUPPRESS, help=u.help)
 
 
-def load_json_options(path: str | Path) -> dict[str, Any]:
-    """The flat JSON object of ``--loadJson``; unknown keys are an error naming each of them."""
+def load_json_options(path: str | Path, warn: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """The flat JSON object of ``--loadJson``: the options phpo knows. ``null`` is the default (as
+    panda-client's ``--dumpJson`` writes unset options); upstream options without effect in phpo
+    are kept under their key for :func:`collect_options`'s notice; any other key is named in one
+    warning and ignored, as panda-client does, with a hint where it looks like a typo."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -246,24 +364,43 @@ def load_json_options(path: str | Path) -> dict[str, Any]:
         raise CliError(f"--loadJson: '{p}' is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise CliError(f"--loadJson: '{p}' must hold a JSON object of options, not a {type(data).__name__}")
-    unknown = [k for k in data if k not in JSON_KEYS]
+    out: dict[str, Any] = {}
+    unknown: list[str] = []
+    for k, v in data.items():
+        if k in JSON_KEYS or k in UPSTREAM_ONLY_BY_DEST:
+            if v is not None and not (v is False and (k in UPSTREAM_ONLY_BY_DEST or BY_NAME[k].kind == "flag")):
+                out[k] = v
+        elif k not in DUMPED_CLI_OPTIONS:
+            unknown.append(k)
     if unknown:
         hints = []
         for k in unknown:
-            close = difflib.get_close_matches(k, sorted(JSON_KEYS), n=1)
+            close = difflib.get_close_matches(k, sorted(JSON_KEYS), n=1) if k not in DUMP_OUTCOME else []
             hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        raise CliError(f"--loadJson {p}: unknown option{'s' if len(unknown) > 1 else ''} " + ", ".join(hints))
-    return data
+        outcome = " (the outcome of an earlier submission)" if set(unknown) <= set(DUMP_OUTCOME) else ""
+        warn(f"--loadJson {p}: ignored {len(unknown)} key{'s' if len(unknown) > 1 else ''} that "
+             f"{'are' if len(unknown) > 1 else 'is'} not an option{outcome}: " + ", ".join(hints))
+    return out
 
 
-def collect_options(ns: argparse.Namespace) -> dict[str, Any]:
-    """The effective options: the ``--loadJson`` file, overridden by the command line."""
-    cli = {k: v for k, v in vars(ns).items() if k in BY_NAME}
+def _stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def collect_options(ns: argparse.Namespace, warn: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """The effective options: the ``--loadJson`` file, overridden by the command line. Upstream
+    options without effect in phpo are named in one notice and left out (``verbose`` is kept)."""
+    given = vars(ns)
+    cli = {k: v for k, v in given.items() if k in BY_NAME or k in UPSTREAM_ONLY_BY_DEST}
     merged: dict[str, Any] = {}
     if cli.get("loadJson"):
-        merged.update(load_json_options(cli["loadJson"]))
+        merged.update(load_json_options(cli["loadJson"], warn))
     merged.update(cli)
-    return merged
+    no_effect = [k for k in UPSTREAM_ONLY_BY_DEST if k in merged and k != "verbose"]
+    if no_effect:
+        names = ", ".join(UPSTREAM_ONLY_BY_DEST[k].flags[0] for k in no_effect)
+        warn(f"accepted without effect in phpo (upstream grid options): {names}")
+    return {k: v for k, v in merged.items() if k in BY_NAME or k == "verbose"}
 
 
 def resolve_training_ds(value: str | list[str], base: Path, warn: Callable[[str], None]) -> list[str]:
@@ -332,3 +469,24 @@ def write_dump(path: str | Path, content: dict[str, Any]) -> None:
         p.write_text(json.dumps(content, indent=2, default=str) + "\n")
     except OSError as e:
         raise CliError(f"--dumpJson: cannot write '{p}': {e.strerror or e}", code=1) from None
+
+
+def submission_notes(spec: TaskSpec, options: dict[str, Any]) -> list[str]:
+    """Lines for stderr before a submission: with ``--noSubmit`` or ``-v``, the steering command
+    exactly as the agent will run it for the first iteration (placeholders filled in, the docker
+    forms as the ``docker`` command they stand for); with ``-v`` also the task as sent."""
+    if not (options.get("noSubmit") or options.get("verbose")):
+        return []
+    notes: list[str] = []
+    if spec.steeringExec:
+        n = min(spec.nPointsPerIteration, spec.maxPoints)
+        line = steering_command_line(spec.steeringExec, spec.steeringContainer, n, spec.total_max_points)
+        form = steering_form(spec.steeringExec, spec.steeringContainer)
+        where = {"shell": "a shell command on the agent",
+                 "docker-args": "docker's arguments, run with the agent's container runtime",
+                 "container": f"in the container {spec.steeringContainer}, run with the agent's container runtime"}
+        notes.append(f"steering ({where[form]}), first iteration, in its working directory holding "
+                     f"{STEERING_IN}: {line}")
+    if options.get("verbose"):
+        notes.append("task: " + json.dumps(spec.model_dump(mode="json", exclude_unset=True), default=str))
+    return notes

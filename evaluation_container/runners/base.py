@@ -38,6 +38,15 @@ class RunSpec:
     image: str | None = None
     gpus: list[int] | None = None  # None: leave the GPUs as the agent sees them
     network: str = "none"
+    # a container run as ``docker run`` would start it (the docker-style steering command):
+    # ``argv`` is the command after the image (None: ``/bin/sh -c command``), ``entrypoint``
+    # replaces the image's, ``mounts`` (host path -> container path, read-write) replace the
+    # working directory's mount at /srv/workDir, ``container_workdir`` is the container's working
+    # directory (None: the image's), and the root filesystem is writable as docker's default
+    argv: list[str] | None = None
+    entrypoint: list[str] | None = None
+    mounts: dict[str, str] | None = None
+    container_workdir: str | None = None
 
 
 CONTAINER_WORKDIR = "/srv/workDir"

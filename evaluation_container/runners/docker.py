@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from phpo.schemas.upstream import container_image
+
 from .base import CONTAINER_WORKDIR, Executor, ExecutorError, RunHandle, RunSpec
 
 log = logging.getLogger("phpo.agent.docker")
@@ -41,8 +43,10 @@ def container_kwargs(spec: RunSpec, *, labels: dict[str, str] | None = None) -> 
         raise ExecutorError("the container executor needs an image (evaluationContainer)", retryable=False)
     if spec.network not in ("none", "host"):
         raise ExecutorError(f"container network must be 'none' or 'host', got {spec.network!r}")
+    if spec.argv is not None:
+        return _docker_run_kwargs(spec, labels)
     kw: dict[str, Any] = {
-        "image": spec.image,
+        "image": container_image(spec.image),
         "entrypoint": ["/bin/sh", "-c"],
         "command": [spec.command],
         "working_dir": CONTAINER_WORKDIR,
@@ -60,6 +64,27 @@ def container_kwargs(spec: RunSpec, *, labels: dict[str, str] | None = None) -> 
         kw["device_requests"] = [
             docker.types.DeviceRequest(device_ids=[str(g) for g in spec.gpus], capabilities=[["gpu"]])
         ]
+    return kw
+
+
+def _docker_run_kwargs(spec: RunSpec, labels: dict[str, str] | None) -> dict[str, Any]:
+    """A container as ``docker run [-v SRC:DST] [-w DIR] [--entrypoint E] IMAGE ARGV...`` starts
+    it: the image's entrypoint and working directory unless given, a writable container layer
+    (removed with the container), only the mounts given."""
+    kw: dict[str, Any] = {
+        "image": container_image(spec.image or ""),
+        "command": list(spec.argv or []),
+        "volumes": {str(Path(h).resolve()): {"bind": c, "mode": "rw"} for h, c in (spec.mounts or {}).items()},
+        "environment": container_env(spec),
+        "tmpfs": {"/tmp": "rw,exec"},
+        "network_mode": spec.network,
+        "detach": True,
+        "labels": {"phpo": "steering", **(labels or {})},
+    }
+    if spec.entrypoint is not None:
+        kw["entrypoint"] = spec.entrypoint
+    if spec.container_workdir:
+        kw["working_dir"] = spec.container_workdir
     return kw
 
 

@@ -8,10 +8,12 @@ the segments named since the last pass are read, so a result costs O(1) segments
 and the reaper ask for a full pass. A pass reads, for each segment it covers, how many points
 are ready/leased/evaluated/failed, and:
 
-- refills: by default when ``ready + leased < nParallelEvaluation`` (asking for the deficit,
-  at most ``nPointsPerIteration``); with an explicit ``minUnevaluatedPoints`` m, upstream's
-  meaning: a new iteration starts when ``ready + leased <= m`` (so upstream's 0 waits for the
-  slowest point), asking ``nPointsPerIteration``. Never beyond ``maxPoints`` generated.
+- refills: for a built-in optimizer by default when ``ready + leased < nParallelEvaluation``
+  (asking for the deficit, at most ``nPointsPerIteration``); with ``minUnevaluatedPoints`` m,
+  upstream's meaning: a new iteration starts when ``ready + leased <= m``, asking
+  ``nPointsPerIteration``. A steering command keeps upstream's default m = 0 (an iteration
+  waits for the slowest point: tools that subtract the pending points need it). Never beyond
+  ``maxPoints`` generated.
 - finishes a segment when ``maxPoints`` points are evaluated or failed, when
   ``maxEvaluationJobs`` jobs were used (once its running jobs ended; its ready points are
   cancelled), or when the optimizer returned no points (search exhausted);
@@ -317,11 +319,12 @@ class HpoManager:
                 plan.finish = f"maxPoints ({spec.maxPoints}) generated and done"
         else:
             room = spec.maxPoints - seg.n_generated
-            if spec.minUnevaluatedPoints is None:
+            min_unevaluated = spec.min_unevaluated_points  # upstream's 0 for a steering command
+            if min_unevaluated is None:
                 deficit = spec.nParallelEvaluation - in_flight
                 if deficit > 0:
                     plan.n = min(deficit, spec.nPointsPerIteration, room)
-            elif in_flight <= spec.minUnevaluatedPoints:
+            elif in_flight <= min_unevaluated:
                 plan.n = min(spec.nPointsPerIteration, room)
         return plan
 
@@ -598,8 +601,9 @@ class HpoManager:
                                       requested=n, produced=0, started_at=now)
             s.add(it)
             s.flush()
+            # %MAX_POINTS is the whole task's budget (panda-client: maxPoints x segments)
             payload = {"container": spec.steeringContainer, "exec": spec.steeringExec, "input": data,
-                       "num_points": n, "max_points": spec.maxPoints,
+                       "num_points": n, "max_points": spec.total_max_points,
                        "sandbox_artifact": int(spec.sandbox) if spec.sandbox else None}
             job = JobRow(kind="steering", task_id=task_id, segment_idx=None if segmented else 0, state="queued",
                          point_ids=[], results={}, payload=payload, iteration_id=it.id, created_at=now)

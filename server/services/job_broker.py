@@ -16,14 +16,16 @@ Fairness: candidate segments are served round-robin: the segment that was served
 ago (``last_acquired_at``, never-served first) goes first, so one big task cannot starve the
 others. Within a segment, points go out in serial order.
 
-``%SEGMENT_NAME`` in ``evaluationExec`` is substituted here, on the server, as a whole token
-(:func:`phpo.schemas.upstream.substitute_tokens`), so the agent runs ``evaluation.exec`` as is.
+``%SEGMENT_NAME`` in ``evaluationExec`` is substituted here, on the server, as plain text as
+upstream does (:func:`phpo.schemas.upstream.substitute_placeholders`), so the agent runs
+``evaluation.exec`` as is.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +33,7 @@ from typing import Any, Protocol
 
 from phpo.schemas.jobs import (
     AcquireRequest,
+    AgentResources,
     CompleteRequest,
     EvaluationSettings,
     FailRequest,
@@ -45,13 +48,13 @@ from phpo.schemas.jobs import (
 )
 from phpo.schemas.states import check_transition
 from phpo.schemas.tasks import TaskSpec
-from phpo.schemas.upstream import substitute_tokens
+from phpo.schemas.upstream import needs_container_runtime, substitute_placeholders
 from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.orm import Session, defer
 
 from ..auth.identity import Caller
 from ..db.engine import Database, aware, utcnow
-from ..db.tables import JobRow, MlflowRunRow, PointRow, SegmentRow, TaskRow
+from ..db.tables import JobRow, PointRow, SegmentRow, TaskRow
 from ..errors import InvalidInput, LeaseLost, NotFound
 from ..orchestration.transitions import set_state
 from ..settings import Settings
@@ -84,9 +87,34 @@ class TaskInfo:
     per_job: int
     max_attempts: int
     n_objectives: int
+    eval_needs_runtime: bool = False  # evaluationContainer given
+    steer_needs_runtime: bool = False  # a steering command run in a container
 
     def site_ok(self, site: str) -> bool:
         return self.sites is None or site in self.sites
+
+    def can_evaluate(self, site: str, resources: AgentResources) -> bool:
+        """Whether an agent at ``site`` with ``resources`` can run this task's evaluations."""
+        return (self.site_ok(site) and self.requirement.matches(resources)
+                and (not self.eval_needs_runtime or bool(resources.container_runtimes)))
+
+    def can_steer(self, resources: AgentResources) -> bool:
+        """Whether an agent can run this task's steering command: ``--site`` never applies (upstream
+        runs the steering centrally, not at a grid site), nor does ``--architecture``."""
+        return not self.steer_needs_runtime or bool(resources.container_runtimes)
+
+
+SEEN_WINDOW_S = 90.0  # an agent that acquired within this long counts as connected
+
+
+@dataclass(frozen=True)
+class SeenAgent:
+    """What an agent said in its last acquire (kept in memory by the broker of this server)."""
+
+    at: float
+    site: str
+    resources: AgentResources
+    kinds: tuple[JobKind, ...]
 
 
 class JobBroker:
@@ -96,11 +124,14 @@ class JobBroker:
         self.settings = settings
         self.on_change = on_change
         self.steering: SteeringHandler | None = None
-        self.mlflow: Any = None  # MlflowBridge when --mlflow-uri is set (only its table is read here)
+        # MlflowBridge when --mlflow-uri is set; only its table is read here, and a point never
+        # waits for its run: the payload logs into its own working directory, the bridge imports it
+        self.mlflow: Any = None
         self.work = WorkSignal()  # wakes long-polling acquires (see work_signal.py)
         self._tl = threading.local()  # .ready: points this thread's transaction made ready again
         self._infos: dict[int, TaskInfo] = {}
         self._infos_lock = threading.Lock()
+        self._seen: dict[str, SeenAgent] = {}  # agent name -> its last acquire (see unmet_requirement)
 
     # ---------------------------------------------------------------- helpers
 
@@ -114,7 +145,9 @@ class JobBroker:
         ts = TaskSpec.model_validate(spec)
         got = TaskInfo(spec=ts, sites=parse_sites(ts.site), requirement=parse_architecture(ts.architecture),
                        max_jobs=ts.max_evaluation_jobs, per_job=ts.maxPointsPerEvaluationJob,
-                       max_attempts=ts.maxAttempts, n_objectives=ts.n_objectives)
+                       max_attempts=ts.maxAttempts, n_objectives=ts.n_objectives,
+                       eval_needs_runtime=bool(ts.evaluationContainer),
+                       steer_needs_runtime=needs_container_runtime(ts.steeringExec, ts.steeringContainer))
         with self._infos_lock:
             self._infos[task_id] = got
         return got
@@ -160,7 +193,7 @@ class JobBroker:
         spec = info.spec
         exec_ = spec.evaluationExec
         if spec.segments:
-            exec_ = substitute_tokens(exec_, {"%SEGMENT_NAME": seg.name})
+            exec_ = substitute_placeholders(exec_, {"%SEGMENT_NAME": seg.name})
         ckpt = [x.strip() for x in spec.checkPointToSave.split(",") if x.strip()] if spec.checkPointToSave else []
         return EvaluationSettings(
             container=spec.evaluationContainer, exec=exec_, input=spec.evaluationInput,
@@ -174,6 +207,8 @@ class JobBroker:
     # ---------------------------------------------------------------- acquire
 
     def acquire(self, caller: Caller, req: AcquireRequest) -> Job | None:
+        # a plain dict store per acquire (no lock needed: one key, one atomic assignment)
+        self._seen[req.agent] = SeenAgent(time.monotonic(), req.site, req.resources, tuple(req.kinds))
         if JobKind.steering in req.kinds:
             job = self._acquire_steering(caller, req)
             if job is not None:
@@ -195,7 +230,7 @@ class JobBroker:
             if self._pg:
                 stmt = stmt.with_for_update(skip_locked=True, of=JobRow)
             for job in s.execute(stmt).scalars():
-                if not self.info(s, job.task_id).site_ok(req.site):
+                if not self.info(s, job.task_id).can_steer(req.resources):
                     continue
                 set_state(job, "running")
                 job.agent, job.holder, job.site = req.agent, caller.name, req.site
@@ -227,7 +262,7 @@ class JobBroker:
                 ).all()
                 for sid, tid in cands:
                     info = self.info(r, tid)
-                    if info.site_ok(req.site) and info.requirement.matches(req.resources):
+                    if info.can_evaluate(req.site, req.resources):
                         matching.append((sid, info))
                 if matching or len(cands) < CANDIDATE_PAGE:
                     break
@@ -255,9 +290,6 @@ class JobBroker:
                              .where(PointRow.task_id == seg.task_id, PointRow.segment_idx == seg.idx,
                                     PointRow.state == "ready")
                              .order_by(PointRow.serial).limit(info.per_job))
-                    if self.mlflow is not None and self.mlflow.healthy:
-                        # MLflow up: a point goes out once its run exists, so the payload logs into it
-                        pstmt = pstmt.where(exists().where(MlflowRunRow.point_id == PointRow.id))
                     if self._pg:
                         pstmt = pstmt.with_for_update(skip_locked=True)
                     points = list(s.execute(pstmt).all())
@@ -300,6 +332,34 @@ class JobBroker:
             evaluation=self.evaluation_settings(info, seg),
             mlflow_tracking_uri=self.mlflow.uri if self.mlflow is not None else None,
         )
+
+    # ---------------------------------------------------------------- unmet requirements
+
+    def unmet_requirement(self, s: Session, task_id: int, state: str, ready: int, leased: int) -> str | None:
+        """Why a running task waits, when the agents this server has seen lately say so: which
+        of its requirements (site, architecture, container runtime) none of them meets. ``None``
+        when some connected agent could take its work (it may just be busy), or when no work of
+        the task is waiting."""
+        if state != "running":
+            return None
+        now = time.monotonic()
+        seen = [a for a in list(self._seen.values()) if now - a.at <= SEEN_WINDOW_S]
+        info = self.info(s, task_id)
+        steering_waits = info.spec.optimizer_name == "external" and s.execute(
+            select(JobRow.id).where(JobRow.task_id == task_id, JobRow.kind == "steering",
+                                    JobRow.state == "queued").limit(1)).first() is not None
+        evaluation_waits = ready > 0 and leased == 0
+        if not (steering_waits or evaluation_waits):
+            return None
+        if not seen:
+            return (f"no agent has asked this server for work in the last {SEEN_WINDOW_S:.0f} s; start one "
+                    "(phpo agent --server URL --token TOKEN --site SITE)")
+        why = []
+        if steering_waits:
+            why += _unmet_steering(info, seen)
+        if evaluation_waits:
+            why += _unmet_evaluation(info, seen)
+        return "; ".join(why) or None
 
     # ---------------------------------------------------------------- heartbeat
 
@@ -544,3 +604,45 @@ class JobBroker:
             log.info("reaper: %d expired lease(s) taken back", n)
             self._changed()
         return n
+
+
+def _resources_text(a: SeenAgent) -> str:
+    gpus = ", ".join(f"{g.vendor} {g.model or '?'} {g.memory_mb} MB" for g in a.resources.gpus) or "no GPU"
+    runtimes = "/".join(a.resources.container_runtimes) or "no container runtime"
+    return f"{a.resources.arch}, {gpus}, {runtimes}"
+
+
+def _unmet_steering(info: TaskInfo, seen: list[SeenAgent]) -> list[str]:
+    steerers = [a for a in seen if JobKind.steering in a.kinds]
+    if not steerers:
+        return [f"its steering waits: none of the {len(seen)} agent(s) seen takes steering jobs "
+                "(all run with --no-steering)"]
+    if not any(info.can_steer(a.resources) for a in steerers):
+        what = (f"--steeringContainer {info.spec.steeringContainer}" if info.spec.steeringContainer
+                else "a docker-style steeringExec ('run ... IMAGE ...')")
+        return [f"its steering waits: {what} needs a container runtime and none of the {len(steerers)} "
+                "agent(s) seen that take steering jobs has one (start one with --executor podman|docker)"]
+    return []
+
+
+def _unmet_evaluation(info: TaskInfo, seen: list[SeenAgent]) -> list[str]:
+    evaluators = [a for a in seen if JobKind.evaluation in a.kinds]
+    if not evaluators:
+        return [f"its evaluations wait: none of the {len(seen)} agent(s) seen takes evaluation jobs"]
+    if any(info.can_evaluate(a.site, a.resources) for a in evaluators):
+        return []
+    spec = info.spec
+    unmet = []
+    if not any(info.site_ok(a.site) for a in evaluators):
+        sites = ", ".join(sorted({a.site for a in evaluators}))
+        unmet.append(f"--site {spec.site}: no agent is at that site (the {len(evaluators)} agent(s) seen are at "
+                     f"{sites})")
+    if not any(info.requirement.matches(a.resources) for a in evaluators):
+        offers = "; ".join(sorted({_resources_text(a) for a in evaluators}))
+        unmet.append(f"--architecture {spec.architecture}: no agent offers it (seen: {offers})")
+    if info.eval_needs_runtime and not any(a.resources.container_runtimes for a in evaluators):
+        unmet.append(f"--evaluationContainer {spec.evaluationContainer}: no agent has a container runtime "
+                     "(start one with --executor podman|docker)")
+    if not unmet:
+        unmet.append("no single agent meets --site, --architecture and the container runtime together")
+    return ["its evaluations wait: " + "; ".join(unmet)]

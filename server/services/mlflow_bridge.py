@@ -2,13 +2,20 @@
 
 Why a polling background thread: MLflow calls take ~0.1 s each and MLflow may be down, so they
 must stay off the request/job path. The bridge reads the database and writes to MLflow; the
-job path only reads the ``mlflow_runs`` table (the run id handed to the payload).
+job path only reads the ``mlflow_runs`` table (the run id the payload may read, for links) and
+never waits for a run: the payload logs with MLflow into ``./mlruns`` in its working directory,
+the agent ships that store as a metrics artifact, and the bridge imports it (below) once the
+run exists. So a tracking server that starts late or is down loses nothing the payload logged.
 
 Durability (the outbox is the database itself):
 - a point with no ``mlflow_runs`` row still needs its run: the bridge creates the run (tags
   ``phpo.*``, params = the point) and then records the row;
 - a row ``synced='open'`` whose point has ended still needs its final loss/metrics/status;
   the bridge writes them (one ``log_batch`` + ``set_terminated``) and marks it ``done``;
+- the intermediate values of a point (``sdk.report_intermediate``, stored with the agents'
+  heartbeats) are the run's metric ``intermediate``: sent while the point runs and, the rest,
+  with its final result; how many a run has is MLflow's own history (read once per run where
+  this bridge did not write them), so a crash or an outage neither loses nor doubles one;
 - ``synced='error'``: MLflow refused that point (a 4xx, e.g. an invalid value): logged and
   skipped so one bad point cannot stop the bridge for everything else.
 If MLflow is down a pass fails and the next pass retries; nothing is lost because nothing is
@@ -26,8 +33,9 @@ Artifacts (when the bridge has the artifact store): each point's logs and ``eval
 file are uploaded to its run (``logs/``, ``metrics/``), and once a segment has ended the
 checkpoint of its best evaluated point goes to that point's run (``checkpoint/``). A metrics
 file that is a tarball holding an ``mlruns/`` folder (the MLflow file-store layout the upstream
-payloads write) is imported instead: its runs' params, tags and full metric histories go into
-the point's run (one run in the tarball) or into child runs nested under it (several). The
+payloads write, and what the agent ships of ``./mlruns``) is imported instead: its runs' params,
+tags, full metric histories and artifacts go into the point's run (one run in the tarball) or
+into child runs nested under it (several). The
 ``mlflow_artifacts`` table records what was handled, so nothing is uploaded or imported twice;
 marker tags in MLflow cover a crash between the upload and that record. Files over
 ``max_artifact_bytes`` are not uploaded: the run gets a tag with the phpo download route.
@@ -71,9 +79,10 @@ STATUS = {"evaluated": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
 _NAME_BAD = re.compile(r"[^A-Za-z0-9._+\-=]+")
 PARAM_MAX = 6000
+INTERMEDIATE_KEY = "intermediate"  # the metric whose history holds the sdk.report_intermediate values
 TASK_ENDED = ("finished", "failed", "cancelled")
 MAX_ARTIFACT_BYTES = 200 * 2**20  # default; PHPO_MLFLOW_MAX_ARTIFACT_MB overrides
-MAX_MLRUNS_BYTES = 512 * 2**20  # what an mlruns/ tarball may unpack to (its run artifacts are not read)
+MAX_MLRUNS_BYTES = 512 * 2**20  # what an mlruns/ tarball may unpack to
 MAX_MLRUNS_MEMBERS = 200_000
 MAX_IMPORT_METRICS = 500_000  # metric history entries taken from one tarball
 # tags of an imported run that would re-wire or rename the run they are copied to
@@ -86,6 +95,18 @@ def experiment_name(task_id: int, spec: dict[str, Any] | None) -> str:
 
 def _key(k: str) -> str:
     return _KEY_BAD.sub("_", str(k))[:250] or "_"
+
+
+def run_name(point_id: int) -> str:
+    """The point's run is named as the CLI names the point (``phpo show``/``best``: "point 6")."""
+    return f"point-{point_id}"
+
+
+def param_value(v: Any) -> str:
+    """A point's value as an MLflow param, in the form ``mlflow.log_params`` gives it (``str``),
+    so a payload that logs its point again (upstream payloads do) writes the same value:
+    MLflow refuses to change a param, and ``True`` logged as "true" would be a change."""
+    return str(v)[:PARAM_MAX]
 
 
 def _num(v: Any) -> float | None:
@@ -110,7 +131,6 @@ class MlflowBridge:
         self.interval = interval
         self.batch = batch
         self.store = store  # the ArtifactStore: logs, metrics files and checkpoints go to the runs
-        self.on_runs: Any = None  # called with the number of runs created (the server wakes waiting agents)
         if max_artifact_bytes is None:
             mb = os.environ.get("PHPO_MLFLOW_MAX_ARTIFACT_MB")
             try:
@@ -124,13 +144,17 @@ class MlflowBridge:
         self._art_floor = 0  # every log/metrics artifact with an id at or below it is handled
         self._floor_reset = 0.0
         self.client = MlflowClient(tracking_uri=uri)
-        self.healthy = False  # last pass reached MLflow; the broker then waits for runs to exist
+        self.healthy = False  # the last pass reached MLflow
         self._experiments: dict[int, str] = {}
         # task id -> {point id: run id} of runs in MLflow not yet recorded here; a task's runs are
         # searched (by tag phpo.point_id) before its first run is created, so a crash between
         # "created" and "recorded" does not duplicate runs
         self._known: dict[int, dict[int, str]] = {}
         self._parents: dict[tuple[int, int], str] = {}  # (task id, segment idx) -> parent run id
+        # point id -> how many of its intermediate values its run has (MLflow's own history is
+        # read once where this bridge did not create the run or write them itself)
+        self._sent: dict[int, int] = {}
+        self._inter_cursor = 0  # running points are visited in id order, a batch per pass
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="phpo-mlflow-bridge", daemon=True)
@@ -160,6 +184,7 @@ class MlflowBridge:
             except Exception as e:  # noqa: BLE001 - MLflow down or failing: retry, never lose
                 self.healthy = False
                 self._known.clear()  # a run may have been created but not recorded: search again
+                self._sent.clear()  # a batch may have been written in part: MLflow's history tells
                 failures += 1
                 if failures == 1 or failures % 60 == 0:
                     log.warning("mlflow bridge: %s unreachable or failing (%s); will retry", self.uri, e)
@@ -176,6 +201,7 @@ class MlflowBridge:
         artifacts. Returns whether there may be more work."""
         a = self._create_runs()
         b = self._sync_status()
+        self._sync_intermediate()
         c = self._finish_runs()
         busy = a >= self.batch or b >= self.batch or c >= self.batch
         if self.store is not None:
@@ -269,8 +295,6 @@ class MlflowBridge:
                     s.add(MlflowRunRow(point_id=pid, task_id=tid, experiment_id=eid, run_id=run_id, synced=synced,
                                        updated_at=utcnow()))
             self._known[tid].pop(pid, None)
-        if self.on_runs is not None:
-            self.on_runs(len(rows))  # the acquire gate waits for runs: wake agents waiting for points
         return len(rows)
 
     def _parent(self, eid: str, tid: int, seg_idx: int, seg_name: str | None, seg_id: int) -> str:
@@ -309,9 +333,9 @@ class MlflowBridge:
                 "phpo.segment_id": str(seg_idx), "phpo.segment": seg_name or ""}
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run_id = self.client.create_run(eid, tags=tags, run_name=f"{seg_name or 'point'}-{serial}").info.run_id
-        ps = [Param(_key(k), (v if isinstance(v, str) else json.dumps(v))[:PARAM_MAX])
-              for k, v in (params or {}).items()]
+        run_id = self.client.create_run(eid, tags=tags, run_name=run_name(pid)).info.run_id
+        self._sent[pid] = 0  # a new run: no intermediate value in it yet
+        ps = [Param(_key(k), param_value(v)) for k, v in (params or {}).items()]
         if ps:
             self.client.log_batch(run_id, params=ps)
         return run_id
@@ -342,6 +366,52 @@ class MlflowBridge:
                     row.synced, row.updated_at = to, utcnow()
         return len(rows)
 
+    def _new_intermediate(self, pid: int, run_id: str, values: list[Any] | None, now: int) -> list[Any]:
+        """The point's intermediate values (``sdk.report_intermediate``) its run does not have
+        yet, as entries of the metric ``intermediate`` (step = the reported step; the time is
+        when the bridge sends it). A NaN stays NaN (MLflow stores it as such)."""
+        from mlflow.entities import Metric
+
+        values = values or []
+        sent = self._sent.get(pid)
+        if sent is None:
+            sent = len(self.client.get_metric_history(run_id, INTERMEDIATE_KEY)) if values else 0
+            self._sent[pid] = sent
+        return [Metric(INTERMEDIATE_KEY, float(v["value"]), now, int(v["step"])) for v in values[sent:]]
+
+    def _sync_intermediate(self) -> int:
+        """Learning curves, live: the intermediate values of running points go to their runs
+        as they arrive with the agents' heartbeats (the rest is sent with the final result)."""
+        from mlflow.exceptions import RestException
+
+        with self.db.read() as s:
+            rows = s.execute(
+                select(MlflowRunRow.point_id, MlflowRunRow.run_id, PointRow.intermediate)
+                .join(PointRow, PointRow.id == MlflowRunRow.point_id)
+                .where(MlflowRunRow.synced == "open", PointRow.state == "leased",
+                       MlflowRunRow.point_id > self._inter_cursor)
+                .order_by(MlflowRunRow.point_id).limit(self.batch)
+            ).all()
+        self._inter_cursor = rows[-1][0] if len(rows) >= self.batch else 0
+        n = 0
+        for pid, run_id, values in rows:
+            if not values or len(values) <= self._sent.get(pid, -1):
+                continue
+            ms = self._new_intermediate(pid, run_id, values, int(time.time() * 1000))
+            if not ms:
+                continue
+            try:
+                for i in range(0, len(ms), 1000):
+                    self.client.log_batch(run_id, metrics=ms[i:i + 1000])
+            except RestException as e:  # refused (e.g. the run was deleted there): its final pass retries
+                log.warning("mlflow bridge: intermediate values of point %d not written to run %s: %s",
+                            pid, run_id, e)
+                self._sent.pop(pid, None)
+                continue
+            self._sent[pid] = len(values)
+            n += len(ms)
+        return n
+
     def _finish_runs(self) -> int:
         from mlflow.entities import Metric, RunTag
         from mlflow.exceptions import RestException
@@ -349,13 +419,13 @@ class MlflowBridge:
         with self.db.read() as s:
             rows = s.execute(
                 select(MlflowRunRow.point_id, MlflowRunRow.run_id, PointRow.state, PointRow.loss, PointRow.metrics,
-                       PointRow.attempts, PointRow.site, PointRow.error, JobRow.agent)
+                       PointRow.attempts, PointRow.site, PointRow.error, JobRow.agent, PointRow.intermediate)
                 .join(PointRow, PointRow.id == MlflowRunRow.point_id)
                 .outerjoin(JobRow, JobRow.id == PointRow.job_id)
                 .where(MlflowRunRow.synced.in_(("open", "queued")), PointRow.state.in_(ENDED))
                 .order_by(MlflowRunRow.point_id).limit(self.batch)
             ).all()
-        for pid, run_id, state, loss, metrics, attempts, site, error, agent in rows:
+        for pid, run_id, state, loss, metrics, attempts, site, error, agent, values in rows:
             now = int(time.time() * 1000)
             ms: list[Metric] = []
             if isinstance(loss, list):
@@ -376,6 +446,9 @@ class MlflowBridge:
                 tags.append(RunTag("phpo.error", error[:PARAM_MAX]))
             done = "done"
             try:
+                curve = self._new_intermediate(pid, run_id, values, now)
+                for i in range(0, len(curve), 1000):  # MLflow takes 1000 metrics per batch
+                    self.client.log_batch(run_id, metrics=curve[i:i + 1000])
                 self.client.log_batch(run_id, metrics=ms, tags=tags)
                 self.client.set_terminated(run_id, STATUS[state])
             except RestException as e:  # MLflow refused this result (not: MLflow down); skip it, not all
@@ -385,6 +458,7 @@ class MlflowBridge:
                 row = s.get(MlflowRunRow, pid)
                 if row is not None:
                     row.synced, row.updated_at = done, utcnow()
+            self._sent.pop(pid, None)
         return len(rows)
 
     # ------------------------------------------------------------ artifacts
@@ -585,7 +659,7 @@ class MlflowBridge:
             target = self.client.get_run(run_id)
             if marker in target.data.tags:
                 return "already imported into the point's run"
-            self._copy_run(src, r, target, budget, {marker: r.info.run_id})
+            self._copy_run(src, r, target, budget, {marker: r.info.run_id}, _run_dir(root, r))
             return "1 run imported into the point's run"
         found: dict[str, Any] = {}
         token = None
@@ -610,15 +684,16 @@ class MlflowBridge:
             made[sid] = child.info.run_id
             if child.data.tags.get("phpo.import_complete") == "true":
                 continue
-            self._copy_run(src, r, child, budget, {})
+            self._copy_run(src, r, child, budget, {}, _run_dir(root, r))
             status = r.info.status if r.info.status in ("FINISHED", "FAILED", "KILLED") else "FINISHED"
             self.client.set_terminated(child.info.run_id, status, end_time=r.info.end_time)
             self.client.set_tag(child.info.run_id, "phpo.import_complete", "true")
         return f"{len(runs)} runs imported as child runs of the point's run"
 
-    def _copy_run(self, src: Any, r: Any, target: Any, budget: list[int], extra_tags: dict[str, str]) -> None:
-        """Params, tags and full metric histories of the file-store run ``r`` into ``target``
-        (written last: ``extra_tags``, the import's marker)."""
+    def _copy_run(self, src: Any, r: Any, target: Any, budget: list[int], extra_tags: dict[str, str],
+                  run_dir: Path) -> None:
+        """Params, tags, full metric histories and artifacts of the file-store run ``r`` (unpacked
+        in ``run_dir``) into ``target`` (written last: ``extra_tags``, the import's marker)."""
         from mlflow.entities import Metric, Param, RunTag
 
         tid = target.info.run_id
@@ -654,6 +729,16 @@ class MlflowBridge:
             self.client.log_batch(tid, tags=tags[i:i + 100])
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(tid, metrics=metrics[i:i + 1000])
+        arts = run_dir / "artifacts"
+        files = [f for f in arts.rglob("*") if f.is_file()] if arts.is_dir() else []
+        if files:  # what the payload logged with mlflow.log_artifact(s); a re-import overwrites the same paths
+            size = sum(f.stat().st_size for f in files)
+            if size > self.max_artifact_bytes:
+                self.client.set_tag(tid, "phpo.import_artifacts_skipped",
+                                    f"{len(files)} files, {size} bytes: over the MLflow bridge's limit of "
+                                    f"{self.max_artifact_bytes} bytes")
+            else:
+                self.client.log_artifacts(tid, str(arts))
         if extra_tags:
             self.client.log_batch(tid, tags=[RunTag(k, v) for k, v in extra_tags.items()])
 
@@ -665,8 +750,8 @@ class UnsafeTarball(ValueError):
 def extract_mlruns(tarball: Path, dest: Path, max_bytes: int = MAX_MLRUNS_BYTES,
                    max_members: int = MAX_MLRUNS_MEMBERS) -> Path | None:
     """Unpack the ``mlruns/`` folder of ``tarball`` (at any depth; the first one found) under
-    ``dest``; returns that folder, or None when there is none. Only regular files are written;
-    the runs' own ``artifacts/`` folders are left out. A member with an absolute name or ``..``,
+    ``dest``; returns that folder, or None when there is none. Only regular files are written
+    (the runs' ``artifacts/`` too: they go to the imported runs). A member with an absolute name or ``..``,
     more than ``max_members`` members or more than ``max_bytes`` unpacked: :class:`UnsafeTarball`."""
     base = dest / "mlruns"
     prefix: tuple[str, ...] | None = None
@@ -688,8 +773,8 @@ def extract_mlruns(tarball: Path, dest: Path, max_bytes: int = MAX_MLRUNS_BYTES,
             elif parts[:i + 1] != prefix:
                 continue
             rel = parts[i + 1:]
-            if not rel or not m.isfile() or (len(rel) > 3 and rel[2] == "artifacts"):
-                continue  # folders are made as needed; links, devices and run artifacts are not taken
+            if not rel or not m.isfile():
+                continue  # folders are made as needed; links and devices are not taken
             total += m.size
             if total > max_bytes:
                 raise UnsafeTarball(f"it unpacks to more than {max_bytes} bytes")
@@ -708,6 +793,11 @@ def extract_mlruns(tarball: Path, dest: Path, max_bytes: int = MAX_MLRUNS_BYTES,
         for sub in ("metrics", "params", "tags", "artifacts"):
             (meta.parent / sub).mkdir(exist_ok=True)
     return base
+
+
+def _run_dir(root: Path, r: Any) -> Path:
+    """Where the file-store run ``r`` was unpacked (its meta.yaml names the payload's own paths)."""
+    return root / r.info.experiment_id / r.info.run_id
 
 
 def _file_store(root: Path) -> Any:

@@ -31,7 +31,11 @@ def insert_task(s: Session, owner: str, spec: TaskSpec) -> TaskRow:
                   created_at=now, updated_at=now)
     s.add(row)
     s.flush()
-    files = [list(seg.files) for seg in spec.segments] if spec.segments else [[]]
+    # each segment's own training files, resolved against trainingDS ([]: the whole dataset)
+    files = [[]]
+    if spec.segments:
+        files = [f if (seg.files or seg.datasets) else []
+                 for seg, f in zip(spec.segments, spec.segment_training_files(), strict=True)]
     for idx, name in enumerate(spec.segment_names):
         s.add(SegmentRow(task_id=row.id, idx=idx, name=name, files=files[idx], finished=False,
                          n_generated=0, n_jobs=0, created_at=now))

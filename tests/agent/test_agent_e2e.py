@@ -193,13 +193,17 @@ def test_timeout_kills_the_whole_process_group(live_server, start_agent, tmp_pat
 
 
 def test_container_task_on_an_agent_without_runtime(live_server, start_agent):
+    """An agent without a container runtime never takes a container task's point (it would
+    only fail it); the task says which requirement no agent meets while it waits for one."""
     tid = submit(live_server, base_spec("python train.py", evaluationContainer="example.org/train:1",
                                         maxPoints=1))
     agent = start_agent(live_server, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    p = wait_until(lambda: (p := get_points(live_server, tid)[0])["state"] == "failed" and p, 40,
-                   "the point to fail", agent.log)
-    assert "no container runtime" in p["error"] and "example.org/train:1" in p["error"]
-    assert p["attempts"] == 1  # failed for good at once (retry=False): retrying here cannot help
+    t = wait_until(lambda: "container" in ((t := get_task(live_server, tid)).get("waiting_for") or "") and t,
+                   40, "the task to name what it waits for", agent.log)
+    assert "--evaluationContainer example.org/train:1" in t["waiting_for"]
+    assert "no agent has a container runtime" in t["waiting_for"]
+    p = get_points(live_server, tid)[0]
+    assert p["state"] == "ready" and p["attempts"] == 0  # never handed to an agent that cannot run it
 
 
 # --------------------------------------------------------------------------- agent death and resume

@@ -148,9 +148,12 @@ import os, mlflow
 from phpo.evaluation_container import sdk
 
 p = sdk.load_point()
-assert os.environ["MLFLOW_RUN_ID"], "no MLflow run handed to the payload"
+# the payload's MLflow logs into its working directory; phpo imports it into the point's run
+assert os.environ["MLFLOW_TRACKING_URI"] == "file://" + os.getcwd() + "/mlruns", os.environ["MLFLOW_TRACKING_URI"]
 for epoch in range(3):
     mlflow.log_metric("val_loss", 10 * p["x"] + epoch, step=epoch)
+    sdk.report_intermediate(epoch, p["x"] + epoch / 10)
+sdk.report_intermediate(3, float("nan"))  # diverged: the agent drops it (a heartbeat carrying it would be refused)
 sdk.report(float((p["x"] - 2) ** 2), metrics={"epochs": 3, "note": "ok"})
 """
 
@@ -160,7 +163,7 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
     exp_name = f"user.test.mlflow.{uuid.uuid4().hex[:8]}"
     server = start_server(None, "--mlflow-uri", mlflow_server.uri)
     sb = sandbox_upload(server, {"train.py": LIVE})
-    # two points per job: each point of a job gets its own MLFLOW_RUN_ID
+    # two points per job: each point of a job gets its own ./mlruns, imported into its own run
     tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name, nParallelEvaluation=4,
                                    maxPointsPerEvaluationJob=2))
     agent = agents(server, "--slots", "2")
@@ -178,6 +181,7 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
         r = by_point[p["id"]]
         x = p["params"]["x"]
         assert r.info.status == "FINISHED"
+        assert r.info.run_name == f"point-{p['id']}"  # as the CLI names the point
         assert r.data.params == {"x": str(x)}
         tags = r.data.tags
         assert tags["phpo.task_id"] == str(tid)
@@ -190,22 +194,33 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
         assert r.data.metrics["loss"] == float((x - 2) ** 2)
         assert r.data.metrics["epochs"] == 3.0
         # the payload's own per-epoch metrics landed in this point's run
+        wait_until(lambda rid=r.info.run_id: client.get_metric_history(rid, "val_loss"), 30,
+                   "the payload's mlruns imported", server.log)
         hist = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_loss"))
         assert hist == [(0, 10.0 * x), (1, 10.0 * x + 1), (2, 10.0 * x + 2)]
+        # and its sdk.report_intermediate values are the run's learning curve
+        curve = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "intermediate"))
+        assert curve == [(e, x + e / 10) for e in range(3)]
+    assert agent.log().count("not finite") == 4  # each payload's NaN, named in the agent's log
 
 
-def run_two_segments(mlflow_server, start_server, agents, exp_name: str, names: tuple[str, str]):
+def run_two_segments(mlflow_server, start_server, agents, exp_name: str, names: tuple[str, str],
+                     also: dict | None = None):
     """A task of two segments x 2 points through a server bridged to ``mlflow_server`` and a
-    real agent, run to its end; returns (server, task id)."""
+    real agent, run to its end; returns (server, task id). ``also``: the spec of a second task
+    run beside it (its id is appended to what is returned)."""
     server = start_server(None, "--mlflow-uri", mlflow_server.uri)
     payload = "from phpo.evaluation_container import sdk; sdk.report(float(sdk.load_point()['x']))"
     segments = [{"name": n, "files": [f"/data/{n}.dat"]} for n in names]
-    tid = submit(server, base_spec(f"{PY} -c \"{payload}\"", outDS=exp_name, segments=segments, maxPoints=2,
-                                   searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}}))
+    tids = [submit(server, base_spec(f"{PY} -c \"{payload}\"", outDS=exp_name, segments=segments, maxPoints=2,
+                                     searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}}))]
+    if also is not None:
+        tids.append(submit(server, also))
     agent = agents(server, "--slots", "2")
-    t = wait_task(server, tid, agents=(agent,), timeout=90)
-    assert t["state"] == "finished", t
-    return server, tid
+    for tid in tids:
+        t = wait_task(server, tid, agents=(agent,), timeout=90)
+        assert t["state"] == "finished", t
+    return (server, *tids)
 
 
 def test_segmented_task_nests_point_runs_under_one_parent_run_per_segment(mlflow_server, start_server, agents):
@@ -224,56 +239,107 @@ def test_segmented_task_nests_point_runs_under_one_parent_run_per_segment(mlflow
                == {"FINISHED"}, 30, "the parent runs to be FINISHED", server.log)
 
 
-SLOW = """\
-import time
+EPOCHS = 4
+CURVES = """\
+import os, sys, time
+import mlflow
 from phpo.evaluation_container import sdk
 
 p = sdk.load_point()
-time.sleep(0.5)
+while os.path.exists(sys.argv[1]):  # the test holds the payloads here between its phases
+    time.sleep(0.05)
+for epoch in range(EPOCHS):
+    mlflow.log_metric("val_loss", 10 * p["x"] + epoch, step=epoch)
+    sdk.report_intermediate(epoch, p["x"] + epoch / 10)
+    time.sleep(0.05)
 sdk.report(float(p["x"]))
-"""
+""".replace("EPOCHS", str(EPOCHS))
 
 
-def test_mlflow_down_mid_task_catches_up_without_duplicates(tmp_path, start_server, agents):
-    """MLflow stopped after the first run finished, the task runs to the end without it; MLflow
-    restarted on the same port/backend: every point has exactly one run with its result. Then
-    the outbox rows are dropped (as if the server crashed between creating runs and recording
-    them): the restarted server finds the runs by tag instead of creating duplicates."""
+def _missing_history(client, runs: dict[int, object], pts: list[dict]) -> list[str]:
+    """What each point's run lacks of the payload's full metric history (empty: nothing)."""
+    out = []
+    for p in pts:
+        r, x = runs.get(p["id"]), p["params"]["x"]
+        if r is None:
+            out.append(f"point {p['id']}: no run")
+            continue
+        if _history(client, r.info.run_id, "val_loss") != [(e, 10.0 * x + e) for e in range(EPOCHS)]:
+            out.append(f"point {p['id']}: val_loss {_history(client, r.info.run_id, 'val_loss')}")
+        if _history(client, r.info.run_id, "intermediate") != [(e, x + e / 10) for e in range(EPOCHS)]:
+            out.append(f"point {p['id']}: intermediate {_history(client, r.info.run_id, 'intermediate')}")
+    return out
+
+
+def test_mlflow_late_and_down_mid_task_loses_no_payload_metric_and_duplicates_no_run(tmp_path, start_server,
+                                                                                     agents):
+    """MLflow started only after the first points were leased and evaluated, then stopped
+    mid-task (the rest of the task runs without it) and started again: every point has exactly
+    one run, named as the CLI names the point, with the payload's full metric history (what it
+    logged with mlflow.log_metric and what it sent with sdk.report_intermediate). Then the outbox
+    rows are dropped (as if the server crashed between creating runs and recording them): the
+    restarted server finds the runs by tag instead of creating duplicates, and writes no metric
+    twice."""
     ml = MlflowServer(port=free_port(), root=tmp_path / "ml")
     ml.root.mkdir()
-    ml.start()
+    hold = tmp_path / "hold"
     try:
         exp_name = f"user.test.down.{uuid.uuid4().hex[:8]}"
-        server = start_server(None, "--mlflow-uri", ml.uri)
-        sb = sandbox_upload(server, {"train.py": SLOW})
-        tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name))
-        agent = agents(server)
+        server = start_server(None, "--mlflow-uri", ml.uri)  # MLflow is not running yet
+        sb = sandbox_upload(server, {"train.py": CURVES})
+        tid = submit(server, base_spec(f"{PY} train.py {hold}", sandbox=str(sb), outDS=exp_name, maxPoints=6,
+                                       nParallelEvaluation=2,
+                                       searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 5}}}))
+        agent = agents(server, "--slots", "2")
+
+        def evaluated() -> int:
+            return sum(p["state"] == "evaluated" for p in get_points(server, tid))
+
+        wait_until(lambda: evaluated() >= 2, 60, "2 points evaluated without MLflow", agent.log)
+        hold.touch()
+        ml.start()  # late: points were leased and evaluated before it answered
         client = MlflowClient(tracking_uri=ml.uri)
-        wait_runs_done(client, exp_name, 1, diag=server.log)
-        ml.stop()
+        wait_runs_done(client, exp_name, 2, diag=server.log)
+        hold.unlink()
+        wait_until(lambda: evaluated() >= 4, 60, "4 points evaluated", agent.log)
+        hold.touch()
+        ml.stop()  # mid-task: the last points run, from their start, without it
+        hold.unlink()
         t = wait_task(server, tid, agents=(agent,), timeout=90)
         assert t["state"] == "finished", t  # tasks keep running while MLflow is down
+        assert "Traceback" not in agent.log(), agent.log()[-3000:]
         ml.start()
-        runs = wait_runs_done(client, exp_name, 4, diag=server.log)
+        runs = wait_runs_done(client, exp_name, 6, diag=server.log)
         pts = get_points(server, tid)
+        metrics = {a["id"] for a in get_artifacts(server, tid, "metrics")}
+        assert len(metrics) == 6, get_artifacts(server, tid)  # each payload's mlruns/, shipped by the agent
+        wait_until(lambda: metrics <= {r[0] for r in _outbox(server, tid) if r[2] == "done"}, 60,
+                   "every point's mlruns/ imported", lambda: f"{_outbox(server, tid)}\n{server.log()[-3000:]}")
         ids = [r.data.tags["phpo.point_id"] for r in runs]
         assert sorted(ids) == sorted(str(p["id"]) for p in pts)  # all present, none duplicated
-        for r in runs:
-            p = next(p for p in pts if str(p["id"]) == r.data.tags["phpo.point_id"])
+        by_point = {int(r.data.tags["phpo.point_id"]): r for r in runs}
+        for p in pts:
+            r = by_point[p["id"]]
             assert r.info.status == "FINISHED"
+            assert r.info.run_name == f"point-{p['id']}"
             assert r.data.metrics["loss"] == float(p["params"]["x"])
+        missing = _missing_history(client, by_point, pts)
+        assert not missing, f"{len(pts) - len({m.split(':')[0] for m in missing})} of {len(pts)} runs have " \
+                            f"the payload's full metric history:\n" + "\n".join(missing)
 
         # crash between "run created" and "run recorded": the outbox forgets, MLflow remembers
         server.stop()
         with sqlite3.connect(server.data_dir / "phpo.db") as db:
-            assert db.execute("DELETE FROM mlflow_runs WHERE task_id = ?", (tid,)).rowcount == 4
+            assert db.execute("DELETE FROM mlflow_runs WHERE task_id = ?", (tid,)).rowcount == 6
         server.start()
         wait_until(lambda: sqlite3.connect(server.data_dir / "phpo.db").execute(
-            "SELECT count(*) FROM mlflow_runs WHERE task_id = ? AND synced = 'done'", (tid,)).fetchone()[0] == 4,
+            "SELECT count(*) FROM mlflow_runs WHERE task_id = ? AND synced = 'done'", (tid,)).fetchone()[0] == 6,
             60, "the bridge to re-record the task's runs", server.log)
         again = runs_of(client, exp_name)
         assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
+        assert not _missing_history(client, by_point, pts)  # the learning curves are not written twice
     finally:
+        hold.unlink(missing_ok=True)
         ml.stop()
 
 
@@ -304,7 +370,11 @@ def test_stack_starts_mlflow_and_dashboard_prints_the_experiment_url(tmp_path):
         assert list((stack.data_dir / "mlflow" / "artifacts").rglob("*.stdout.txt"))
         got = run_phpo("dashboard", str(tid), "--mlflow-uri", str(stack.mlflow_url), env=env).stdout.strip()
         exp = client.get_experiment_by_name(exp_name)
-        assert got == f"{stack.mlflow_url}/#/experiments/{exp.experiment_id}/runs"
+        assert got == f"{stack.mlflow_url}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=phpo"
+        # the view it opens: best points first, the loss and the point's params as columns
+        view = json.loads(exp.tags["mlflow.sharedViewState.phpo"])
+        assert view == {"orderByKey": "metrics.`loss`", "orderByAsc": True,
+                        "selectedColumns": ["metrics.`loss`", "params.`x`"]}
         assert httpx.get(got.split("#")[0], timeout=10).status_code == 200  # the stock MLflow UI
         missing = run_phpo("dashboard", "999999", "--mlflow-uri", str(stack.mlflow_url), env=env, check=False)
         assert missing.returncode != 0 and "999999" in (missing.stderr + missing.stdout)
@@ -487,6 +557,77 @@ def test_mlruns_tarball_is_imported_and_logs_are_uploaded_once(mlflow_server, st
     assert snapshot() == before
 
 
+UPSTREAM_DIR = Path(__file__).with_name("upstream_payload")
+
+
+def test_upstream_mlflow_payload_runs_unchanged_through_phpo_agent_and_lands_in_its_run(
+        mlflow_server, start_server, tmp_path):
+    """The payload pattern of the panda-docs phpo page, as files a user would have
+    (upstream_payload/: config_dev.json, exec_in_container.sh, search_space_example2.json and a
+    run_model.py that does mlflow.start_run(), log_params(point), metrics per epoch into ./mlruns),
+    submitted with ``phpo --loadJson config_dev.json --site XYZ --outDS ...`` from that folder,
+    evaluated by a real ``phpo agent``, with a real ``mlflow server``: every point succeeds (its
+    log_params of a bool is not refused), its own metrics.tgz holds its ./mlruns, and what it
+    logged (params, per-epoch histories, an artifact) is in the point's run, with no conflict."""
+    from conftest import run_phpo
+
+    exp_name = f"user.test.docs.{uuid.uuid4().hex[:8]}"
+    server = start_server(None, "--mlflow-uri", mlflow_server.uri)
+    work = tmp_path / "my_hpo"
+    shutil.copytree(UPSTREAM_DIR, work)
+    env = {"PHPO_URL": server.url, "PHPO_TOKEN": server.user_token}
+    out = run_phpo("--loadJson", "config_dev.json", "--site", "XYZ", "--outDS", exp_name, "--json", env=env, cwd=work)
+    tid = json.loads(out.stdout)["id"]
+
+    log_path = tmp_path / "agent.log"
+    phpo = str(Path(PY).with_name("phpo"))
+    agent_env = {**os.environ, "PHPO_TOKEN": server.agent_token,
+                 "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # `python` as in the docs
+    agent_env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen([phpo, "agent", "--server", server.url, "--site", "XYZ", "--slots", "2",
+                                 "--workdir", str(tmp_path / "agent"), "--poll-interval", "0.3"],
+                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=agent_env)
+    agent = AgentProc(proc, log_path, tmp_path / "agent", [phpo, "agent"])
+    try:
+        t = wait_task(server, tid, agents=(agent,), timeout=120)
+    finally:
+        agent.stop()
+    assert t["state"] == "finished", t
+    pts = get_points(server, tid)
+    assert [p["state"] for p in pts] == ["evaluated"] * 3, [(p["state"], p.get("error")) for p in pts]
+
+    arts = get_artifacts(server, tid)
+    tarballs = [a for a in arts if a["kind"] == "metrics"]
+    assert sorted(a["name"] for a in tarballs) == ["metrics.tgz"] * 3  # the payload's own, nothing added
+    with server.client() as c:
+        for a in tarballs:
+            with tarfile.open(fileobj=io.BytesIO(c.get(f"/artifacts/{a['id']}").content)) as tar:
+                names = tar.getnames()
+            assert any(n.startswith("mlruns/0/") and n.endswith("/metrics/val_loss") for n in names), names
+    stdout = [a for a in arts if a["kind"] == "log" and a["name"].endswith("stdout.txt")]
+    with server.client() as c:
+        assert all("mlruns/0/" in c.get(f"/artifacts/{a['id']}").text for a in stdout)  # tar cvfz listed them
+
+    wait_until(lambda: {a["id"] for a in tarballs} <= {r[0] for r in _outbox(server, tid) if r[2] == "done"}, 60,
+               "the tarballs imported", lambda: f"{_outbox(server, tid)}\n{server.log()[-3000:]}")
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    runs = {int(r.data.tags["phpo.point_id"]): r for r in wait_runs_done(client, exp_name, 3, diag=server.log)}
+    assert len(runs) == 3  # merged into the point's run: no child runs
+    for p in pts:
+        point, r = p["params"], runs[p["id"]]
+        rid = r.info.run_id
+        assert r.data.params == {k: str(v) for k, v in point.items()}  # what mlflow.log_params(point) writes
+        assert "phpo.import_param_conflicts" not in r.data.tags
+        losses = [1.0 / (e + 1) + 0.01 * point["batch_size"] + (0.1 if point["auto_lr"] else 0.2)
+                  for e in range(point["epoch"])]
+        assert _history(client, rid, "val_loss") == list(enumerate(losses))
+        assert _history(client, rid, "acc") == [(e, 1.0 - v / 2) for e, v in enumerate(losses)]
+        assert r.data.metrics["loss"] == p["loss"] == losses[-1]
+        assert [a.path for a in client.list_artifacts(rid) if a.path == "point.json"] == ["point.json"]
+        assert json.loads(Path(client.download_artifacts(rid, "point.json", str(tmp_path))).read_text()) == point
+
+
 # --------------------------------------------------------------------------- checkpoints, limits, bad input
 
 CKPT = """\
@@ -619,8 +760,8 @@ def test_extract_mlruns_takes_only_safe_regular_files_within_bounds(tmp_path):
     root = extract_mlruns(ok, tmp_path / "x")
     assert root == tmp_path / "x" / "mlruns"
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
-    # the first mlruns/ only; no run artifacts, no links; the run's folders exist for MLflow's reader
-    assert files == ["1/abc/meta.yaml", "1/abc/metrics/acc", "1/meta.yaml"]
+    # the first mlruns/ only (its runs' artifacts too), no links; the run's folders exist for MLflow's reader
+    assert files == ["1/abc/artifacts/model.bin", "1/abc/meta.yaml", "1/abc/metrics/acc", "1/meta.yaml"]
     assert {p.name for p in (root / "1" / "abc").iterdir()} == {"meta.yaml", "metrics", "params", "tags",
                                                                  "artifacts"}
     assert extract_mlruns(_tar(tmp_path / "none.tgz", [("a/b.txt", b"x", "file")]), tmp_path / "y") is None
@@ -662,29 +803,73 @@ def chromium() -> str:
     return binary
 
 
-def test_mlflow_ui_lists_the_tasks_runs_in_headless_chromium(chromium, mlflow_server, start_server, agents,
-                                                              tmp_path):
+def _page_text(binary: str, url: str) -> str:
+    """What the page at ``url`` shows, as one line of text (the DOM after its scripts ran)."""
+    dom = _headless(binary, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+def _columns(text: str) -> set[str]:
+    """The runs table's column headers (the words between "Duration" and the first row)."""
+    m = re.search(r" Run Name Created (.*?) Hide run ", text)
+    assert m, f"no runs table in the MLflow UI page:\n{text[:3000]}"
+    return set(m.group(1).split())
+
+
+def _assert_best_first(text: str, point_runs: list) -> None:
+    """The point runs' names appear in the page in the order of their loss (best first)."""
+    at = {}
+    for r in point_runs:
+        m = re.search(rf" {re.escape(r.info.run_name)} ", text)
+        assert m, f"run {r.info.run_name} not in the MLflow UI page:\n{text[:3000]}"
+        at[r.info.run_name] = m.start()
+    shown = sorted(point_runs, key=lambda r: at[r.info.run_name])
+    losses = [r.data.metrics["loss"] for r in shown]
+    assert losses == sorted(losses), f"runs not sorted by loss: {[(r.info.run_name, r.data.metrics['loss']) for r in shown]}"
+
+
+def test_dashboard_opens_the_runs_table_best_first_with_loss_and_params_in_headless_chromium(
+        chromium, mlflow_server, start_server, agents, tmp_path):
+    """``phpo dashboard`` in the stock MLflow UI: the runs table sorted by loss, with the loss
+    and the parameters as columns; a segmented task shows its point runs with their segment."""
     binary = chromium
     from conftest import run_phpo
     from PIL import Image
 
     exp_name = f"user.test.ui.{uuid.uuid4().hex[:8]}"
-    server, tid = run_two_segments(mlflow_server, start_server, agents, exp_name, ("higgs", "ttbar"))
+    # and a plain task beside it: loss (x-2)^2, so the best point is not the first one
+    flat_name = f"user.test.ui.flat.{uuid.uuid4().hex[:8]}"
+    payload = "from phpo.evaluation_container import sdk; x = sdk.load_point()['x']; sdk.report(float((x - 2) ** 2))"
+    server, tid, flat = run_two_segments(mlflow_server, start_server, agents, exp_name, ("higgs", "ttbar"),
+                                         also=base_spec(f"{PY} -c \"{payload}\"", outDS=flat_name,
+                                                        nParallelEvaluation=2))
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     runs = wait_runs_done(client, exp_name, 4, diag=server.log)
+    flat_runs = wait_runs_done(client, flat_name, 4, diag=server.log)
     env = {"PHPO_URL": server.url, "PHPO_TOKEN": server.user_token}
-    url = run_phpo("dashboard", str(tid), "--mlflow-uri", mlflow_server.uri, env=env).stdout.strip()
-    assert url.endswith("/runs")
 
-    dom = _headless(binary, "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-3000:]
-    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom.stdout, flags=re.S)
-    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
-    # the runs table of the experiment: the segments' parent runs, their point runs folded under them
-    assert exp_name in text and "Run Name" in text, text[:3000]
+    url = run_phpo("dashboard", str(flat), "--mlflow-uri", mlflow_server.uri, env=env).stdout.strip()
+    assert url.endswith("/runs?viewStateShareKey=phpo"), url
+    text = _page_text(binary, url)
+    assert flat_name in text and "Run Name" in text and "Sort: loss" in text, text[:3000]
+    assert {"Metrics", "Parameters", "loss", "x"} <= _columns(text), text[:3000]
+    assert re.search(r"\b4 matching runs\b", text), text[:3000]
+    _assert_best_first(text, flat_runs)
+    for r in flat_runs:  # each row shows its loss and its x
+        x, loss = r.data.params["x"], f"{r.data.metrics['loss']:g}"
+        assert f" {loss} {x} " in text or f" {x} {loss} " in text, f"point x={x} not shown:\n{text[:3000]}"
+
+    url = run_phpo("dashboard", str(tid), "--mlflow-uri", mlflow_server.uri, env=env).stdout.strip()
+    text = _page_text(binary, url)
+    assert exp_name in text and "Sort: loss" in text, text[:3000]
+    assert {"Tags", "phpo.segment", "loss", "x"} <= _columns(text), text[:3000]  # the segment is a column
+    point_runs = [r for r in runs if "phpo.point_id" in r.data.tags]
+    assert re.search(r"\b4 matching runs\b", text), text[:3000]  # the point runs, not the parent runs
+    _assert_best_first(text, point_runs)
     for name in ("higgs", "ttbar"):
-        assert f" {name} " in text, f"run {name} not in the MLflow UI page:\n{text[:3000]}"
-    assert re.search(r"\b6 matching runs\b", text), text[:3000]  # 2 parent runs + 4 point runs
+        assert f" {name} " in text, f"segment {name} not in the MLflow UI page:\n{text[:3000]}"
 
     shot = tmp_path / "mlflow-ui.png"
     got = _headless(binary, f"--screenshot={shot}", url)

@@ -187,6 +187,48 @@ def test_site_and_architecture_matching(db_url, start_server):
         assert j["task_id"] == t_gpu
 
 
+def test_site_limits_evaluations_never_the_steering_and_the_unmet_site_is_shown(db_url, start_server):
+    """Upstream runs the steering centrally: --site applies to evaluations only. A task whose
+    site no agent serves says so in the task (``waiting_for``) instead of waiting silently."""
+    srv = start_server(db_url)
+    with srv.client() as c, srv.client(srv.agent_token) as a:
+        tid = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT", site="NOWHERE",
+                          searchSpace={"x": [0.0, 1.0]}, maxPoints=2)["id"]
+        # an agent at another site takes the steering job
+        sj = wait_until(lambda: acquire(a, site="local", kinds=["steering"]), what="the steering job")
+        assert sj["kind"] == "steering" and sj["task_id"] == tid
+        a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": [{"x": 0.5}]})
+        # but not its evaluations, and the task names the unmet requirement
+        assert acquire(a, site="local", kinds=["evaluation"]) is None
+        t = task(c, tid)
+        assert t["state"] == "running" and t["counts"]["ready"] == 1
+        assert "--site NOWHERE" in t["waiting_for"] and "local" in t["waiting_for"], t["waiting_for"]
+        # an agent at the site takes it, and the task waits for nothing any more
+        j = acquire(a, agent="agent-b", site="NOWHERE", kinds=["evaluation"])
+        assert j is not None and j["task_id"] == tid
+        assert task(c, tid)["waiting_for"] is None
+
+
+def test_unmet_architecture_and_container_runtime_are_named(db_url, start_server):
+    srv = start_server(db_url)
+    with srv.client() as c, srv.client(srv.agent_token) as a:
+        t_gpu = create_task(c, architecture="#&nvidia:vram>=40960", maxPoints=1)["id"]
+        t_img = create_task(c, evaluationContainer="example.org/train:1", maxPoints=1)["id"]
+        for tid in (t_gpu, t_img):
+            wait_until(lambda tid=tid: task(c, tid)["counts"]["ready"] == 1, what="ready point")
+        # no agent seen yet
+        assert "no agent has asked" in task(c, t_gpu)["waiting_for"]
+        assert acquire(a, resources={"arch": "x86_64", "container_runtimes": []}) is None
+        gpu = task(c, t_gpu)["waiting_for"]
+        assert "--architecture #&nvidia:vram>=40960" in gpu and "no GPU" in gpu, gpu
+        img = task(c, t_img)["waiting_for"]
+        assert "--evaluationContainer example.org/train:1" in img and "container runtime" in img, img
+        # an agent with a runtime takes the container task (and nothing of the GPU one)
+        j = acquire(a, agent="agent-p", resources={"arch": "x86_64", "container_runtimes": ["podman"]})
+        assert j is not None and j["task_id"] == t_img
+        assert task(c, t_img)["waiting_for"] is None
+
+
 def test_cancel_and_pause_reach_running_jobs(db_url, start_server):
     srv = start_server(db_url)
     with srv.client() as c:

@@ -167,8 +167,10 @@ def test_external_steering_via_steering_jobs(db_url, start_server):
     srv = start_server(db_url)
     space = {"lr": {"method": "loguniform", "dimension": {"low": 1e-4, "high": 1e-1}}}
     with srv.client() as c, srv.client(srv.agent_token) as a:
+        # minUnevaluatedPoints=1: an iteration as soon as one point is left (upstream's default 0
+        # waits for every point: test_steering_command_waits_for_every_point_by_default)
         tid = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT %NUM_POINTS",
-                          searchSpace=space, maxPoints=3, nParallelEvaluation=2)["id"]
+                          searchSpace=space, maxPoints=3, nParallelEvaluation=2, minUnevaluatedPoints=1)["id"]
         assert acquire(a, kinds=["evaluation"]) is None  # no point before the steering ran
         sj = wait_until(lambda: _steering_job(a), what="a steering job")
         st = sj["steering"]
@@ -179,8 +181,8 @@ def test_external_steering_via_steering_jobs(db_url, start_server):
         r = a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": [{"lr": 0.01}, {"lr": 0.001}]})
         assert r.status_code == 200
         assert sorted(p["params"]["lr"] for p in points(c, tid)) == [0.001, 0.01]
-        # evaluate one (loss 0.0): a slot is free, so the next steering job comes at once; its
-        # input lists the other point as not evaluated (null)
+        # evaluate one (loss 0.0); the next steering job's input lists the other point as not
+        # evaluated (null)
         def evaluate(loss):
             j = acquire(a, kinds=["evaluation"])
             pid = j["points"][0]["point_id"]
@@ -219,6 +221,7 @@ def test_external_steering_segmented(db_url, start_server):
                           searchSpace={"x": [0.0, 1.0]}, segments=[{"name": "a"}, {"name": "b"}])["id"]
         sj = wait_until(lambda: _steering_job(a), what="a steering job")
         inp = sj["steering"]["input"]
+        assert sj["steering"]["max_points"] == 2  # %MAX_POINTS: the whole task's (maxPoints x segments)
         assert inp["opt_space"] == [{"model_id": 0, "search_space": {"x": [0.0, 1.0]}},
                                     {"model_id": 1, "search_space": {"x": [0.0, 1.0]}}]
         a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": [[0, {"x": 0.1}], [1, {"x": 0.9}]]})
@@ -230,6 +233,36 @@ def test_external_steering_segmented(db_url, start_server):
             a.post(f"/jobs/{j['id']}/points/{pid}/result", json={"point_id": pid, "loss": 1.0})
             a.post(f"/jobs/{j['id']}/complete", json={})
         wait_until(lambda: task(c, tid)["state"] == "finished", what="finished")
+
+
+def test_steering_command_waits_for_every_point_by_default(db_url, start_server):
+    """Upstream's minUnevaluatedPoints is 0: a steering command runs again only when no point is
+    waiting or running, and a point that failed every attempt is handed to it with iDDS's loss
+    (1e5), never as null. Steering tools that subtract the pending (null) points from %NUM_POINTS
+    (hpogrid does) answer [] otherwise, which ends the search early and silently."""
+    srv = start_server(db_url)
+    with srv.client() as c, srv.client(srv.agent_token) as a:
+        tid = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT", maxPoints=4,
+                          nParallelEvaluation=2, nPointsPerIteration=2, maxAttempts=1,
+                          searchSpace={"x": [0.0, 1.0]})["id"]
+        sj = wait_until(lambda: _steering_job(a), what="a steering job")
+        a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": [{"x": 0.1}, {"x": 0.2}]})
+        j = wait_until(lambda: acquire(a, kinds=["evaluation"]), what="an evaluation job")
+        pid = j["points"][0]["point_id"]
+        a.post(f"/jobs/{j['id']}/points/{pid}/result", json={"point_id": pid, "loss": 0.0})
+        a.post(f"/jobs/{j['id']}/complete", json={})
+        time.sleep(1.5)  # several manager passes: one point still waits, so no steering job
+        assert _steering_job(a) is None
+        j = acquire(a, kinds=["evaluation"])
+        pid = j["points"][0]["point_id"]
+        a.post(f"/jobs/{j['id']}/points/{pid}/result", json={"point_id": pid, "status": 1, "message": "boom"})
+        a.post(f"/jobs/{j['id']}/complete", json={})
+        sj = wait_until(lambda: _steering_job(a), what="the second steering job")
+        assert sj["steering"]["num_points"] == 2
+        pts = sj["steering"]["input"]["points"]
+        assert sorted(loss for _, loss in pts) == [0.0, 100000.0]  # the failed point: iDDS's 1e5
+        failed = [p for p in points(c, tid) if p["state"] == "failed"]
+        assert len(failed) == 1 and failed[0]["loss"] is None  # no made-up loss on the point itself
 
 
 def test_partial_pass_steers_only_the_segments_it_was_woken_for(tmp_path):

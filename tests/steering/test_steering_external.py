@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from phpo.schemas.points import Point
 from phpo.schemas.search_space import parse_search_space
-from phpo.schemas.upstream import substitute_tokens
+from phpo.schemas.upstream import substitute_placeholders
 from phpo.steering.external import build_steering_input, parse_steering_output
 
 RAW_SPACE = {
@@ -40,7 +40,7 @@ def test_input_lists_every_point_with_its_loss_and_the_users_own_space():
             [{"lr": 0.02, "layers": 1}, 0.0],  # 0.0 is a real loss, never "not evaluated"
             [{"lr": 0.1, "layers": 3}, None],
             [{"lr": 0.05, "layers": 4}, None],
-            [{"lr": 0.03, "layers": 4}, None],  # failed: no loss is made up
+            [{"lr": 0.03, "layers": 4}, 100000.0],  # failed: iDDS's 1e5, never null (= pending)
             [{"lr": 0.04, "layers": 2}, [0.5, 1.5]],
         ],
         "opt_space": RAW_SPACE,
@@ -49,7 +49,7 @@ def test_input_lists_every_point_with_its_loss_and_the_users_own_space():
     json.dumps(got)
 
 
-def test_failed_points_get_the_penalty_loss_only_when_the_task_sets_one():
+def test_failed_points_get_the_penalty_loss_when_the_task_sets_one():
     points = [
         _pt(1, {"lr": 0.03, "layers": 4}, "failed"),
         _pt(2, {"lr": 0.01, "layers": 1}, "evaluated", 0.2),
@@ -181,7 +181,7 @@ def test_a_steering_script_round_trip(tmp_path):
         _pt(2, {"lr": 0.001, "layers": 3}, "evaluated", 0.0),
     ]
     (tmp_path / "in.json").write_text(json.dumps(build_steering_input(points, RAW_SPACE)))
-    cmd = substitute_tokens(
+    cmd = substitute_placeholders(
         f"{sys.executable} steer.py %IN %OUT %NUM_POINTS",
         {"%IN": "in.json", "%OUT": "out.json", "%NUM_POINTS": "3", "%MAX_POINTS": "10"},
     )

@@ -49,8 +49,12 @@ def get_tasks(ctx: Ctx, caller: UserCaller, state: str | None = None, name: str 
 
 @router.get("/{task_id}", response_model=Task)
 def get_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+    """The task; ``waiting_for`` says which requirement no connected agent meets, if any."""
     with ctx.db.read() as s:
-        return task_to_schema(s, get_task_row(s, task_id, caller))
+        task = task_to_schema(s, get_task_row(s, task_id, caller))
+        task.waiting_for = ctx.broker.unmet_requirement(s, task.id, task.state.value, task.counts.ready,
+                                                        task.counts.leased)
+    return task
 
 
 @router.post("/{task_id}/cancel", response_model=Task)
