@@ -42,7 +42,7 @@ from phpo.schemas.search_space import (
     NormalParam,
     SearchSpace,
 )
-from phpo.schemas.upstream import substitute_tokens
+from phpo.schemas.upstream import substitute_placeholders
 from rich.markup import escape
 
 from ..sandbox import pack, plan_sandbox
@@ -147,6 +147,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
 
     try:
         from phpo.evaluation_container.agent import CONTROL_FILE, INTERMEDIATE_FILE, PHPO_DIR, Outcome, read_output
+        from phpo.evaluation_container.mlflow_local import payload_env as mlflow_payload_env
     except ImportError as e:
         raise CliError(f"phpo run-local reads the result with the agent's rules ({e}): "
                        "pip install 'phpo[agent]'") from None
@@ -184,7 +185,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
         (rundir / spec.evaluationTrainingData).write_text(json.dumps(training))
     command = spec.evaluationExec
     if spec.segments:
-        command = substitute_tokens(command, {"%SEGMENT_NAME": names[seg]})
+        command = substitute_placeholders(command, {"%SEGMENT_NAME": names[seg]})
     env = {**os.environ, "PHPO_WORKDIR": str(rundir), "PHPO_INPUT_FILE": spec.evaluationInput,
            "PHPO_OUTPUT_FILE": spec.evaluationOutput, "PHPO_POINT_ID": "0", "PHPO_POINT_SERIAL": "0",
            "PHPO_ATTEMPT": "1", "PHPO_RESUMED": "0", "PHPO_SEGMENT": names[seg], "PHPO_SEGMENT_ID": str(seg),
@@ -198,8 +199,8 @@ def cmd_run_local(args: argparse.Namespace) -> int:
                        ("PHPO_METRICS_FILE", spec.evaluationMetrics)):
         if value:
             env[key] = value
-    for key in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):  # a try run logs nowhere
-        env.pop(key, None)
+    env.pop("MLFLOW_RUN_ID", None)
+    env.update(mlflow_payload_env(str(rundir), True, None))  # MLflow calls go to ./mlruns, as on an agent
     timeout = args.timeout if args.timeout is not None else spec.evaluationTimeout
     err.print(f"[bold]run-local[/]: point {escape(json.dumps(point))}\n  in {rundir}\n  $ {escape(command)}")
     outcome, rc, seconds = _run(command, rundir, env, timeout, logdir / "stdout.txt", logdir / "stderr.txt",
