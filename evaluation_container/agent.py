@@ -138,7 +138,7 @@ def with_stderr(message: str, stderr_path: Path) -> str:
 def read_output(
     output_path: Path, outcome: str, rc: int | None, stderr_path: Path, point_id: int, timeout_s: float | None
 ) -> PointResult:
-    """Turn what the payload left behind into the point's result (CONTRACTS §3). Anything but a
+    """Turn what the payload left behind into the point's result (docs/payloads.md). Anything but a
     readable output with status 0 and a loss is a failed attempt whose message says why and
     shows the end of stderr."""
     name = output_path.name
@@ -166,16 +166,17 @@ def read_output(
     except ValueError as e:
         return PointResult(point_id=point_id, status=code, message=with_stderr(
             f"the output file '{name}' does not follow the contract: {e}; exit code {rc}", stderr_path))
+    metrics = out.all_metrics()  # keys beyond status/loss/message/metrics are kept with the metrics
     if out.status != 0:
         own = out.message or "(no message)"
-        return PointResult(point_id=point_id, status=out.status, metrics=out.metrics, message=with_stderr(
+        return PointResult(point_id=point_id, status=out.status, metrics=metrics, message=with_stderr(
             f"the payload reported status {out.status}: {own}; exit code {rc}", stderr_path))
     if out.loss is None:
-        return PointResult(point_id=point_id, status=code, metrics=out.metrics, message=with_stderr(
+        return PointResult(point_id=point_id, status=code, metrics=metrics, message=with_stderr(
             f"the output file '{name}' has status 0 but no loss; exit code {rc}", stderr_path))
     if rc:
         log.warning("point %d: payload exited %s after writing a valid result; keeping the result", point_id, rc)
-    return PointResult(point_id=point_id, status=0, loss=out.loss, metrics=out.metrics, message=out.message)
+    return PointResult(point_id=point_id, status=0, loss=out.loss, metrics=metrics, message=out.message)
 
 
 class Agent:
@@ -438,6 +439,7 @@ class JobRunner(threading.Thread):
         self.done = threading.Event()
         self.lease_lost = threading.Event()
         self.cancelled = threading.Event()
+        self.paused = threading.Event()  # the task is paused: no further point of this job starts
         self.current_point: JobPoint | None = None
         self._point_ids = {p.point_id for p in job.points}
         self._intermediate_offset = 0
@@ -500,6 +502,10 @@ class JobRunner(threading.Thread):
             if resp.cancel and not self.cancelled.is_set():
                 log.info("job %d: the server cancelled it", self.job.id)
                 self.cancelled.set()
+            if resp.pause and not self.paused.is_set():
+                log.info("job %d: its task is paused; the running point goes on, no further point starts",
+                         self.job.id)
+            (self.paused.set if resp.pause else self.paused.clear)()
             if resp.stop_points:
                 self._write_control({"stop_points": resp.stop_points})
 
@@ -710,7 +716,8 @@ class JobRunner(threading.Thread):
         unacked: list[PointResult] = []
         stop_reason: str | None = None
         for i, point in enumerate(self.job.points):
-            if i > 0 and (self.agent.stopping.is_set() or self.lease_lost.is_set() or self.cancelled.is_set()):
+            if i > 0 and (self.agent.stopping.is_set() or self.lease_lost.is_set() or self.cancelled.is_set()
+                          or self.paused.is_set()):
                 stop_reason = stop_reason or Outcome.stopped
                 break
             point_holder["id"] = point.point_id

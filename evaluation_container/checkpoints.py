@@ -7,7 +7,7 @@ Saving: every ``checkpoint_interval_s`` the agent fingerprints the listed files 
 while it was being written, so a checkpoint caught half-written is retried at the next check
 instead of being stored torn. The size limit is the agent's ``--max-checkpoint-mb``.
 
-Restoring (CONTRACTS §3 ``--checkPointToLoad``): with a name, the tarball is placed under that
+Restoring (``--checkPointToLoad``, docs/payloads.md): with a name, the tarball is placed under that
 name for the payload to open; without, it is unpacked in place, recreating the saved paths.
 """
 

@@ -1,4 +1,4 @@
-"""Jobs: what an agent leases, runs and reports (CONTRACTS §3)."""
+"""Jobs: what an agent leases, runs and reports (docs/payloads.md)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class EvaluationSettings(BaseModel):
 
 
 class SteeringSettings(BaseModel):
-    """A steering iteration (CONTRACTS §2): write ``input`` to %IN, run ``exec``, read %OUT."""
+    """A steering iteration (upstream's steering command, docs/compatibility.md): write ``input`` to %IN, run ``exec``, read %OUT."""
 
     container: str | None = None
     exec: str
@@ -126,7 +126,9 @@ class HeartbeatRequest(BaseModel):
 
 class HeartbeatResponse(BaseModel):
     lease_expires_at: datetime
-    cancel: bool = Field(default=False, description="stop the job: its task was cancelled/paused")
+    cancel: bool = Field(default=False, description="stop the job now: its task has ended (cancelled, failed, finished)")
+    pause: bool = Field(default=False, description="its task is paused: finish the running point, start no "
+                        "further point of this job (they go back to ready, no attempt spent)")
     stop_points: list[int] = Field(default_factory=list, description="points to stop early (pruning)")
 
 

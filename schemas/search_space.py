@@ -1,4 +1,4 @@
-"""The canonical search space and converters from the three upstream formats (CONTRACTS §5).
+"""The canonical search space and converters from the three upstream formats (docs/compatibility.md).
 
 Canonical form::
 

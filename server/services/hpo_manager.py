@@ -652,7 +652,8 @@ class HpoManager:
         duration = (utcnow() - started).total_seconds()
         segmented = spec.segments is not None
         n_segments = len(spec.segment_names)
-        if task.state != "running":  # paused or ended meanwhile: the output is not used
+        if task.state not in ("running", "paused"):  # ended meanwhile: the output is not used
+            # (a paused task keeps it: its points wait, ready, for resume)
             if it is not None:
                 it.duration_s = duration
                 it.error = f"not used: the task is {task.state}"
