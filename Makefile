@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # The CPU build of torch (for optuna.gp) comes from a local wheel where the machine has one.
 WHEELS ?= /opt/wheels
 
-.PHONY: install demo test lint bench clean container-runtime chromium
+.PHONY: install demo test lint bench fuzz clean container-runtime chromium
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: install container-runtime chromium
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# schemathesis over the whole API as a user, an agent and an admin, on SQLite and PostgreSQL
+# (about 7 minutes; FUZZ_ARGS="--max-time 30 --db sqlite" for a short run); fails on any 5xx
+fuzz: install
+	$(BIN)/python tests/fuzz/runner.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

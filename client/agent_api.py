@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,6 +57,38 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+def _non_finite(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, float]]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, (*path, k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, (*path, i))
+
+
+def finite_payload(body: Any, what: str = "request") -> dict[str, Any]:
+    """``body`` as JSON-ready data with every NaN/Infinity (a payload's metrics may hold them) as
+    null: JSON has no such numbers and the server refuses them, which would lose the whole call.
+    Where the body has a ``message``, it names the values so replaced."""
+    payload = body.model_dump(mode="json", exclude_none=False)
+    found = list(_non_finite(body.model_dump(mode="python", exclude_none=False)))
+    if not found:
+        return payload
+    for path, _ in found:
+        holder: Any = payload
+        for key in path[:-1]:
+            holder = holder[key]
+        holder[path[-1]] = None
+    names = ", ".join(f"{'.'.join(map(str, p))} ({v})" for p, v in found[:10])
+    note = f"non-finite values sent as null: {names}" + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+    log.warning("%s: %s", what, note)
+    if "message" in payload and not any(p == ("message",) for p, _ in found):
+        payload["message"] = f"{payload['message']}; {note}" if payload["message"] else note
+    return payload
+
+
 class AgentAPI(HttpBase):
     """Typed calls for the routes an agent uses (``/jobs/...`` and ``GET /artifacts/{id}``).
 
@@ -97,7 +130,7 @@ class AgentAPI(HttpBase):
         raise AssertionError(f"unreachable: {what}")  # pragma: no cover
 
     def _post(self, path: str, body: Any, what: str, retry_seconds: float | None = None) -> httpx.Response:
-        payload = body.model_dump(mode="json", exclude_none=False)
+        payload = finite_payload(body, what)
         return self._retry(lambda: self.request("POST", path, json=payload), what, retry_seconds)
 
     # --- jobs --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ carrying the server's own message.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +33,8 @@ from phpo.schemas.states import TERMINAL_TASK_STATES
 from ._http import HttpBase, raise_for_answer
 from .errors import InvalidInput, NotFound, PhpoError, ServerUnreachable
 from .progress import TaskProgress
-from .sandbox import DEFAULT_MAX_BYTES, build_sandbox
+from .sandbox import DEFAULT_MAX_BYTES, SandboxPlan, build_sandbox, pack, plan_sandbox
+from .specfiles import resolve_spec_files
 from .tables import Table
 from .workflows import WorkflowMethods
 
@@ -48,19 +49,22 @@ def validate_spec(spec: TaskSpec | dict[str, Any] | None = None, **options: Any)
     Checked here so a mistake is reported before anything is uploaded; the refusal is the same
     :class:`InvalidInput` the server would answer, with ``field`` naming the option.
     """
-    if isinstance(spec, TaskSpec):
-        data = spec.model_dump(exclude_unset=True)
-    elif spec is None:
-        data = {}
-    elif isinstance(spec, dict):
-        data = dict(spec)
-    else:
-        raise TypeError(f"spec must be a TaskSpec or a dict, not {type(spec).__name__}")
+    data = _spec_data(spec)
     data.update(options)
     try:
         return TaskSpec.model_validate(data)
     except ValidationError as e:
         raise spec_error(e) from None
+
+
+def _spec_data(spec: TaskSpec | dict[str, Any] | None) -> dict[str, Any]:
+    if isinstance(spec, TaskSpec):
+        return spec.model_dump(exclude_unset=True)
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    raise TypeError(f"spec must be a TaskSpec or a dict, not {type(spec).__name__}")
 
 
 def spec_error(e: ValidationError) -> InvalidInput:
@@ -99,6 +103,7 @@ class Client(WorkflowMethods, HttpBase):
         timeout: float = 30.0,
     ):
         super().__init__(url, token, timeout=timeout, transport=transport)
+        self.last_sandbox: SandboxPlan | None = None  # what the last submit shipped
 
     def __enter__(self) -> Client:
         return self
@@ -113,10 +118,36 @@ class Client(WorkflowMethods, HttpBase):
 
     # --- tasks ------------------------------------------------------------------------
 
-    def submit(self, spec: TaskSpec | dict[str, Any] | None = None, **options: Any) -> Task:
-        """Create a task. ``options`` are TaskSpec fields (``evaluationExec=...``) and win over
-        ``spec``. The sandbox is not uploaded here: see :meth:`upload_sandbox` (``sandbox=``)."""
-        s = validate_spec(spec, **options)
+    def submit(
+        self,
+        spec: TaskSpec | dict[str, Any] | None = None,
+        *,
+        directory: str | Path | None = ".",
+        sandbox_files: Iterable[str] = (),
+        **options: Any,
+    ) -> Task:
+        """Create a task the way ``phpo submit`` does from ``directory`` (default: the current one).
+
+        ``options`` are TaskSpec fields (``evaluationExec=...``) and win over ``spec``.
+        ``searchSpaceFile``, ``segmentSpecFile`` and ``trainingDS`` are read relative to
+        ``directory`` (unless ``searchSpace``/``segments``/``trainingFiles`` are given), and the
+        sandbox, the ``*.json *.py *.sh *.yaml`` files under ``directory`` plus ``sandbox_files``,
+        is uploaded with the task, so ``evaluationExec="python train.py"`` finds ``train.py``.
+        ``sandbox=ID`` uses one uploaded before (:meth:`upload_sandbox`), ``sandbox=None`` or
+        ``directory=None`` ships none. What was shipped: :attr:`last_sandbox`.
+        """
+        data = _spec_data(spec)
+        data.update(options)
+        if directory is not None:
+            data = resolve_spec_files(data, directory)
+        s = validate_spec(data)  # before the upload: a mistake costs no transfer
+        self.last_sandbox = None
+        if directory is not None and "sandbox" not in data:
+            plan = plan_sandbox(directory, sandbox_files)
+            tarball = pack(plan)
+            if tarball is not None:
+                s = validate_spec(data, sandbox=self.upload_tarball(tarball))
+                self.last_sandbox = plan
         r = self.request("POST", "/tasks", json=s.model_dump(mode="json", exclude_unset=True))
         return Task.model_validate(r.json())
 
@@ -146,11 +177,26 @@ class Client(WorkflowMethods, HttpBase):
     # --- what a task holds ------------------------------------------------------------
 
     def points(
-        self, task_id: int, segment: int | str | None = None, state: str | None = None
+        self,
+        task_id: int,
+        segment: int | str | None = None,
+        state: str | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> Table[Point]:
-        """Every point of the task (all pages), optionally of one segment or in one state."""
+        """Every point of the task (all pages), optionally of one segment or in one state.
+
+        ``sort`` is id (default), serial, loss, created_at or evaluated_at, ``-loss`` descending;
+        points without a loss come last either way. ``limit``/``offset`` take one slice of that
+        order (default: all points).
+        """
         seg = self._segment_id(task_id, segment)
-        return Table(self._pages(f"/tasks/{int(task_id)}/points", Point, _params(segment=seg, state=state)))
+        path = f"/tasks/{int(task_id)}/points"
+        params = _params(segment=seg, state=state, sort=sort)
+        if limit is None and not offset:
+            return Table(self._pages(path, Point, params))
+        return Table(self._slice(path, Point, params, limit, offset))
 
     def best(self, task_id: int, segment: int | str | None = None) -> Table[BestPoint]:
         """The best point of each segment (one entry for an unsegmented task)."""
@@ -189,16 +235,20 @@ class Client(WorkflowMethods, HttpBase):
         params = _params(sort=sort)
         if limit is None and not offset:
             return Table(self._pages(path, Segment, params))
-        out: list[Segment] = []
+        return Table(self._slice(path, Segment, params, limit, offset))
+
+    def _slice(self, path: str, model: type[M], params: dict[str, Any], limit: int | None, offset: int) -> list[M]:
+        """``limit`` items (all when ``None``) from ``offset`` on, in pages of at most PAGE_SIZE."""
+        out: list[M] = []
         while limit is None or len(out) < limit:
             n = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(out))
             page = self.request("GET", path, params={**params, "limit": n, "offset": offset}).json()
             items = page.get("items", [])
-            out += [Segment.model_validate(x) for x in items]
+            out += [model.model_validate(x) for x in items]
             offset += len(items)
             if not items or offset >= int(page.get("total", 0)):
                 break
-        return Table(out)
+        return out
 
     def iterations(self, task_id: int) -> Table[SteeringIteration]:
         """Steering calls, so one can see why a task waits (and what the steering said)."""
@@ -319,12 +369,18 @@ class Client(WorkflowMethods, HttpBase):
     def read_artifact(self, artifact_id: int) -> bytes:
         return self.request("GET", f"/artifacts/{int(artifact_id)}").content
 
-    def upload_sandbox(self, directory: str | Path = ".", max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
-        """Upload ``*.json *.py *.sh *.yaml`` of ``directory`` (not recursive) as a tar.gz and
-        return its artifact id for ``TaskSpec.sandbox``; ``None`` when there are no such files."""
-        data = build_sandbox(directory, max_bytes=max_bytes)
-        if data is None:
-            return None
+    def upload_sandbox(
+        self, directory: str | Path = ".", max_bytes: int = DEFAULT_MAX_BYTES, extra: Iterable[str] = ()
+    ) -> str | None:
+        """Upload the sandbox of ``directory`` (``*.json *.py *.sh *.yaml``, subdirectories
+        included, plus the files or directories ``extra`` names; see :mod:`phpo.client.sandbox`)
+        as a tar.gz and return its artifact id for ``TaskSpec.sandbox``; ``None`` when there are
+        no such files."""
+        data = build_sandbox(directory, max_bytes=max_bytes, extra=extra)
+        return None if data is None else self.upload_tarball(data)
+
+    def upload_tarball(self, data: bytes) -> str:
+        """Upload a sandbox tar.gz (directories and regular files only); its artifact id."""
         r = self.request("PUT", "/sandboxes", content=data, headers={"Content-Type": "application/gzip"})
         try:
             return str(Artifact.model_validate(r.json()).id)

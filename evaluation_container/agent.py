@@ -81,6 +81,19 @@ def default_agent_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def heartbeat_request(reports: list[IntermediateReport]) -> HeartbeatRequest:
+    """A heartbeat carrying ``reports``; values the payload reported as NaN or Infinity travel as
+    null (JSON has neither, and the server refuses them), and the message says which, so a
+    missing value on the server is explained rather than silent."""
+    nulls = [r for r in reports if r.value is None]
+    note = None
+    if nulls:
+        where = ", ".join(f"point {r.point_id} step {r.step}" for r in nulls[:10])
+        more = f" and {len(nulls) - 10} more" if len(nulls) > 10 else ""
+        note = f"intermediate values that were NaN or Infinity were sent as null: {where}{more}"
+    return HeartbeatRequest(intermediate=reports, message=note)
+
+
 @dataclass
 class AgentConfig:
     site: str
@@ -144,9 +157,10 @@ def read_output(
     output_path: Path, outcome: str, rc: int | None, stderr_path: Path, point_id: int, timeout_s: float | None,
     root: Path | None = None,
 ) -> PointResult:
-    """Turn what the payload left behind into the point's result. Anything but a readable
-    output with status 0 and a loss is a failed attempt whose message says why and shows the end
-    of stderr. The file is read without following links below ``root`` (default: its folder)."""
+    """Turn what the payload left behind into the point's result (docs/payloads.md). Anything but a
+    readable output with status 0 and a loss is a failed attempt whose message says why and
+    shows the end of stderr. The file is read without following links below ``root`` (default:
+    its folder)."""
     name = output_path.name
     if outcome == Outcome.timeout:
         return PointResult(
@@ -173,16 +187,17 @@ def read_output(
     except ValueError as e:
         return PointResult(point_id=point_id, status=code, message=with_stderr(
             f"the output file '{name}' does not follow the contract: {e}; exit code {rc}", stderr_path))
+    metrics = out.all_metrics()  # keys beyond status/loss/message/metrics are kept with the metrics
     if out.status != 0:
         own = out.message or "(no message)"
-        return PointResult(point_id=point_id, status=out.status, metrics=out.metrics, message=with_stderr(
+        return PointResult(point_id=point_id, status=out.status, metrics=metrics, message=with_stderr(
             f"the payload reported status {out.status}: {own}; exit code {rc}", stderr_path))
     if out.loss is None:
-        return PointResult(point_id=point_id, status=code, metrics=out.metrics, message=with_stderr(
+        return PointResult(point_id=point_id, status=code, metrics=metrics, message=with_stderr(
             f"the output file '{name}' has status 0 but no loss; exit code {rc}", stderr_path))
     if rc:
         log.warning("point %d: payload exited %s after writing a valid result; keeping the result", point_id, rc)
-    return PointResult(point_id=point_id, status=0, loss=out.loss, metrics=out.metrics, message=out.message)
+    return PointResult(point_id=point_id, status=0, loss=out.loss, metrics=metrics, message=out.message)
 
 
 class Agent:
@@ -452,6 +467,7 @@ class JobRunner(threading.Thread):
         self.done = threading.Event()
         self.lease_lost = threading.Event()
         self.cancelled = threading.Event()
+        self.paused = threading.Event()  # the task is paused: no further point of this job starts
         self.current_point: JobPoint | None = None
         self._point_ids = {p.point_id for p in job.points}
         self._intermediate_offset = 0
@@ -535,8 +551,7 @@ class JobRunner(threading.Thread):
         while not self.done.wait(interval):
             reports = self._collect_intermediate()
             try:
-                resp = self.api.heartbeat(self.job.id, HeartbeatRequest(intermediate=reports),
-                                          retry_seconds=interval)
+                resp = self.api.heartbeat(self.job.id, heartbeat_request(reports), retry_seconds=interval)
             except (Conflict, NotFound) as e:
                 log.error("job %d: the server no longer holds this job for us (%s); stopping it", self.job.id, e)
                 self.lease_lost.set()
@@ -550,6 +565,10 @@ class JobRunner(threading.Thread):
             if resp.cancel and not self.cancelled.is_set():
                 log.info("job %d: the server cancelled it", self.job.id)
                 self.cancelled.set()
+            if resp.pause and not self.paused.is_set():
+                log.info("job %d: its task is paused; the running point goes on, no further point starts",
+                         self.job.id)
+            (self.paused.set if resp.pause else self.paused.clear)()
             if resp.stop_points:
                 self._write_control({"stop_points": resp.stop_points})
 
@@ -578,11 +597,11 @@ class JobRunner(threading.Thread):
                                     self.job.id, pid)
                         continue
                     value = float(rec["value"])
-                    if not math.isfinite(value):  # the server refuses a heartbeat carrying one
-                        log.warning("job %d: ignoring the intermediate value %r of point %s (step %s): not finite",
-                                    self.job.id, value, pid, rec.get("step"))
-                        continue
-                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]), value=value))
+                    if not math.isfinite(value):
+                        log.warning("job %d: point %s reported %s at step %s; it is sent as null (JSON has "
+                                    "no NaN or Infinity)", self.job.id, pid, value, rec["step"])
+                    out.append(IntermediateReport(point_id=int(pid), step=int(rec["step"]),
+                                                  value=value if math.isfinite(value) else None))
                 except (ValueError, KeyError, TypeError):
                     log.warning("job %d: ignoring a bad intermediate line %r", self.job.id, line[:200])
             return out
@@ -594,8 +613,7 @@ class JobRunner(threading.Thread):
         if not reports:
             return
         try:
-            self.api.heartbeat(self.job.id, HeartbeatRequest(intermediate=reports),
-                               retry_seconds=min(self.cfg.retry_seconds, 10))
+            self.api.heartbeat(self.job.id, heartbeat_request(reports), retry_seconds=min(self.cfg.retry_seconds, 10))
         except Exception as e:  # noqa: BLE001
             log.warning("job %d: %d intermediate value(s) not delivered: %s", self.job.id, len(reports), e)
 
@@ -768,7 +786,8 @@ class JobRunner(threading.Thread):
         unacked: list[PointResult] = []
         stop_reason: str | None = None
         for i, point in enumerate(self.job.points):
-            if i > 0 and (self.agent.stopping.is_set() or self.lease_lost.is_set() or self.cancelled.is_set()):
+            if i > 0 and (self.agent.stopping.is_set() or self.lease_lost.is_set() or self.cancelled.is_set()
+                          or self.paused.is_set()):
                 stop_reason = stop_reason or Outcome.stopped
                 break
             point_holder["id"] = point.point_id

@@ -11,7 +11,7 @@ Only regular files and directories are saved (a link in the checkpoint paths is 
 a warning, never followed: the payload may point one anywhere), and they are read without
 following links on the way, because the agent may run with more rights than its payload.
 
-Restoring (``--checkPointToLoad``): with a name, the tarball is placed under that name for the
+Restoring (``--checkPointToLoad``, docs/payloads.md): with a name, the tarball is placed under that name for the
 payload to open; without, it is unpacked in place by :func:`phpo.schemas.archives.extract`
 (regular files and directories only, inside the working directory only, size-bounded): a
 checkpoint is uploaded with an agent token, and an agent that unpacked whatever arrives would

@@ -2,7 +2,7 @@
 
 Everything goes through files in the job's working directory, whose names the agent passes in
 ``PHPO_*`` environment variables; a payload in any other language reads and writes the same
-files (CONTRACTS §3) and needs none of this. Without the agent (a local test run) the upstream
+files (docs/payloads.md) and needs none of this. Without the agent (a local test run) the upstream
 default names apply: ``input.json``, ``input_ds.json``, ``output.json`` in the current directory.
 
     from phpo.evaluation_container import sdk

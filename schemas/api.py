@@ -56,6 +56,14 @@ T = TypeVar("T")
 
 API_PREFIX = "/api/v1"
 
+MAX_INT64 = 2**63 - 1
+"""Ids, offsets and counters are 64-bit signed integers in the database: a larger value in a path,
+a query or a body is a 422, not a database overflow."""
+MAX_INT32 = 2**31 - 1
+"""Segment indexes and serials are 32-bit integers in the database."""
+MAX_PAGE = 1000
+"""The largest ``limit`` of one page of a list route."""
+
 
 class Role(StrEnum):
     user = "user"

@@ -1,4 +1,4 @@
-"""Jobs: what an agent leases, runs and reports (CONTRACTS §3)."""
+"""Jobs: what an agent leases, runs and reports (docs/payloads.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class AgentResources(BaseModel):
 
 
 class AcquireRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     agent: str = Field(min_length=1, max_length=200, description="agent name, unique per process")
     site: str = Field(min_length=1, max_length=200)
     resources: AgentResources = Field(default_factory=AgentResources)
@@ -81,7 +81,7 @@ class EvaluationSettings(BaseModel):
 
 
 class SteeringSettings(BaseModel):
-    """A steering iteration (CONTRACTS §2): write ``input`` to %IN, run ``exec``, read %OUT."""
+    """A steering iteration (upstream's steering command, docs/compatibility.md): write ``input`` to %IN, run ``exec``, read %OUT."""
 
     container: str | None = None
     exec: str
@@ -112,27 +112,30 @@ class Job(BaseModel):
 
 
 class IntermediateReport(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
     point_id: int
     step: int
-    value: float
+    value: float | None = Field(description="null where the payload reported NaN or Infinity (JSON has neither)")
 
 
 class HeartbeatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     intermediate: list[IntermediateReport] = Field(default_factory=list)
     message: str | None = None
 
 
 class HeartbeatResponse(BaseModel):
     lease_expires_at: datetime
-    cancel: bool = Field(default=False, description="stop the job: its task was cancelled/paused")
+    cancel: bool = Field(default=False, description="stop the job now: its task has ended (cancelled, failed, finished)")
+    pause: bool = Field(default=False, description="its task is paused: finish the running point, start no "
+                        "further point of this job (they go back to ready, no attempt spent)")
     stop_points: list[int] = Field(default_factory=list, description="points to stop early (pruning)")
 
 
 class PointResult(BaseModel):
     """One point's outcome, from the payload's output file plus what the agent saw."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     point_id: int
     status: int = 0
     loss: Loss | None = None
@@ -149,7 +152,7 @@ class CompleteRequest(BaseModel):
     """Ends a job. Results not reported earlier through ``/points/{id}/result`` go here.
     Points of the job with no result at all are returned to ``ready`` (attempt spent)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     results: list[PointResult] = Field(default_factory=list)
     steering_output: list[Any] | None = Field(default=None, description="%OUT of a steering job")
     message: str | None = Field(default=None, max_length=100_000)

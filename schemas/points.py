@@ -30,7 +30,7 @@ def check_loss(v: Any) -> Loss | None:
 
 class IntermediateValue(BaseModel):
     step: int
-    value: float
+    value: float | None = Field(description="null where the payload reported NaN or Infinity")
 
 
 class Point(BaseModel):
@@ -44,7 +44,8 @@ class Point(BaseModel):
     state: PointState
     loss: Loss | None = None
     metrics: dict[str, Any] | None = None
-    attempts: int = 0
+    attempts: int = Field(default=0, description="runs of this point so far: failed or lost ones, plus the one "
+                          "that evaluated it or runs it now")
     error: str | None = None
     intermediate: list[IntermediateValue] = Field(default_factory=list)
     created_at: datetime | None = None
@@ -53,9 +54,11 @@ class Point(BaseModel):
 
 
 class EvaluationOutput(BaseModel):
-    """The payload's ``evaluationOutput`` file (CONTRACTS §3)."""
+    """The payload's ``evaluationOutput`` file (docs/payloads.md). Keys beyond status, loss,
+    message and metrics are kept (``model_extra``): the agent files them under the point's
+    metrics, so nothing a payload reports is dropped without a word."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     status: int = 0
     loss: Loss | None = None
     message: str | None = None
@@ -65,6 +68,13 @@ class EvaluationOutput(BaseModel):
     @classmethod
     def _loss(cls, v: Any) -> Any:
         return check_loss(v)
+
+    def all_metrics(self) -> dict[str, Any] | None:
+        """``metrics`` plus every other key of the file; a key in both keeps the ``metrics`` value."""
+        extra = dict(self.model_extra or {})
+        if not extra:
+            return self.metrics
+        return {**extra, **(self.metrics or {})}
 
 
 class BestPoint(BaseModel):

@@ -1,4 +1,4 @@
-"""The canonical search space and converters from the three upstream formats (CONTRACTS §5).
+"""The canonical search space and converters from the three upstream formats (docs/compatibility.md).
 
 Canonical form::
 
@@ -28,7 +28,7 @@ class SearchSpaceError(ValueError):
 
 
 class _Param(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     when: dict[str, list[Any]] | None = Field(
         default=None, description="active only when each named parent's value is in the list"
     )
@@ -349,6 +349,40 @@ def _convert_param(name: str, spec: Any) -> Any:
     )
 
 
+# --------------------------------------------------------------------------------------
+# size limits: checked on the user's text before anything is converted, so that a huge space
+# costs O(parameters) to refuse
+
+MAX_PARAMS = 1_000
+"""Most parameters in one search space."""
+MAX_CHOICES = 10_000
+"""Most choices of one categorical parameter."""
+
+
+def _raw_choices(spec: Any) -> Any:
+    """The choice list of a parameter in any of the accepted formats, if it has one."""
+    if not isinstance(spec, dict):
+        return None
+    for holder in (spec, spec.get("dimension"), spec.get("params")):
+        if isinstance(holder, dict):
+            for key in ("choices", "categories"):
+                if isinstance(holder.get(key), list):
+                    return holder[key]
+    return None
+
+
+def check_space_size(raw: dict[str, Any]) -> None:
+    """Refuse a space beyond :data:`MAX_PARAMS` parameters or :data:`MAX_CHOICES` choices of a
+    parameter, naming the parameter and the limit."""
+    if len(raw) > MAX_PARAMS:
+        raise SearchSpaceError(f"the space has {len(raw)} parameters; at most {MAX_PARAMS} are accepted")
+    for name, spec in raw.items():
+        choices = _raw_choices(spec)
+        if choices is not None and len(choices) > MAX_CHOICES:
+            raise SearchSpaceError(f"parameter '{name}': {len(choices)} choices; at most {MAX_CHOICES} "
+                                   "are accepted")
+
+
 def parse_search_space(raw: Any) -> SearchSpace:
     """Convert any accepted format (canonical, method/dimension, type/params/bounds, ranges)."""
     if isinstance(raw, SearchSpace):
@@ -357,6 +391,7 @@ def parse_search_space(raw: Any) -> SearchSpace:
         raise SearchSpaceError("a search space must be a non-empty JSON object of parameters")
     if set(raw) == {"params"} and isinstance(raw["params"], dict):
         raw = raw["params"]
+    check_space_size(raw)
     params = {str(name): _convert_param(str(name), spec) for name, spec in raw.items()}
     try:
         return SearchSpace(params=params)

@@ -1,4 +1,4 @@
-"""Segment summaries (segmented HPO, CONTRACTS §4)."""
+"""Segment summaries (segmented HPO, docs/compatibility.md)."""
 
 from __future__ import annotations
 

@@ -114,6 +114,13 @@ TERMINAL_JOB_STATES = frozenset(
 )
 
 
+def task_succeeded(state: str, n_evaluated: int) -> bool:
+    """The one meaning of "this task worked", shared by ``phpo wait``/``show``/``best`` and the
+    workflow engine's ``hpo`` nodes: the task is ``finished`` and at least one point has a loss.
+    A task that ended any other way, or without a single evaluated point, failed."""
+    return str(state) == TaskState.finished.value and n_evaluated > 0
+
+
 class IllegalTransition(ValueError):
     """A state change the machine does not allow; the server answers 409."""
 

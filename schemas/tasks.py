@@ -1,4 +1,4 @@
-"""The task spec (every option of CONTRACTS §1 plus phpo's extensions) and the task record.
+"""The task spec (every upstream option, docs/compatibility.md, plus phpo's extensions) and the task record.
 
 Field names are the upstream option names (camelCase, no dashes), so a ``--loadJson`` file and
 ``--dumpJson`` output map onto this model one to one. Unknown keys are refused by name.
@@ -62,9 +62,9 @@ class TaskSpec(BaseModel):
     ``searchSpaceFile``/``segmentSpecFile`` (the client reads the files); the file names are
     kept only so ``--dumpJson`` can write them back."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    # --- upstream options (CONTRACTS §1) ---
+    # --- upstream options (docs/compatibility.md) ---
     outDS: str | None = Field(default=None, max_length=250, description="task name")
     nParallelEvaluation: int = Field(default=1, ge=1, le=100_000)
     maxPoints: int = Field(default=10, ge=1, le=10_000_000)

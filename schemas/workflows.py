@@ -37,7 +37,7 @@ Expr = str
 
 
 class _NodeBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     name: str = Field(
         min_length=1, max_length=100, pattern=NODE_NAME,

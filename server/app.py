@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from phpo.schemas.api import API_PREFIX
 
 from .api.errors import install_error_handlers
+from .api.limits import BodyLimits
+from .api.openapi import install_openapi
 from .api.routes import artifacts, health, jobs, tasks, tokens, workflows
 from .context import AppContext
 from .db.engine import Database
@@ -89,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs", redoc_url=None)
     app.state.ctx = ctx
     install_error_handlers(app)
+    app.add_middleware(BodyLimits, json_limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     for r in (health.router, tokens.router, tasks.router, jobs.router, artifacts.router, workflows.router):
         app.include_router(r, prefix=API_PREFIX)
+    install_openapi(app)
     return app

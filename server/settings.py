@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0)
     reaper_interval: float | None = Field(default=None, gt=0, description="default lease_seconds / 4, at most 5 s")
     max_upload_mb: float = Field(default=2048.0, gt=0)
+    max_body_mb: float = Field(default=8.0, gt=0, description="largest JSON request body (uploads: max_upload_mb)")
     log_level: str = "info"
     manager_interval: float = Field(default=1.0, gt=0, description="seconds between HPO manager passes")
     steering_workers: int = Field(default=4, ge=1, description="threads running optimizer ask/tell")
@@ -62,3 +63,7 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)

@@ -1,4 +1,4 @@
-"""The upstream steering command's files (CONTRACTS §2), as pure functions.
+"""The upstream steering command's files (docs/compatibility.md), as pure functions.
 
 The server never runs a user's steering command: it writes the ``%IN`` content with
 :func:`build_steering_input` into a steering job, an agent runs the command (placeholders
@@ -32,7 +32,7 @@ _FAILED = "failed"
 
 
 class SteeringFileError(ValueError):
-    """A steering input or output that breaks CONTRACTS §2; the message names the item."""
+    """A steering input or output that breaks upstream's steering file format; the message names the item."""
 
 
 def _field(point: Any, name: str, default: Any = None) -> Any:

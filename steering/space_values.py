@@ -58,9 +58,16 @@ def to_python(v: Any) -> Any:
     return v
 
 
-def clean_float(v: float) -> float:
-    """Drop binary noise such as ``0.30000000000000004`` (12 significant digits are kept)."""
-    return float(f"{float(v):.12g}")
+def clean_float(v: float, step: float | None = None) -> float:
+    """Drop binary noise such as ``0.30000000000000004`` (12 significant digits are kept).
+
+    With ``step``, ``v`` is a point of that grid and the rounding is kept only when it stays on
+    the grid: ``659 + 174667 * 2**-9`` needs 13 digits, and 12 would move it off its step."""
+    v = float(v)
+    clean = float(f"{v:.12g}")
+    if step and abs(clean - v) > step * 1e-9:
+        return v
+    return clean
 
 
 def quantize_float(v: float, low: float, high: float, step: float | None) -> float:
@@ -69,7 +76,7 @@ def quantize_float(v: float, low: float, high: float, step: float | None) -> flo
     if step:
         k = round((v - low) / step)
         k_max = math.floor((high - low) / step + 1e-9)
-        v = clean_float(low + min(max(k, 0), k_max) * step)
+        v = clean_float(low + min(max(k, 0), k_max) * step, step)
     return min(max(v, low), high)
 
 
@@ -89,7 +96,7 @@ def normal_bounds(p: NormalParam) -> tuple[float, float]:
 def quantize_normal(v: float, p: NormalParam) -> float:
     """Upstream ``qnormal``/``qlognormal``: ``round(v / q) * q``; without a step, as is."""
     if p.step:
-        return clean_float(round(float(v) / p.step) * p.step)
+        return clean_float(round(float(v) / p.step) * p.step, p.step)
     return float(v)
 
 
@@ -105,9 +112,17 @@ def finite_values(p: Any) -> list[Any] | None:
     if isinstance(p, CategoricalParam):
         # distinct values, first-listed order: a value listed twice weights sampling, but a
         # grid visits it once and a parameter with one distinct value is a constant
+        # O(n): a 10,000-choice space is checked at submit (pairwise comparison took seconds)
         distinct: list[Any] = []
+        seen: set[Any] = set()
         for c in p.choices:
-            if not any(type(c) is type(d) and c == d for d in distinct):
+            try:
+                key: Any = (type(c), c)
+                hash(key)
+            except TypeError:  # lists and objects: by their JSON text
+                key = (type(c), json.dumps(c, sort_keys=True, default=repr))
+            if key not in seen:
+                seen.add(key)
                 distinct.append(c)
         return [copy.deepcopy(c) for c in distinct]
     if isinstance(p, IntParam):

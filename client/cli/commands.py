@@ -20,13 +20,54 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from phpo.schemas import BestPoint, Point, Segment, Task, TaskState
+from phpo.schemas.states import task_succeeded
 
-from ..errors import InvalidInput, PhpoError
+from ..errors import AuthError, ConfigError, InvalidInput, NotFound, PhpoError, ServerUnreachable
 from ..progress import format_loss, summary_line
-from ..sandbox import build_sandbox, sandbox_files
+from ..sandbox import check_size, pack, plan_sandbox
 from .upstream import CliError, build_spec, collect_options, dump_options, submission_notes, write_dump
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_NOTHING, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_SERVER = 4, 5, 6, 7
+EXIT_PIPE = 141  # the reader went away (`phpo logs 7 | head`), as a shell reports SIGPIPE
+
+EXIT_CODES_HELP = """\
+exit codes (wait, show, best, logs, points and the other task commands):
+  0  success (wait: the task finished with evaluated points)
+  1  the task failed or was cancelled (show/best still print what there is)
+  2  usage error: a wrong option or value (also a value the server refused, HTTP 400/422)
+  3  wait --timeout passed before the task ended (the task goes on)
+  4  nothing to show: no such task or point (HTTP 404), no evaluated point yet, no logs yet
+  5  the server is unreachable, or none is configured
+  6  refused: the token is missing, wrong or lacks the role (HTTP 401/403)
+  7  any other error answer of the server (e.g. 409: the task is already cancelled; 5xx)
+  submit exits 1 for every failure to submit (as upstream phpo), 2 for usage errors."""
+
+
+def exit_code_for(e: PhpoError) -> int:
+    """The exit code of a command that ended with ``e`` (see :data:`EXIT_CODES_HELP`), so a
+    script can tell a wrong token from a dead server from a missing task."""
+    if isinstance(e, (ServerUnreachable, ConfigError)):
+        return EXIT_UNREACHABLE
+    if isinstance(e, AuthError):
+        return EXIT_REFUSED
+    if isinstance(e, NotFound):
+        return EXIT_NOTHING
+    if isinstance(e, InvalidInput):
+        return EXIT_USAGE
+    return EXIT_SERVER
+
+
+def task_exit(task: Task) -> int:
+    """0 for a task that is running, paused or finished with evaluated points; 1 for one that
+    failed or was cancelled (or finished without any evaluated point)."""
+    if task.state in (TaskState.failed, TaskState.cancelled):
+        return EXIT_FAILED
+    if task.state == TaskState.finished and not task_succeeded(task.state, task.counts.evaluated):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 SHOW_SEGMENTS = 20  # `phpo show` lists at most this many segments; `phpo segments` lists them all
 
 
@@ -63,14 +104,12 @@ def cmd_submit(args: argparse.Namespace, make_client) -> int:
         spec = build_spec(options, warn=lambda m: err.print(f"[yellow]warning:[/] {m}"))
         for note in submission_notes(spec, options):
             err.print(note, markup=False, highlight=False)
+        plan = plan_sandbox(os.getcwd(), _sandbox_files(options.get("sandboxFiles")))
         if options.get("noSubmit"):
-            data = build_sandbox(os.getcwd())  # the size cap is checked even when nothing is sent
-            files = [p.name for p in sandbox_files(os.getcwd())] if data else []
+            check_size(plan)  # the size cap is checked even when nothing is sent
             print_json(spec.model_dump(mode="json", exclude_unset=True))
-            err.print(
-                f"--noSubmit: the task is valid; nothing was submitted "
-                f"(sandbox would hold {len(files)} files: {', '.join(files) or 'none'})"
-            )
+            err.print(escape(plan.summary()), style="dim")
+            err.print("--noSubmit: the task is valid; nothing was submitted")
             if dump_path:
                 write_dump(
                     dump_path,
@@ -79,9 +118,11 @@ def cmd_submit(args: argparse.Namespace, make_client) -> int:
                     ),
                 )
             return EXIT_OK
+        tarball = pack(plan)
         with make_client() as client:
-            sandbox = client.upload_sandbox(os.getcwd())
-            task = client.submit(spec, **({"sandbox": sandbox} if sandbox is not None else {}))
+            sandbox = client.upload_tarball(tarball) if tarball is not None else None
+            task = client.submit(spec, directory=None, **({"sandbox": sandbox} if sandbox is not None else {}))
+        err.print(escape(plan.summary()), style="dim")
     except (CliError, PhpoError) as e:
         if dump_path:
             write_dump(
@@ -103,6 +144,14 @@ def cmd_submit(args: argparse.Namespace, make_client) -> int:
         out_console().print(message)
         err.print(f"follow it with: phpo wait {task.id}   (or phpo show {task.id})", style="dim")
     return EXIT_OK
+
+
+def _sandbox_files(value: str | list[str] | None) -> list[str]:
+    """``--sandboxFiles a.txt,model/`` (or a list in the --loadJson file)."""
+    if not value:
+        return []
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(x).strip() for x in items if str(x).strip()]
 
 
 # --- list / show -------------------------------------------------------------------------
@@ -180,18 +229,36 @@ def _val(v: Any) -> str:
     return str(v)
 
 
-def _sort_key(p: Point) -> tuple:
-    loss = p.loss[0] if isinstance(p.loss, list) else p.loss
-    return (loss is None, loss if loss is not None else 0.0, p.id)
+def n_points(task: Task) -> int:
+    c = task.counts
+    return c.ready + c.leased + c.evaluated + c.failed + c.cancelled
+
+
+def _failed_note(task: Task) -> None:
+    """On stderr, why the exit code is 1 while the output still shows the task's points."""
+    if task_exit(task) == EXIT_FAILED:
+        err_console().print(
+            f"[red]task {task.id} {task.state.value}[/]" + (f": {escape(task.message)}" if task.message else "")
+        )
 
 
 def cmd_show(args: argparse.Namespace, make_client) -> int:
+    if args.points < 0 or args.offset < 0:
+        raise CliError(f"--points and --offset must be 0 or more, got {args.points} and {args.offset}")
     with make_client() as client:
         task = client.task(args.id)
+        # best first (points without a loss last), one page of them: a task may hold millions
+        points = (
+            list(client.points(args.id, sort="loss", limit=args.points, offset=args.offset))
+            if args.points else []
+        )
         if args.json:
-            print_json(task_json(task))
-            return EXIT_OK
-        points = list(client.points(args.id)) if args.points else []
+            out = task_json(task)
+            out["points"] = [p.model_dump(mode="json") for p in points]
+            out["points_page"] = {"sort": "loss", "limit": args.points, "offset": args.offset,
+                                  "total": n_points(task)}
+            print_json(out)
+            return task_exit(task)
         best = list(client.best(args.id))
         segments = list(client.segments(args.id, limit=SHOW_SEGMENTS)) if task.n_segments > 1 else []
     con = out_console()
@@ -226,15 +293,73 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
             params = escape(json.dumps(b.params))
             con.print(f"best{seg}: loss {format_loss(b.loss)} at point {b.point_id}: {params}")
     if points:
-        points.sort(key=_sort_key)
         con.print(_points_table(points, args.points))
-        if len(points) > args.points:
+        shown_to = args.offset + len(points)
+        if shown_to < n_points(task):
             con.print(
-                f"… {len(points) - args.points} more points (phpo show {task.id} --points N, or the "
-                "Python client's Client.points)",
+                f"… points {args.offset + 1}-{shown_to} of {n_points(task)}, best first (next: phpo show "
+                f"{task.id} --offset {shown_to}; all of them: phpo points {task.id} --csv)",
                 style="dim",
             )
-    return EXIT_OK
+    return task_exit(task)
+
+
+# --- points ------------------------------------------------------------------------------
+
+
+POINT_CSV_COLUMNS = ("point", "segment", "serial", "state", "loss", "attempts", "site", "evaluated_at", "error")
+
+
+def _points_csv(points: list[Point]) -> str:
+    """CSV: one row per point; the summary columns, one column per parameter, one per metric."""
+    params: dict[str, None] = {}
+    metrics: dict[str, None] = {}
+    for p in points:
+        params.update(dict.fromkeys(p.params))
+        metrics.update(dict.fromkeys(p.metrics or {}))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*POINT_CSV_COLUMNS, *params, *(f"metric.{m}" for m in metrics)])
+    for p in points:
+        loss = json.dumps(p.loss) if isinstance(p.loss, list) else ("" if p.loss is None else p.loss)
+        row = [p.id, p.segment, p.serial, p.state.value, loss, p.attempts, p.site or "",
+               p.evaluated_at.isoformat() if p.evaluated_at else "", p.error or ""]
+        row += [_cell(p.params.get(n)) for n in params]
+        row += [_cell((p.metrics or {}).get(m)) for m in metrics]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return v
+
+
+def cmd_points(args: argparse.Namespace, make_client) -> int:
+    if args.json and args.csv:
+        raise CliError("--json and --csv exclude each other; choose one")
+    with make_client() as client:
+        task = client.task(args.id)
+        try:
+            points = list(client.points(args.id, segment=args.segment, state=args.state, sort=args.sort))
+        except InvalidInput as e:
+            if e.field in ("sort", "state", "segment"):
+                raise CliError(f"--{e.field}: {e.message}") from None
+            raise
+    if args.json:
+        print_json([p.model_dump(mode="json") for p in points])
+    elif args.csv:
+        sys.stdout.write(_points_csv(points))
+        sys.stdout.flush()
+    elif points:
+        out_console().print(_points_table(points, len(points)))
+    if not points:
+        err_console().print(f"task {task.id} has no points" + (" matching" if args.state or args.segment else " yet"))
+        return EXIT_NOTHING if task_exit(task) == EXIT_OK else EXIT_FAILED
+    return task_exit(task)
 
 
 # --- segments ----------------------------------------------------------------------------
@@ -343,8 +468,15 @@ def _best_json(b: BestPoint, with_segment: bool) -> dict[str, Any]:
 
 
 def cmd_best(args: argparse.Namespace, make_client) -> int:
+    """Exit 0 with a best point, 4 when no point is evaluated yet, 1 when the task failed or was
+    cancelled (what it has is still printed)."""
     with make_client() as client:
+        task = client.task(args.id)
         best = list(client.best(args.id))
+    rc = task_exit(task)
+    if rc == EXIT_OK and all(b.loss is None for b in best):
+        rc = EXIT_NOTHING
+    _failed_note(task)
     if len(best) > 1 and not args.segments:
         raise CliError(
             f"task {args.id} has {len(best)} segments, each with its own best point: "
@@ -355,7 +487,7 @@ def cmd_best(args: argparse.Namespace, make_client) -> int:
         best = [BestPoint()]
     if args.json:
         print_json([_best_json(b, True) for b in best] if args.segments else _best_json(best[0], False))
-        return EXIT_OK
+        return rc
     if args.csv:
         names: dict[str, None] = {}
         for b in best:
@@ -372,17 +504,17 @@ def cmd_best(args: argparse.Namespace, make_client) -> int:
             ]
             w.writerow(row + [(b.params or {}).get(n, "") for n in names])
         sys.stdout.write(buf.getvalue())
-        return EXIT_OK
+        return rc
     con = out_console()
     for b in best:
         seg = f"segment {b.segment or b.segment_id}: " if args.segments else ""
         if b.loss is None:
-            con.print(f"{seg}no evaluated point yet")
+            con.print(f"{seg}no evaluated point" + (" yet" if task.state.value in ("running", "paused") else ""))
             continue
         con.print(f"{seg}loss {format_loss(b.loss)} (point {b.point_id})")
         for k, v in (b.params or {}).items():
             con.print(f"  {k} = {_val(v)}")
-    return EXIT_OK
+    return rc
 
 
 # --- kill / pause / resume ---------------------------------------------------------------
@@ -402,21 +534,23 @@ def cmd_action(args: argparse.Namespace, make_client) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, make_client) -> int:
+    """Exit 0 with logs, 4 for no logs (yet) or a point that is not the task's."""
     with make_client() as client:
         arts = sorted(client.artifacts(args.id, kind="log", point=args.point), key=lambda a: a.id)
-        texts = [(a, client.read_artifact(a.id).decode("utf-8", errors="replace")) for a in arts]
-    if args.json:
-        print_json([{"artifact": a.model_dump(mode="json"), "text": t} for a, t in texts])
-        return EXIT_OK
-    if not texts:
-        err_console().print(
-            f"no logs yet for task {args.id}" + (f" point {args.point}" if args.point else "")
-        )
-        return EXIT_OK
-    for a, text in texts:
-        sys.stdout.write(f"==> point {a.point_id} job {a.job_id}: {a.name} <==\n")
-        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
-    sys.stdout.flush()
+        if args.json:
+            texts = [(a, client.read_artifact(a.id).decode("utf-8", errors="replace")) for a in arts]
+            print_json([{"artifact": a.model_dump(mode="json"), "text": t} for a, t in texts])
+            return EXIT_OK if texts else EXIT_NOTHING
+        if not arts:
+            err_console().print(
+                f"no logs yet for task {args.id}" + (f" point {args.point}" if args.point is not None else "")
+            )
+            return EXIT_NOTHING
+        for a in arts:  # each written as soon as it is read: `phpo logs 7 | head` stops early
+            text = client.read_artifact(a.id).decode("utf-8", errors="replace")
+            sys.stdout.write(f"==> point {a.point_id} job {a.job_id}: {a.name} <==\n")
+            sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+            sys.stdout.flush()
     return EXIT_OK
 
 
@@ -440,4 +574,4 @@ def cmd_wait(args: argparse.Namespace, make_client) -> int:
         out_console().print(summary_line(task))
         if task.message:
             out_console().print(f"message: {task.message}")
-    return EXIT_OK if task.state == TaskState.finished else EXIT_FAILED
+    return task_exit(task)

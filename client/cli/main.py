@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -25,14 +26,17 @@ COMMANDS: dict[str, str] = {
     "show": "one task: state, counts, best point, points",
     "segments": "the per-segment summary of a segmented task (--sort, --limit/--offset, --csv)",
     "best": "the best point (--segments: of each segment)",
+    "points": "every point of a task as a table, CSV (--csv) or JSON (--json)",
     "kill": "cancel a task",
-    "pause": "pause a task (running jobs finish, no new ones start)",
+    "pause": "pause a task (running points finish and count, no new ones start)",
     "resume": "resume a paused task",
     "logs": "the evaluation logs of a task (--point N: of one point)",
-    "wait": "follow a task live until it ends; exit 0 when it finished",
+    "wait": "follow a task live until it ends; exit 0 when it finished with evaluated points",
+    "run-local": "run the payload once here, on a sample point, as an agent would (before submitting)",
     "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
-    "dashboard": "the MLflow runs table of a task, best points first (--open: open it)",
-    "up": "run the embedded stack (server on SQLite + one local agent) until Ctrl-C",
+    "dashboard": "the MLflow runs table of a task, best points first (--open: open it, --json: as an object)",
+    "up": "run the embedded stack (server on SQLite + one local agent + MLflow) until Ctrl-C (--detach)",
+    "down": "stop the embedded stack `phpo up --detach` (or another shell's phpo up) started",
     "demo": "run a real HPO on the embedded stack and show the result",
     "server": "the phpo server (phpo server --help)",
     "agent": "an evaluation agent (phpo agent --help)",
@@ -41,10 +45,11 @@ PASSTHROUGH = {"server": ("phpo.server.cli", "server"), "agent": ("phpo.evaluati
 
 EPILOG = (
     "commands:\n"
-    + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items())
+    + "\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items())
     + (
         "\n\nphpo COMMAND --help describes each. Server and token come from --url/--token, else "
-        "PHPO_URL/PHPO_TOKEN, else the config file `phpo up` writes ($XDG_CONFIG_HOME/phpo/config.toml)."
+        "PHPO_URL/PHPO_TOKEN, else the config file `phpo up` writes ($XDG_CONFIG_HOME/phpo/config.toml).\n\n"
+        + commands.EXIT_CODES_HELP
     )
 )
 
@@ -94,9 +99,24 @@ def command_parser() -> argparse.ArgumentParser:
     s = cmd("show")
     s.add_argument("id", type=int)
     s.add_argument(
-        "--points", type=int, default=20, metavar="N", help="list the N best points (default 20; 0: none)"
+        "--points", type=int, default=20, metavar="N",
+        help="list N points, best first (default 20; 0: none); with --json they go under \"points\"",
     )
-    _connection(s, "print the task as JSON")
+    s.add_argument("--offset", type=int, default=0, metavar="N", help="skip the N best points (paging)")
+    _connection(s, 'print the task as JSON, with one page of points ("points", "points_page")')
+
+    s = cmd(
+        "points",
+        description="Every point of a task (all pages): state, loss, attempts, site, parameters and the "
+        "payload's metrics. --csv and --json export them.",
+    )
+    s.add_argument("id", type=int)
+    s.add_argument("--state", help="only points in this state (ready, leased, evaluated, failed, cancelled)")
+    s.add_argument("--segment", help="only the points of this segment (its id or name)")
+    s.add_argument("--sort", metavar="KEY", help="id (default), serial, loss, created_at or evaluated_at; "
+                   "-KEY descending; points without a loss last")
+    s.add_argument("--csv", action="store_true", help="print CSV (one column per parameter and per metric)")
+    _connection(s, "print a list of points as JSON")
 
     s = cmd(
         "segments",
@@ -144,10 +164,31 @@ def command_parser() -> argparse.ArgumentParser:
     _connection(s, "print the final task as JSON")
 
     s = cmd(
+        "run-local",
+        usage="phpo run-local [--loadJson FILE] [--OPTION VALUE ...] [--point JSON]",
+        description="Run evaluationExec once in a directory laid out like an agent's job directory (the "
+        "sandbox phpo submit would ship, the point in input.json, the training file list, the PHPO_* "
+        "variables) and read output.json with the agent's rules: a missing file, a crash or a bad "
+        "output shows in seconds. Takes the options of phpo submit. Exit 0 when the point would be "
+        "evaluated, 1 when it would fail.",
+    )
+    add_submit_options(s)
+    g = s.add_argument_group("run-local")
+    g.add_argument("--point", metavar="JSON", help="the point to run (default: the middle of the search space)")
+    g.add_argument("--segment", metavar="NAME", help="segmented HPO: run as this segment (default: the first)")
+    g.add_argument("--workdir", metavar="DIR", help="use this (new or empty) directory; it is kept")
+    g.add_argument("--keep", action="store_true", help="keep the job directory also when the point works")
+    g.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the payload after this long "
+                   "(default evaluationTimeout)")
+    g.add_argument("--quiet", action="store_true", help="do not show the payload's output as it runs")
+    g.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
+
+    s = cmd(
         "up",
-        description="Run the embedded stack in the foreground until Ctrl-C: a server on SQLite and one "
-        "local agent. It writes the URL and a user token to the client config so that "
-        "`phpo ...` in another shell just works.",
+        description="Run the embedded stack in the foreground until Ctrl-C, SIGTERM, SIGHUP or `phpo down` "
+        "(with --detach: in the background): a server on SQLite, one local agent and MLflow. Its "
+        "children end with it, also when it is killed. It writes the URL and a user token to the "
+        "client config so that `phpo ...` in another shell just works.",
     )
     s.add_argument(
         "--data-dir",
@@ -158,6 +199,19 @@ def command_parser() -> argparse.ArgumentParser:
     s.add_argument("--slots", type=int, default=None, help="jobs the local agent runs at a time (default 2)")
     s.add_argument("--no-config", action="store_true", help="do not write the client config file")
     s.add_argument("--no-mlflow", action="store_true", help="do not start an MLflow tracking server")
+    s.add_argument("--mlflow-port", type=int, default=None,
+                   help="MLflow's port (default: the one this data directory had last time, else a free one)")
+    s.add_argument("--detach", action="store_true",
+                   help="run in the background (output in DATA_DIR/logs/up.log) until `phpo down`")
+
+    s = cmd(
+        "down",
+        description="Stop the `phpo up` that runs for a data directory (started with --detach, or in "
+        "another shell): the agent first, then the server and MLflow, as Ctrl-C does.",
+    )
+    s.add_argument("--data-dir", help="the data directory of that phpo up (default $XDG_DATA_HOME/phpo)")
+    s.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS",
+                   help="give up waiting after this long (exit 3; default 90)")
 
     s = cmd("dashboard")
     s.add_argument("id", type=int)
@@ -236,6 +290,7 @@ HANDLERS: dict[str, Callable] = {
     "pause": commands.cmd_action,
     "resume": commands.cmd_action,
     "logs": commands.cmd_logs,
+    "points": commands.cmd_points,
     "wait": commands.cmd_wait,
 }
 
@@ -268,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return workflow_main(argv[i + 1 :] + argv[:i])
     try:
         if word in COMMANDS:
-            args = command_parser().parse_args(_glue_sort(argv) if word == "segments" else argv)
+            args = command_parser().parse_args(_glue_sort(argv) if word in ("segments", "points") else argv)
         elif word is None and not argv:
             submit_parser().print_help(sys.stderr)
             return commands.EXIT_USAGE
@@ -286,6 +341,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .stack import cmd_up
 
             return cmd_up(args)
+        if args.command == "run-local":
+            from .runlocal import cmd_run_local
+
+            return cmd_run_local(args)
+        if args.command == "down":
+            from .stack import cmd_down
+
+            return cmd_down(args)
         if args.command == "dashboard":
             from .stack import cmd_dashboard
 
@@ -304,10 +367,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code
     except PhpoError as e:
         print(f"error: {e}", file=sys.stderr)
-        return commands.EXIT_FAILED
+        # submit: 1 for every failure, as upstream phpo; the other commands tell the causes apart
+        return commands.EXIT_FAILED if word in (None, "submit") or word.startswith("-") else commands.exit_code_for(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return reader_gone()
+
+
+def reader_gone() -> int:
+    """The reader of stdout went away (``phpo logs 7 | head``): no traceback, and no second
+    BrokenPipeError when Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return commands.EXIT_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ it can hand back its jobs) and the server last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import importlib.util
 import json
@@ -52,12 +53,39 @@ def free_port() -> int:
 
 
 def port_in_use(port: int) -> bool:
+    """Whether something listens on (or holds) ``port``. SO_REUSEADDR as the servers bind: the
+    connections of a stack stopped a moment ago linger in TIME_WAIT for a minute, and they must
+    not make a restart fail with "port in use"."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return True
     return False
+
+
+STACK_FILE = "stack.toml"  # what a data directory's stack keeps across restarts (the MLflow port)
+UP_FILE = "up.json"  # the running `phpo up` of a data directory: pid, urls (for phpo down)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def stable_mlflow_port(data_dir: Path, wanted: int | None = None) -> int:
+    """The MLflow port of this data directory: ``wanted``, else the one it had last time (so
+    dashboard links and the runs' URLs stay valid), else a free one. A saved port that something
+    else took meanwhile is given up for a free one."""
+    if wanted:
+        return wanted
+    saved = _read_toml(data_dir / STACK_FILE).get("mlflow_port")
+    if isinstance(saved, int) and 0 < saved < 65536 and not port_in_use(saved):
+        return saved
+    return free_port()
 
 
 def check_installed() -> None:
@@ -96,6 +124,7 @@ class Stack:
         python: str = sys.executable,
         agent_args: list[str] | None = None,
         mlflow: bool = False,
+        mlflow_port: int | None = None,
     ):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
@@ -109,11 +138,12 @@ class Stack:
         self.server: subprocess.Popen | None = None
         self.agent: subprocess.Popen | None = None
         self.mlflow: subprocess.Popen | None = None
-        self.mlflow_port = free_port() if mlflow else None
+        self.mlflow_port = stable_mlflow_port(self.data_dir, mlflow_port) if mlflow else None
         self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}" if mlflow else None
         self.user_token: str | None = None
         self.agent_token: str | None = None
         self.user_name = _user_name()
+        self.keeper: subprocess.Popen | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -133,15 +163,49 @@ class Stack:
                 f"port {self.port} on 127.0.0.1 is in use (another `phpo up`?); choose one with --port",
                 code=1,
             )
+        if self.mlflow_port and port_in_use(self.mlflow_port):
+            raise CliError(f"the MLflow port {self.mlflow_port} on 127.0.0.1 is in use; choose one with "
+                           "--mlflow-port", code=1)
         try:
+            self.start_keeper()
             if self.mlflow_url:
                 self.start_mlflow()
+                self.announce("mlflow", self.mlflow)
+                self.save_stack_file()
             self.start_server()
             self.ensure_tokens()
             self.start_agent()
+            self.announce("agent", self.agent)
         except BaseException:
             self.stop()
             raise
+
+    def start_keeper(self) -> None:
+        """The process that stops the children if this one dies without stopping them (see
+        :mod:`phpo.client.cli.keeper`)."""
+        with open(self.log_dir / "keeper.log", "ab") as log:
+            self.keeper = subprocess.Popen(
+                [self.python, "-m", "phpo.client.cli.keeper"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=log, start_new_session=True,
+            )
+
+    def announce(self, name: str, proc: subprocess.Popen | None) -> None:
+        """Tell the keeper about a child (its process group id is its pid: a session of its own)."""
+        if self.keeper is None or self.keeper.stdin is None or proc is None:
+            return
+        try:
+            self.keeper.stdin.write(f"{name} {proc.pid}\n".encode())
+            self.keeper.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def save_stack_file(self) -> None:
+        path = self.data_dir / STACK_FILE
+        data = _read_toml(path)
+        data["mlflow_port"] = self.mlflow_port
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(tomli_w.dumps(data))
+        tmp.replace(path)
 
     def start_mlflow(self) -> None:
         """An MLflow tracking server (SQLite + artifacts under DATA_DIR/mlflow). Not waited for:
@@ -179,6 +243,7 @@ class Stack:
             start_new_session=True,
         )
         log.close()
+        self.announce("server", self.server)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
@@ -309,7 +374,22 @@ class Stack:
         return None
 
     def stop(self, grace: float = 30.0) -> None:
-        """Agent first (it hands back its jobs), then the server, then MLflow; SIGKILL after ``grace`` s."""
+        """Agent first (it hands back its jobs), then the server, then MLflow; SIGKILL after ``grace`` s.
+        The keeper goes last: it finds nothing left to stop."""
+        try:
+            self._stop_children(grace)
+        finally:
+            if self.keeper is not None:
+                if self.keeper.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        self.keeper.stdin.close()
+                try:
+                    self.keeper.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.keeper.kill()
+                    self.keeper.wait()
+
+    def _stop_children(self, grace: float) -> None:
         for proc in (self.agent, self.server, self.mlflow):
             if proc is None or proc.poll() is not None:
                 continue
@@ -343,24 +423,81 @@ def _raise_stop(signum, frame) -> None:  # noqa: ARG001
     raise _Stop()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _say(console, text: str) -> None:
+    """Print, unless the terminal is gone (after a SIGHUP): stopping must go on regardless."""
+    with contextlib.suppress(OSError, ValueError):
+        console.print(text)
+
+
+def _process_started(pid: int) -> float | None:
+    """The start time of a live (not zombie) process, or None."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except psutil.Error:
+        return None
+
+
+def running_up(data_dir: Path) -> dict | None:
+    """What up.json says of the `phpo up` that runs for ``data_dir``, if it still runs (the start
+    time must match: a pid may have been reused since)."""
+    try:
+        info = json.loads((data_dir / UP_FILE).read_text())
+        pid, started = int(info["pid"]), float(info["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    now_started = _process_started(pid)
+    return info if now_started is not None and abs(now_started - started) < 1.0 else None
+
+
+def _write_up_file(stack: Stack, config: Path | None) -> Path:
+    path = stack.data_dir / UP_FILE
+    info = {"pid": os.getpid(), "started": _process_started(os.getpid()), "url": stack.url,
+            "mlflow_url": stack.mlflow_url, "data_dir": str(stack.data_dir), "config": str(config or ""),
+            "logs": str(stack.log_dir)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return (Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()).resolve()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    """``phpo up``: the stack in the foreground until Ctrl-C (SIGINT) or SIGTERM."""
+    """``phpo up``: the stack in the foreground until Ctrl-C (SIGINT), SIGTERM or SIGHUP; with
+    ``--detach`` in the background until ``phpo down``."""
     from .commands import err_console, out_console
 
     check_installed()
-    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    data_dir = _data_dir(args)
+    other = running_up(data_dir)
+    if other:
+        raise CliError(f"phpo up already runs for {data_dir} (pid {other['pid']}, server {other['url']}); "
+                       "`phpo down` stops it", code=1)
+    if getattr(args, "detach", False):
+        return _detach(args, data_dir)
     mlflow = not getattr(args, "no_mlflow", False) and importlib.util.find_spec("mlflow") is not None
-    stack = Stack(data_dir, port=args.port or DEFAULT_PORT, slots=args.slots or DEFAULT_SLOTS, mlflow=mlflow)
+    stack = Stack(data_dir, port=args.port or DEFAULT_PORT, slots=args.slots or DEFAULT_SLOTS, mlflow=mlflow,
+                  mlflow_port=getattr(args, "mlflow_port", None))
     out, err = out_console(), err_console()
     # explicit for SIGINT too: a process started in the background by a script inherits SIGINT
-    # ignored, and `kill -INT` must still stop the stack cleanly
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # ignored, and `kill -INT` must still stop the stack cleanly; SIGHUP: the terminal closed
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS}
+    up_file: Path | None = None
     try:
         err.print(f"starting the phpo server on {stack.url} (data in {stack.data_dir}) ...")
         stack.start()
         config = None if args.no_config else save_config(stack.url, str(stack.user_token))
         if config and stack.mlflow_url:
             save_mlflow_url(config, stack.mlflow_url)
+        up_file = _write_up_file(stack, config)
         out.print(
             f"[bold green]phpo is up[/]\n"
             f"  server  {stack.url}   SQLite + artifacts in {stack.data_dir}\n"
@@ -373,26 +510,91 @@ def cmd_up(args: argparse.Namespace) -> int:
             + (f"; url + token written to {config}" if config else f"; token {stack.user_token}")
             + "\n"
             "In another shell: phpo list, phpo --loadJson conf.json, phpo wait ID ...\n"
-            "Ctrl-C stops the agent, then the server."
+            "Ctrl-C (or phpo down) stops the agent, then the server."
         )
         while True:
             problem = stack.dead()
             if problem:
-                err.print(f"[red]error:[/] {problem}")
+                _say(err, f"[red]error:[/] {problem}")
                 return 1
             time.sleep(0.5)
     except (KeyboardInterrupt, _Stop):
-        err.print("stopping the agent, then the server ...")
+        _say(err, "stopping the agent, then the server ...")
         return 0
     finally:
         for sig in previous:  # a second Ctrl-C must not leave the children half-stopped
             signal.signal(sig, signal.SIG_IGN)
         try:
             stack.stop()
+            if up_file is not None:
+                up_file.unlink(missing_ok=True)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        err.print("stopped.")
+        _say(err, "stopped.")
+
+
+def _detach(args: argparse.Namespace, data_dir: Path, timeout: float = 120.0) -> int:
+    """Start ``phpo up`` (without --detach) in a session of its own, its output in
+    DATA_DIR/logs/up.log; return once it is up (its up.json names it), or with its log's end."""
+    from .commands import out_console
+
+    argv = [sys.executable, "-m", "phpo.client.cli.main", "up", "--data-dir", str(data_dir)]
+    for flag, value in (("--port", args.port), ("--slots", args.slots),
+                        ("--mlflow-port", getattr(args, "mlflow_port", None))):
+        if value:
+            argv += [flag, str(value)]
+    argv += [f for f, on in (("--no-config", args.no_config), ("--no-mlflow", args.no_mlflow)) if on]
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "up.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = running_up(data_dir)
+        if info and int(info["pid"]) == proc.pid:
+            out_console().print(
+                f"[bold green]phpo is up[/] in the background (pid {proc.pid})\n"
+                f"  server  {info['url']}   data in {data_dir}\n"
+                + (f"  mlflow  {info['mlflow_url']}\n" if info.get("mlflow_url") else "")
+                + (f"  url + token written to {info['config']}\n" if info.get("config") else "")
+                + f"  logs    {log_dir} (this stack's own output: {log_path})\n"
+                + "phpo down" + (f" --data-dir {data_dir}" if args.data_dir else "") + " stops it."
+            )
+            return 0
+        if proc.poll() is not None:
+            raise CliError(f"phpo up exited with code {proc.returncode}; {log_path} ends with:\n"
+                           f"{_tail(log_path)}", code=1)
+        time.sleep(0.2)
+    proc.terminate()
+    raise CliError(f"phpo up was not up within {timeout:g} s; see {log_path}", code=1)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """``phpo down``: stop the `phpo up` of a data directory (detached or in another shell)."""
+    from .commands import EXIT_TIMEOUT, err_console
+
+    data_dir = _data_dir(args)
+    info = running_up(data_dir)
+    err = err_console()
+    if info is None:
+        err.print(f"no phpo up runs for {data_dir}; nothing to stop")
+        return 0
+    pid = int(info["pid"])
+    err.print(f"stopping phpo up (pid {pid}, server {info['url']}): the agent, then the server ...")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if _process_started(pid) is None:
+            err.print("stopped.")
+            return 0
+        time.sleep(0.2)
+    err.print(f"[yellow]phpo up (pid {pid}) is still stopping after {args.timeout:g} s[/]; "
+              f"its log: {data_dir / 'logs'}")
+    return EXIT_TIMEOUT
 
 
 def save_mlflow_url(config: Path, url: str) -> None:
@@ -472,14 +674,21 @@ def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
         r = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name},
                       timeout=10)
     except httpx.TransportError as e:
-        raise CliError(f"MLflow at {url} does not answer: {e}", code=1) from None
+        raise CliError(f"MLflow at {url} does not answer: {e}", code=5) from None  # unreachable
     if r.status_code != 200:
         raise CliError(f"no MLflow experiment {name!r} at {url} yet (the server creates it with the "
-                       "task's first point)", code=1)
+                       "task's first point)", code=4)  # nothing to show yet
     # the runs table: MLflow 3's default experiment page is the GenAI overview, which lists no runs
-    link = runs_view(url, r.json()["experiment"]["experiment_id"], getattr(task.spec, "directions", None),
+    experiment_id = r.json()["experiment"]["experiment_id"]
+    link = runs_view(url, experiment_id, getattr(task.spec, "directions", None),
                      bool(getattr(task.spec, "segments", None)))
-    print(link)
+    if getattr(args, "json", False):  # one object, like every other --json
+        from .commands import print_json
+
+        print_json({"task_id": task.id, "experiment": name, "experiment_id": experiment_id,
+                    "mlflow_url": url, "url": link})
+    else:
+        print(link)
     if args.open:
         import webbrowser
 
@@ -487,4 +696,5 @@ def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
     return 0
 
 
-__all__ = ["Stack", "check_installed", "cmd_up", "config_path", "default_data_dir", "free_port"]
+__all__ = ["Stack", "check_installed", "cmd_down", "cmd_up", "config_path", "default_data_dir", "free_port",
+           "running_up"]

@@ -1,4 +1,4 @@
-"""The upstream ``phpo`` submission options (CONTRACTS §1), ``--loadJson`` and ``--dumpJson``.
+"""The upstream ``phpo`` submission options (docs/compatibility.md), ``--loadJson`` and ``--dumpJson``.
 
 One table (:data:`OPTIONS`) drives the argparse options, the keys ``--loadJson`` accepts and the
 keys ``--dumpJson`` writes, so the three can never disagree. Values go through
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import glob
 import json
 import os
 import sys
@@ -19,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from phpo.schemas import TaskSpec
 from phpo.schemas.upstream import STEERING_IN, steering_command_line, steering_form
 
 from ..client import spec_error
+from ..errors import InvalidInput
+from ..specfiles import resolve_spec_files
+from ..specfiles import resolve_training_ds as _resolve_training_ds
 
 
 class CliError(Exception):
@@ -208,6 +209,14 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("maxAttempts", "int", "N", "tries per point before it is recorded as failed (default 3)", "phpo", "phpo"),
     Opt("evaluationTimeout", "float", "SECONDS", "wall-clock limit of one payload run", "phpo", "phpo"),
     Opt(
+        "sandboxFiles",
+        "str",
+        "LIST",
+        "comma-separated files or directories (relative to the submit directory) shipped in the sandbox "
+        "too, whatever their suffix; the sandbox stays under PHPO_SANDBOX_MAX_MB (20 MB)",
+        "phpo",
+    ),
+    Opt(
         "penaltyLoss",
         "float",
         "LOSS",
@@ -258,7 +267,7 @@ HELP_GROUPS = {
 
 BY_NAME = {o.name: o for o in OPTIONS}
 # options that steer the command line itself rather than the task
-CLI_ONLY = {"loadJson", "dumpJson", "noSubmit", "verbose"}
+CLI_ONLY = {"loadJson", "dumpJson", "noSubmit", "verbose", "sandboxFiles"}
 JSON_KEYS = set(BY_NAME) - {"loadJson"}
 
 _ARG_TYPES: dict[str, Callable[[str], Any]] = {
@@ -310,7 +319,7 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     and upstream's options that phpo accepts without effect (:data:`UPSTREAM_ONLY`)."""
     groups = {
         "upstream": parser.add_argument_group(
-            "upstream options (CONTRACTS §1)",
+            "upstream options (PanDA phpo; docs/compatibility.md)",
             "Option names and meanings as in PanDA's phpo. With --loadJson FILE, options come from the "
             "JSON file first; a value given on the command line wins over the JSON file.",
         ),
@@ -394,61 +403,13 @@ def collect_options(ns: argparse.Namespace, warn: Callable[[str], None] = _stder
     return {k: v for k, v in merged.items() if k in BY_NAME or k == "verbose"}
 
 
-def _read_structured(option: str, path: str, base: Path) -> Any:
-    p = Path(path)
-    if not p.is_absolute():
-        p = base / p
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise CliError(f"{option}: cannot read '{path}': {e.strerror or e}") from None
-    try:
-        if p.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise CliError(
-            f"{option}: '{path}' is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {e}"
-        ) from None
-
-
 def resolve_training_ds(value: str | list[str], base: Path, warn: Callable[[str], None]) -> list[str]:
-    """``--trainingDS``: a directory (its files), a glob (its matches) or a comma-separated list.
-
-    Local files become absolute paths; URLs (``scheme://...``) are kept. A name that is none of
-    these (e.g. a Rucio dataset name from an upstream setup) is kept as given with a warning,
-    since a site may still know it.
-    """
-    items = value if isinstance(value, list) else [x.strip() for x in str(value).split(",")]
-    out: list[str] = []
-    for item in items:
-        if not item:
-            continue
-        if "://" in item:
-            out.append(item)
-            continue
-        p = Path(item) if Path(item).is_absolute() else base / item
-        if p.is_dir():
-            files = sorted(
-                str(f.resolve()) for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-            )
-            if not files:
-                raise CliError(f"--trainingDS: the directory '{item}' holds no files")
-            out.extend(files)
-        elif p.is_file():
-            out.append(str(p.resolve()))
-        elif glob.has_magic(item):
-            matches = sorted(str(Path(m).resolve()) for m in glob.glob(str(p)) if Path(m).is_file())
-            if not matches:
-                raise CliError(f"--trainingDS: the pattern '{item}' matches no file")
-            out.extend(matches)
-        else:
-            warn(
-                f"--trainingDS: '{item}' is not a file, directory, glob or URL here; "
-                "it is passed to the evaluations as it is"
-            )
-            out.append(item)
-    return out
+    """``--trainingDS`` as :func:`phpo.client.specfiles.resolve_training_ds` reads it; a problem
+    is a usage error of the command line."""
+    try:
+        return _resolve_training_ds(value, base, warn)
+    except InvalidInput as e:
+        raise CliError(e.message) from None
 
 
 def build_spec(
@@ -471,12 +432,10 @@ def build_spec(
             data["checkPointInterval"] = float(data["checkPointInterval"])
         except ValueError:
             pass  # a duration with a unit, e.g. "30s"
-    if data.get("searchSpaceFile"):
-        data["searchSpace"] = _read_structured("--searchSpaceFile", data["searchSpaceFile"], base)
-    if data.get("segmentSpecFile"):
-        data["segments"] = _read_structured("--segmentSpecFile", data["segmentSpecFile"], base)
-    if data.get("trainingDS"):
-        data["trainingFiles"] = resolve_training_ds(data["trainingDS"], base, warn)
+    try:
+        data = resolve_spec_files(data, base, warn)
+    except InvalidInput as e:
+        raise CliError(e.message) from None
     try:
         return TaskSpec.model_validate(data)
     except ValidationError as e:

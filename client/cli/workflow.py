@@ -22,7 +22,16 @@ from rich.tree import Tree
 from .. import Client
 from ..errors import PhpoError
 from ..workflows import node_line, parse_param
-from .commands import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, err_console, out_console, print_json
+from .commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    err_console,
+    exit_code_for,
+    out_console,
+    print_json,
+)
 from .upstream import CliError
 
 COMMANDS = {
@@ -227,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code
     except PhpoError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code_for(e)  # as the task commands: 4 not found, 5 no server, 6 refused, ...
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

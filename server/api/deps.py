@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from phpo.schemas.api import Role
 
 from ..auth.identity import Caller
@@ -20,7 +21,14 @@ def get_ctx(request: Request) -> AppContext:
 Ctx = Annotated[AppContext, Depends(get_ctx)]
 
 
-def current_caller(request: Request, ctx: Ctx) -> Caller:
+# declares the scheme in the OpenAPI document; the header is read below, so that a missing or
+# malformed one gets this server's 401 body
+_bearer = HTTPBearer(scheme_name="bearer", auto_error=False,
+                     description="a token made by `phpo server create-token` (roles user, agent, admin)")
+
+
+def current_caller(request: Request, ctx: Ctx,
+                   _declared: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -24,6 +24,16 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                422: "validation_error"}
 
 
+_BOUND_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "int_parsing",
+                "int_from_float", "finite_number", "float_parsing", "string_too_long", "too_long"}
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (str, list, dict)) or len(repr(value)) <= 60 else (
+        f"a {type(value).__name__} of length {len(value)}")
+    return text
+
+
 def _body(status: int, code: str, message: str, field: str | None = None,
           details: list[dict] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=ErrorBody(code=code, message=message, field=field,
@@ -41,6 +51,8 @@ def _field_and_message(err: dict[str, Any]) -> tuple[str | None, str]:
     if err.get("type") == "extra_forbidden" and loc:
         return ".".join(loc), f"{'.'.join(loc)}: unknown option"
     field = ".".join(loc) if loc else None
+    if err.get("type") in _BOUND_TYPES and "input" in err:
+        msg += f", got {_short(err['input'])}"  # the wrong value beside what would be right
     m = _FIELD_PREFIX.match(msg)
     if m and (field is None or "." not in field):
         # model-level TaskSpec errors start with the option they are about

@@ -7,7 +7,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..db.engine import aware
-from ..db.tables import ArtifactRow
+from ..db.tables import ArtifactRow, PointRow
+from ..errors import NotFound
 from .common import check_page, count
 
 
@@ -23,6 +24,10 @@ def list_artifacts(s: Session, task_id: int, *, kind: str | None, point_id: int 
     if kind:
         stmt = stmt.where(ArtifactRow.kind == kind)
     if point_id is not None:
+        # a point of another task (or none) is a 404 naming it, not an empty list that reads "no logs yet"
+        if s.execute(select(PointRow.id).where(PointRow.id == point_id, PointRow.task_id == task_id)).first() is None:
+            raise NotFound(f"point {point_id} is not a point of task {task_id}",
+                           field="point_id")
         stmt = stmt.where(ArtifactRow.point_id == point_id)
     total = count(s, stmt)
     rows = s.execute(stmt.order_by(ArtifactRow.id).limit(limit).offset(offset)).scalars()

@@ -13,10 +13,17 @@ from ..db.tables import PointRow, SegmentRow, TaskRow
 from .common import check_page, count, order_by
 
 
+# the row counts attempts *spent* (failed or lost, what maxAttempts limits); a user counts the
+# runs: an evaluated point took its failed attempts plus the one that worked, a leased one is on
+# its next
+_ATTEMPT_IN_HAND = ("evaluated", "leased")
+
+
 def point_to_schema(row: PointRow, segment_name: str = "") -> Point:
     return Point(
         id=row.id, task_id=row.task_id, segment_id=row.segment_idx, segment=segment_name, serial=row.serial,
-        params=row.params, state=row.state, loss=row.loss, metrics=row.metrics, attempts=row.attempts,
+        params=row.params, state=row.state, loss=row.loss, metrics=row.metrics,
+        attempts=row.attempts + (row.state in _ATTEMPT_IN_HAND),
         error=row.error, intermediate=[IntermediateValue(**x) for x in (row.intermediate or [])],
         created_at=aware(row.created_at), evaluated_at=aware(row.evaluated_at), site=row.site,
     )

@@ -1,6 +1,6 @@
 """Matching a task's ``--architecture`` requirement against an agent's resources.
 
-Syntax (upstream PanDA, CONTRACTS §1): ``[platform]#[cpu][&gpu]`` where
+Syntax (upstream PanDA's --architecture, docs/compatibility.md): ``[platform]#[cpu][&gpu]`` where
 - ``platform`` (before ``#``) names a software platform; phpo ignores it;
 - ``cpu`` is ``arch-vendor-flags``: ``arch`` a glob on the agent's architecture (``x86_64``,
   ``aarch64``, ``*``), ``vendor`` is accepted but not checked (agents do not report it),

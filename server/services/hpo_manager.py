@@ -172,19 +172,48 @@ class HpoManager:
     def _is_leader(self) -> bool:
         """Several server replicas may share one PostgreSQL: only the holder of a session-level
         advisory lock runs manager passes (the others take over when its connection ends).
-        SQLite has one server process by construction."""
+        SQLite has one server process by construction.
+
+        The lock lives as long as its connection: before each pass the leader asks, on that
+        connection, whether it still holds it. A connection that was terminated (an operator's
+        ``pg_terminate_backend``, a restarted PostgreSQL, a network cut) has released the lock and
+        another replica may already steer, so this one steps down at once and tries to acquire
+        the lock again like any other replica (two managers steering one task would hand out
+        points beyond its parallelism)."""
         if self.db.is_sqlite:
             return True
-        if self._leader_conn is None:
-            conn = self.db.engine.connect()
+        if self._leader_conn is not None:
+            if self._still_holds_lock():
+                return True
+            log.warning("this server lost the HPO manager's advisory lock %d (its database connection "
+                        "ended); it stops steering until it holds the lock again", MANAGER_LOCK_KEY)
+            self._drop_leadership()
+        conn = self.db.engine.connect()
+        try:
             got = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({MANAGER_LOCK_KEY})").scalar()
             conn.commit()
-            if not got:
-                conn.close()
-                return False
-            self._leader_conn = conn
-            log.info("this server runs the HPO manager (advisory lock %d held)", MANAGER_LOCK_KEY)
+        except Exception:
+            conn.invalidate()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._leader_conn = conn
+        log.info("this server runs the HPO manager (advisory lock %d held)", MANAGER_LOCK_KEY)
         return True
+
+    def _still_holds_lock(self) -> bool:
+        """Whether the lock connection is alive and its session holds the manager's lock."""
+        try:
+            held = self._leader_conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                f" AND pid = pg_backend_pid() AND classid = 0 AND objid = {MANAGER_LOCK_KEY} AND objsubid = 1"
+            ).scalar()
+            self._leader_conn.commit()
+        except Exception as e:  # noqa: BLE001 - a dead connection raises anything the driver has
+            log.debug("the manager's lock connection failed its check: %s", e)
+            return False
+        return bool(held)
 
     def _drop_leadership(self) -> None:
         if self._leader_conn is not None:
@@ -623,7 +652,8 @@ class HpoManager:
         duration = (utcnow() - started).total_seconds()
         segmented = spec.segments is not None
         n_segments = len(spec.segment_names)
-        if task.state != "running":  # paused or ended meanwhile: the output is not used
+        if task.state not in ("running", "paused"):  # ended meanwhile: the output is not used
+            # (a paused task keeps it: its points wait, ready, for resume)
             if it is not None:
                 it.duration_s = duration
                 it.error = f"not used: the task is {task.state}"

@@ -391,7 +391,9 @@ class JobBroker:
                     if p.state == "leased" and p.job_id == job.id:
                         p.intermediate = [*(p.intermediate or []), {"step": r.step, "value": r.value}]
             task_state = s.execute(select(TaskRow.state).where(TaskRow.id == job.task_id)).scalar_one()
-            return HeartbeatResponse(lease_expires_at=aware(job.lease_expires_at), cancel=task_state != "running")
+            # a paused task's running work goes on (pause only stops new work); an ended one's stops
+            return HeartbeatResponse(lease_expires_at=aware(job.lease_expires_at), cancel=task_state in TERMINAL_TASK,
+                                     pause=task_state == "paused")
 
     # ---------------------------------------------------------------- results
 

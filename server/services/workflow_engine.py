@@ -36,7 +36,7 @@ import threading
 from typing import Any
 
 from phpo.schemas.api import Role
-from phpo.schemas.states import TERMINAL_TASK_STATES
+from phpo.schemas.states import TERMINAL_TASK_STATES, task_succeeded
 from phpo.schemas.tasks import TaskSpec
 from phpo.schemas.workflows import (
     HpoNode,
@@ -580,6 +580,8 @@ class _Run:
         results: dict[str, Any] = {"task_id": task.id, "state": task.state, "counts": counts}
         if task.state != "finished":
             return False, results, f"task {task.id} {task.state}: {task.message or ''}".rstrip(": ")
+        if not task_succeeded(task.state, counts["evaluated"]):  # the CLI's rule (phpo wait exits 1)
+            return False, results, f"task {task.id} finished without any evaluated point ({counts['failed']} failed)"
         best = best_points(self.s, task)
 
         def entry(b: Any) -> dict[str, Any]:
@@ -589,9 +591,8 @@ class _Run:
             return out
 
         results["segments"] = [entry(b) for b in best]
+        # a segmented task's ``best`` is its first segment's (each segment has its own in ``segments``)
         results["best"] = entry(best[0]) if best and best[0].params is not None else None
-        if results["best"] is None:
-            return False, results, f"task {task.id} finished without any evaluated point ({counts['failed']} failed)"
         return True, results, None
 
     def _job_results(self, task: TaskRow) -> tuple[bool, dict[str, Any], str | None]:

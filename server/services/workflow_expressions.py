@@ -7,7 +7,12 @@ Evaluation uses simpleeval (never ``eval``) with these rules on top:
 - a missing key or name is an :class:`ExpressionError` that names what exists instead, never a
   silent ``None``;
 - functions: ``len min max sum abs round int float str bool any all sorted``; names ``true``,
-  ``false`` and ``null`` exist beside Python's ``True``/``False``/``None``.
+  ``false`` and ``null`` exist beside Python's ``True``/``False``/``None``;
+- the cost is capped, since the server evaluates what any user wrote: at most
+  :data:`MAX_EXPRESSION_LENGTH` characters, :data:`MAX_STEPS` evaluation steps (comprehension
+  iterations count), and no value (a result, or what ``str``/``sum`` would build) larger than
+  :data:`MAX_VALUE_ITEMS` elements or characters, counted through nested lists: nested
+  comprehensions over shared lists would otherwise grow server memory without a bound.
 
 A string that is exactly one ``${{ expr }}`` resolves to the expression's value with its type;
 expressions inside a longer string are formatted (dicts and lists as JSON). Conditions may
@@ -19,11 +24,16 @@ from __future__ import annotations
 import ast
 import json
 import re
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from simpleeval import EvalWithCompoundTypes, InvalidExpression
+from simpleeval import DISALLOW_FUNCTIONS, EvalWithCompoundTypes, InvalidExpression
+
+MAX_EXPRESSION_LENGTH = 2_000
+MAX_STEPS = 100_000
+MAX_VALUE_ITEMS = 100_000
 
 _EXPR = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 _WHOLE = re.compile(r"^\s*\$\{\{(.*?)\}\}\s*$", re.DOTALL)
@@ -111,6 +121,9 @@ def parse(expr: str) -> ast.Expression:
     src = expr.strip()
     if not src:
         raise ExpressionError("empty expression '${{ }}'")
+    if len(src) > MAX_EXPRESSION_LENGTH:
+        raise ExpressionError(f"'{src[:60]}...': an expression has {len(src)} characters; at most "
+                              f"{MAX_EXPRESSION_LENGTH} are allowed")
     try:
         tree = ast.parse(src, mode="eval")
     except SyntaxError as e:
@@ -180,8 +193,68 @@ def condition_references(value: bool | str | None) -> References:
 # --------------------------------------------------------------------------- evaluation
 
 
+def value_size(value: Any, limit: int = MAX_VALUE_ITEMS) -> int:
+    """Elements of lists and dicts plus characters of strings in ``value``, through nested ones,
+    each shared reference counted again (as JSON would write it); stops counting past ``limit``."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        v = stack.pop()
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, Mapping):
+            total += len(v)
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            total += len(v)
+            stack.extend(v)
+    return total
+
+
+def _bounded(value: Any, what: str | ast.AST) -> Any:
+    n = value_size(value)
+    if n > MAX_VALUE_ITEMS:
+        what = what if isinstance(what, str) else f"'{ast.unparse(what)[:60]}'"
+        raise ExpressionError(f"{what} would hold more than {MAX_VALUE_ITEMS:,} elements or characters "
+                              f"(counted through nested lists); expressions are capped at that")
+    return value
+
+
+def _safe_str(value: Any = "") -> str:
+    return str(_bounded(value, "str(...)"))
+
+
+def _safe_sum(values: Any, start: Any = 0) -> Any:
+    items = list(values)
+    if isinstance(start, (str, list, tuple)) or any(isinstance(x, (str, list, tuple)) for x in items):
+        _bounded([start, *items], "sum(...)")
+    return sum(items, start)
+
+
 class _Evaluator(EvalWithCompoundTypes):
-    """simpleeval with dict-key attribute access only (see the module docstring)."""
+    """simpleeval with dict-key attribute access only (see the module docstring), and a cap on
+    steps and on the size of what comprehensions and calls build."""
+
+    _steps = 0
+
+    def _check_disallowed_items(self, item: Any) -> None:
+        """simpleeval walks every intermediate value for modules and forbidden functions, which
+        costs the value's size on each step (quadratic in a comprehension over a list). Here the
+        names hold JSON data only (parameters, node outputs, items) and the functions are the
+        allow-list above, so neither can appear inside a value: the value itself is checked."""
+        if isinstance(item, types.ModuleType) or (callable(item) and item in DISALLOW_FUNCTIONS):
+            raise ExpressionError(f"{type(item).__name__} values are not allowed in expressions")
+
+    def _eval(self, node: ast.AST) -> Any:
+        self._steps += 1
+        if self._steps > MAX_STEPS:
+            raise ExpressionError(f"the expression takes more than {MAX_STEPS:,} evaluation steps; "
+                                  "expressions are capped at that")
+        value = super()._eval(node)
+        if isinstance(node, (ast.ListComp, ast.GeneratorExp, ast.Call, ast.BinOp)):
+            _bounded(value, node)
+        return value
 
     def _eval_attribute(self, node: ast.Attribute) -> Any:
         if node.attr.startswith("_"):
@@ -214,7 +287,7 @@ def evaluate(expr: str, names: Mapping[str, Any]) -> Any:
     """The value of one expression; every failure is an :class:`ExpressionError` quoting it."""
     src = expr.strip()
     parse(src)
-    ev = _Evaluator(names={**CONSTANTS, **names}, functions=dict(FUNCTIONS))  # simpleeval adds to it
+    ev = _Evaluator(names={**CONSTANTS, **names}, functions={**FUNCTIONS, "str": _safe_str, "sum": _safe_sum})
     try:
         return ev.eval(src)
     except ExpressionError as e:

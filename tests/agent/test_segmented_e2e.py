@@ -36,7 +36,7 @@ def test_five_segments_each_find_their_own_optimum(live_server, start_agent, tmp
             evaluationExec=f"{PY} {payload} %SEGMENT_NAME", segments=segments,
             searchSpace={"x": {"method": "uniform", "dimension": {"low": 0, "high": 5}}},
             maxPoints=25, nParallelEvaluation=2, nPointsPerIteration=2, outDS="segmented.e2e",
-            optimizerOptions={"seed": 7},
+            optimizerOptions={"seed": 7}, directory=None,
         )
         done = c.wait(task.id, progress=False, timeout=240)
         assert done.state == "finished", done.message

@@ -235,26 +235,32 @@ def test_cancel_and_pause_reach_running_jobs(db_url, start_server):
         tid = create_task(c, maxPoints=4, nParallelEvaluation=2)["id"]
         wait_until(lambda: task(c, tid)["counts"]["ready"] == 2, what="2 ready points")
     with srv.client(srv.agent_token) as a:
-        j = acquire(a)
+        j, j2 = acquire(a), acquire(a)
         with srv.client() as c:
             assert c.post(f"/tasks/{tid}/pause").status_code == 200
-        assert a.post(f"/jobs/{j['id']}/heartbeat", json={}).json()["cancel"] is True
+        # pause stops new work only: the running job is told to finish its point, not to stop
+        hb = a.post(f"/jobs/{j['id']}/heartbeat", json={}).json()
+        assert hb["cancel"] is False and hb["pause"] is True
         assert acquire(a) is None  # a paused task leases nothing
-        # the agent stops; its point goes back without spending an attempt
-        a.post(f"/jobs/{j['id']}/fail", json={"error": "stopped: task paused"})
+        pid = j["points"][0]["point_id"]
+        r = a.post(f"/jobs/{j['id']}/complete", json={"results": [{"point_id": pid, "loss": 0.5}]})
+        assert r.status_code == 200, r.text
+        # a job that stops anyway (its agent shuts down): its point goes back without spending an attempt
+        a.post(f"/jobs/{j2['id']}/fail", json={"error": "agent shutting down"})
         with srv.client() as c:
-            pts = points(c, tid)
-            assert all(p["state"] == "ready" and p["attempts"] == 0 for p in pts)
+            pts = {p["id"]: p for p in points(c, tid)}
+            assert pts[pid]["state"] == "evaluated" and pts[pid]["loss"] == 0.5  # the result of the pause counts
+            assert all(p["state"] == "ready" and p["attempts"] == 0 for k, p in pts.items() if k != pid)
             assert c.post(f"/tasks/{tid}/resume").json()["state"] == "running"
         j = acquire(a)
         assert a.post(f"/jobs/{j['id']}/heartbeat", json={}).json()["cancel"] is False
         with srv.client() as c:
             c.post(f"/tasks/{tid}/cancel")
-            assert all(p["state"] in ("cancelled", "leased") for p in points(c, tid))
+            assert all(p["state"] in ("cancelled", "leased") for p in points(c, tid) if p["id"] != pid)
         assert a.post(f"/jobs/{j['id']}/heartbeat", json={}).json()["cancel"] is True
         a.post(f"/jobs/{j['id']}/complete", json={})
         with srv.client() as c:
-            assert {p["state"] for p in points(c, tid)} == {"cancelled"}
+            assert {p["state"] for p in points(c, tid) if p["id"] != pid} == {"cancelled"}
             assert task(c, tid)["state"] == "cancelled"
 
 

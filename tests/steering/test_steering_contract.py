@@ -347,3 +347,16 @@ def test_a_point_back_from_the_database_matches_its_trial(name):
     assert opt.ask(1)  # nothing left pending by mistake: the optimizer goes on
     if name in SKOPT:
         assert len(opt._running) == 1  # only the new point is in flight
+
+
+def test_quantized_floats_stay_on_their_step_when_12_digits_are_not_enough():
+    """Found by the property test above: ``659 + 174667 * 2**-9`` = 1000.146484375 needs 13
+    significant digits; the 12-digit clean-up moved it 5e-9 off its step."""
+    from phpo.steering.space_values import quantize_float, quantize_normal
+    from phpo.schemas.search_space import NormalParam
+
+    v = quantize_float(1000.1464, 659.0, 1136.0, 0.001953125)
+    assert v == 1000.146484375
+    assert quantize_float(0.1 + 0.2, 0.0, 1.0, 0.1) == 0.3  # binary noise still goes
+    assert quantize_normal(1000.1464, NormalParam(type="normal", mu=0.0, sigma=1.0, step=0.001953125)) \
+        == 1000.146484375

@@ -167,7 +167,7 @@ def test_cli_reports_the_servers_message(user, tmp_path):
     f.write_text(f"name: cli\nnodes:\n  - name: go\n    kind: job\n    exec: {PY} x.py\n"
                  "    inputs: {v: '${{ nodes.gone.outputs }}'}\n")
     p = run_phpo("workflow", "submit", str(f), env=user.env, check=False)
-    assert p.returncode == 1
+    assert p.returncode == 2  # a refused definition is a usage error (phpo --help: exit codes)
     assert "node 'go'" in p.stderr and "unknown node 'gone'" in p.stderr
     p = run_phpo("workflow", "submit", str(f), "--param", "nope=1", env=user.env, check=False)
-    assert p.returncode == 1 and "unknown parameter 'nope'" in p.stderr
+    assert p.returncode == 2 and "unknown parameter 'nope'" in p.stderr

@@ -248,3 +248,20 @@ def test_values_known_only_at_run_time_fail_their_node_with_a_clear_message(user
     assert nodes["missing"].state.value == "failed"
     assert "'nope' is not in nodes.a.outputs" in nodes["missing"].message and "label" in nodes["missing"].message
     assert nodes["fine"].state.value == "done" and nodes["fine"].results["outputs"]["v"] == -2
+
+
+def test_an_hpo_node_whose_points_all_failed_fails_as_phpo_wait_says(user, agent, payloads):
+    """The workflow engine and the CLI share one meaning of "failed": a task without a single
+    evaluated point failed; its hpo node fails, and both waits exit 1."""
+    search = {"name": "search", "kind": "hpo", "spec": {
+        "evaluationExec": f"{PY} job.py", "optimizer": "grid", "maxPoints": 2, "maxAttempts": 1,
+        "searchSpace": {"x": {"type": "int", "low": 0, "high": 1}, "fail": {"type": "fixed", "value": True}}}}
+    wid = user.submit({"name": "all-failed", "nodes": [search, job("after", after=["search"])]}, payloads).id
+    w = run_phpo("workflow", "wait", str(wid), "--json", "--poll", "0.3", env=user.env, check=False, timeout=120)
+    assert w.returncode == 1, w.stdout + w.stderr
+    nodes = by_path(user.get(wid))
+    assert nodes["search"].state.value == "failed" and "no point was evaluated" in nodes["search"].message
+    assert nodes["after"].state.value == "failed"
+    t = run_phpo("wait", str(nodes["search"].task_id), "--json", env=user.env, check=False)
+    assert t.returncode == 1 and json.loads(t.stdout)["state"] == "failed"
+    assert run_phpo("best", str(nodes["search"].task_id), env=user.env, check=False).returncode == 1

@@ -1,6 +1,6 @@
 """phpo demo payload: train a small neural network on real handwritten digits, epoch by epoch.
 
-It speaks the upstream evaluation contract (CONTRACTS §3) with plain files, no phpo import:
+It speaks the upstream evaluation contract (docs/payloads.md) with plain files, no phpo import:
 reads the point from ``input.json``, writes ``{"status": 0, "loss": ...}`` to ``output.json``.
 
 - Data: scikit-learn's bundled ``load_digits`` (1,797 real 8x8 handwritten digits, UCI

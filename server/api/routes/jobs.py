@@ -23,6 +23,7 @@ from ...auth.identity import Caller
 from ...context import AppContext
 from ...services import uploads
 from ..deps import AgentCaller, Ctx
+from ..params import ArtifactName, Id, OptionalId
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -50,17 +51,17 @@ async def acquire(body: AcquireRequest, ctx: Ctx, caller: AgentCaller):
 
 
 @router.post("/{job_id}/heartbeat", response_model=HeartbeatResponse)
-def heartbeat(job_id: int, body: HeartbeatRequest, ctx: Ctx, caller: AgentCaller) -> HeartbeatResponse:
+def heartbeat(job_id: Id, body: HeartbeatRequest, ctx: Ctx, caller: AgentCaller) -> HeartbeatResponse:
     return ctx.broker.heartbeat(caller, job_id, body)
 
 
 @router.post("/{job_id}/points/{point_id}/result", response_model=JobAck)
-def point_result(job_id: int, point_id: int, body: PointResult, ctx: Ctx, caller: AgentCaller) -> JobAck:
+def point_result(job_id: Id, point_id: Id, body: PointResult, ctx: Ctx, caller: AgentCaller) -> JobAck:
     return ctx.broker.point_result(caller, job_id, point_id, body)
 
 
 @router.post("/{job_id}/complete", response_model=JobAck)
-async def complete(job_id: int, body: CompleteRequest, ctx: Ctx, caller: AgentCaller) -> JobAck:
+async def complete(job_id: Id, body: CompleteRequest, ctx: Ctx, caller: AgentCaller) -> JobAck:
     """Ends the job; with ``next`` also leases the agent's next job (``next_job``), so a slot is
     refilled in the same round trip that reports its last result."""
     if body.next is not None:  # refused before the job ends, not after
@@ -72,12 +73,12 @@ async def complete(job_id: int, body: CompleteRequest, ctx: Ctx, caller: AgentCa
 
 
 @router.post("/{job_id}/fail", response_model=JobAck)
-def fail(job_id: int, body: FailRequest, ctx: Ctx, caller: AgentCaller) -> JobAck:
+def fail(job_id: Id, body: FailRequest, ctx: Ctx, caller: AgentCaller) -> JobAck:
     return ctx.broker.fail(caller, job_id, body)
 
 
 @router.put("/{job_id}/artifacts/{kind}", response_model=Artifact, status_code=201)
-async def put_artifact(job_id: int, kind: ArtifactKind, request: Request, ctx: Ctx, caller: AgentCaller,
-                       name: str | None = None, point_id: int | None = None) -> Artifact:
+async def put_artifact(job_id: Id, kind: ArtifactKind, request: Request, ctx: Ctx, caller: AgentCaller,
+                       name: ArtifactName | None = None, point_id: OptionalId = None) -> Artifact:
     """Raw body. A checkpoint (``?point_id=`` required) replaces the point's previous one."""
     return await uploads.upload_job_artifact(ctx, request, caller, job_id, kind.value, name or kind.value, point_id)

@@ -3,12 +3,13 @@ points, best points, steering iterations and artifacts."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from phpo.schemas.api import Page, SteeringIteration
 from phpo.schemas.artifacts import Artifact, ArtifactKind
 from phpo.schemas.points import BestPoint, Point
 from phpo.schemas.segments import Segment
 from phpo.schemas.tasks import Task, TaskSpec
+from starlette.concurrency import run_in_threadpool
 
 from ...errors import InvalidInput
 from ...repositories.artifacts import list_artifacts
@@ -16,7 +17,9 @@ from ...repositories.iterations import list_iterations
 from ...repositories.points import best_points, list_points
 from ...repositories.segments import list_segments
 from ...repositories.tasks import get_task_row, list_tasks, task_to_schema
+from ..bodies import body_schema, validated_body
 from ..deps import Ctx, UserCaller
+from ..params import Id, Limit, Offset, OptionalId, SegmentIndex
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -34,21 +37,24 @@ def _states(value: str | None, allowed: tuple[str, ...] | None = None) -> list[s
     return out
 
 
-@router.post("", response_model=Task, status_code=201)
-def create_task(spec: TaskSpec, ctx: Ctx, caller: UserCaller) -> Task:
-    return ctx.tasks.create(caller, spec)
+@router.post("", response_model=Task, status_code=201, openapi_extra=body_schema(TaskSpec))
+async def create_task(request: Request, ctx: Ctx, caller: UserCaller) -> Task:
+    """The body is a :class:`TaskSpec`, validated in a worker thread (search spaces and segment
+    lists can be large)."""
+    spec = await validated_body(request, TaskSpec)
+    return await run_in_threadpool(ctx.tasks.create, caller, spec)
 
 
 @router.get("", response_model=Page[Task])
 def get_tasks(ctx: Ctx, caller: UserCaller, state: str | None = None, name: str | None = None,
-              limit: int = 50, offset: int = 0, sort: str | None = None) -> Page[Task]:
+              limit: Limit = 50, offset: Offset = 0, sort: str | None = None) -> Page[Task]:
     with ctx.db.read() as s:
         items, total = list_tasks(s, caller, state=_states(state), name=name, limit=limit, offset=offset, sort=sort)
     return Page[Task](items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{task_id}", response_model=Task)
-def get_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+def get_task(task_id: Id, ctx: Ctx, caller: UserCaller) -> Task:
     """The task; ``waiting_for`` says which requirement no connected agent meets, if any."""
     with ctx.db.read() as s:
         task = task_to_schema(s, get_task_row(s, task_id, caller))
@@ -58,22 +64,22 @@ def get_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
 
 
 @router.post("/{task_id}/cancel", response_model=Task)
-def cancel_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+def cancel_task(task_id: Id, ctx: Ctx, caller: UserCaller) -> Task:
     return ctx.tasks.cancel(caller, task_id)
 
 
 @router.post("/{task_id}/pause", response_model=Task)
-def pause_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+def pause_task(task_id: Id, ctx: Ctx, caller: UserCaller) -> Task:
     return ctx.tasks.pause(caller, task_id)
 
 
 @router.post("/{task_id}/resume", response_model=Task)
-def resume_task(task_id: int, ctx: Ctx, caller: UserCaller) -> Task:
+def resume_task(task_id: Id, ctx: Ctx, caller: UserCaller) -> Task:
     return ctx.tasks.resume(caller, task_id)
 
 
 @router.get("/{task_id}/segments", response_model=Page[Segment])
-def get_segments(task_id: int, ctx: Ctx, caller: UserCaller, limit: int = 100, offset: int = 0,
+def get_segments(task_id: Id, ctx: Ctx, caller: UserCaller, limit: Limit = 100, offset: Offset = 0,
                  sort: str | None = None) -> Page[Segment]:
     """Per-segment summary (counts, best point), one page. ``sort``: id (default), name, best_loss,
     evaluated, failed, running (or leased), ready, jobs, finished; ``-key`` for descending.
@@ -85,8 +91,8 @@ def get_segments(task_id: int, ctx: Ctx, caller: UserCaller, limit: int = 100, o
 
 
 @router.get("/{task_id}/points", response_model=Page[Point])
-def get_points(task_id: int, ctx: Ctx, caller: UserCaller, segment: int | None = None, state: str | None = None,
-               limit: int = 100, offset: int = 0, sort: str | None = None) -> Page[Point]:
+def get_points(task_id: Id, ctx: Ctx, caller: UserCaller, segment: SegmentIndex = None, state: str | None = None,
+               limit: Limit = 100, offset: Offset = 0, sort: str | None = None) -> Page[Point]:
     with ctx.db.read() as s:
         get_task_row(s, task_id, caller)
         items, total = list_points(s, task_id, segment=segment, state=_states(state, POINT_STATES), limit=limit,
@@ -95,7 +101,7 @@ def get_points(task_id: int, ctx: Ctx, caller: UserCaller, segment: int | None =
 
 
 @router.get("/{task_id}/best", response_model=list[BestPoint])
-def get_best(task_id: int, ctx: Ctx, caller: UserCaller, segment: int | None = None) -> list[BestPoint]:
+def get_best(task_id: Id, ctx: Ctx, caller: UserCaller, segment: SegmentIndex = None) -> list[BestPoint]:
     with ctx.db.read() as s:
         task = get_task_row(s, task_id, caller)
         if segment is not None and not 0 <= segment < task.n_segments:
@@ -105,8 +111,8 @@ def get_best(task_id: int, ctx: Ctx, caller: UserCaller, segment: int | None = N
 
 
 @router.get("/{task_id}/iterations", response_model=Page[SteeringIteration])
-def get_iterations(task_id: int, ctx: Ctx, caller: UserCaller, limit: int = 100,
-                   offset: int = 0) -> Page[SteeringIteration]:
+def get_iterations(task_id: Id, ctx: Ctx, caller: UserCaller, limit: Limit = 100,
+                   offset: Offset = 0) -> Page[SteeringIteration]:
     with ctx.db.read() as s:
         get_task_row(s, task_id, caller)
         items, total = list_iterations(s, task_id, limit=limit, offset=offset)
@@ -114,8 +120,8 @@ def get_iterations(task_id: int, ctx: Ctx, caller: UserCaller, limit: int = 100,
 
 
 @router.get("/{task_id}/artifacts", response_model=Page[Artifact])
-def get_artifacts(task_id: int, ctx: Ctx, caller: UserCaller, kind: ArtifactKind | None = None,
-                  point_id: int | None = None, limit: int = 100, offset: int = 0) -> Page[Artifact]:
+def get_artifacts(task_id: Id, ctx: Ctx, caller: UserCaller, kind: ArtifactKind | None = None,
+                  point_id: OptionalId = None, limit: Limit = 100, offset: Offset = 0) -> Page[Artifact]:
     with ctx.db.read() as s:
         get_task_row(s, task_id, caller)
         items, total = list_artifacts(s, task_id, kind=kind.value if kind else None, point_id=point_id,
