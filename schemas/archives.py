@@ -287,11 +287,12 @@ def _decompressed(raw: IO[bytes]) -> IO[bytes]:
 Select = Callable[[tuple[str, ...], tarfile.TarInfo], "tuple[str, ...] | None"]
 
 
-def extract(tarball: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+def extract(tarball: str | os.PathLike[str] | IO[bytes], dest: str | os.PathLike[str], *,
             limits: ArchiveLimits = DEFAULT_LIMITS, select: Select | None = None, skip_other: bool = False,
             owner: tuple[int, int] | None = None) -> Extracted:
-    """Unpack the tar archive ``tarball`` (plain, gzip, bzip2 or xz) member by member into the
-    existing directory ``dest``; raises :class:`ArchiveError` naming the member at fault.
+    """Unpack the tar archive ``tarball`` (a path or a seekable binary file; plain, gzip, bzip2
+    or xz) member by member into the existing directory ``dest``; raises :class:`ArchiveError`
+    naming the member at fault.
 
     ``select(parts, member)`` may rename a member (return the parts to write under ``dest``) or
     leave it out (None); every member's name is checked before. ``skip_other`` leaves out links,
@@ -303,7 +304,8 @@ def extract(tarball: str | os.PathLike[str], dest: str | os.PathLike[str], *,
     root_fd = os.open(os.fspath(dest), _DIR_FLAGS & ~os.O_NOFOLLOW)
     cache: tuple[tuple[str, ...], int] | None = None  # the last member's directory, kept open
     try:
-        with open(tarball, "rb") as raw, _decompressed(raw) as plain:
+        raw_cm = contextlib.nullcontext(tarball) if hasattr(tarball, "read") else open(tarball, "rb")  # noqa: SIM115
+        with raw_cm as raw, _decompressed(raw) as plain:
             budget = _Budget(plain)
             try:
                 tar = tarfile.open(fileobj=budget, mode="r|")  # noqa: SIM115 - closed by the with below

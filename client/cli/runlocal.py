@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from phpo.schemas import TaskSpec
+from phpo.schemas.archives import extract
 from phpo.schemas.search_space import (
     ArrayParam,
     CategoricalParam,
@@ -176,8 +176,8 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     rundir.mkdir()
     logdir.mkdir()
     if tarball is not None:
-        with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as tar:
-            tar.extractall(rundir, filter="data")  # what the agent gets: no file the sandbox leaves out
+        # what the agent gets, unpacked by the agent's own code: no file the sandbox leaves out
+        extract(io.BytesIO(tarball), rundir)
     (rundir / spec.evaluationInput).write_text(json.dumps(point))
     segment_files = list(spec.segments[seg].files) if spec.segments else []
     training = segment_files or list(spec.trainingFiles)
