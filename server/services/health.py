@@ -29,6 +29,18 @@ def _ident(path: Path | None) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _still_there(path: Path, seen: tuple[int, int] | None, what: str,
+                 if_removed: str) -> tuple[tuple[int, int] | None, list[str]]:
+    """(what ``path`` is to be from now on, the problem when it is gone or another file now)."""
+    now = _ident(path)
+    seen = seen or now  # the database file is made by the first migration, after the probe
+    if now is None:
+        return seen, [f"{what} was removed while the server runs: {if_removed}"]
+    if now != seen:
+        return seen, [f"{what} was replaced while the server runs (the server still uses the old one); restart it"]
+    return seen, []
+
+
 class HealthProbe:
     def __init__(self, db: Database, store: ArtifactStore):
         self.db = db
@@ -48,24 +60,16 @@ class HealthProbe:
         except Exception as e:  # noqa: BLE001 - whatever it is, the database is not usable
             out.append(f"the database does not answer: {type(e).__name__}: {str(e)[:300]}")
         if self.db_file is not None:
-            now = _ident(self.db_file)
-            self.db_ident = self.db_ident or now  # the file is made by the first migration
-            if now is None:
-                out.append(f"the SQLite database file {self.db_file} was removed while the server runs: what it "
-                           "writes now is lost when it stops; restore the data directory and restart the server")
-            elif self.db_ident is not None and now != self.db_ident:
-                out.append(f"the SQLite database file {self.db_file} was replaced while the server runs (it still "
-                           "writes to the old one); restart the server")
+            self.db_ident, problem = _still_there(
+                self.db_file, self.db_ident, f"the SQLite database file {self.db_file}",
+                "what it writes now is lost when it stops; restore the data directory and restart the server")
+            out += problem
         if self.store_dir is not None:
-            now = _ident(self.store_dir)
-            self.store_ident = self.store_ident or now
-            if now is None:
-                out.append(f"the artifact directory {self.store_dir} was removed while the server runs: uploads "
-                           "fail or are lost; restore it and restart the server")
-            elif self.store_ident is not None and now != self.store_ident:
-                out.append(f"the artifact directory {self.store_dir} was replaced while the server runs; restart "
-                           "the server")
-            elif not os.access(self.store_dir, os.W_OK | os.X_OK):
+            self.store_ident, problem = _still_there(self.store_dir, self.store_ident,
+                                                     f"the artifact directory {self.store_dir}",
+                                                     "uploads fail or are lost; restore it and restart the server")
+            out += problem
+            if not problem and not os.access(self.store_dir, os.W_OK | os.X_OK):
                 out.append(f"the artifact directory {self.store_dir} is not writable by the server")
         else:
             try:
