@@ -152,8 +152,8 @@ def report(
 
 def report_intermediate(step: int, value: float) -> bool:
     """Send an intermediate value (e.g. the validation loss of an epoch) to the server through
-    the agent, which forwards it with its next heartbeat (a NaN or infinite value is dropped
-    there, with a warning in the agent's log). Returns ``True`` to continue, ``False`` when the
+    the agent, which forwards it with its next heartbeat (a NaN or infinite value is sent as
+    null, with a warning in the agent's log: JSON has neither). Returns ``True`` to continue, ``False`` when the
     server asked the agent to stop this point early (pruning)."""
     path = os.environ.get(ENV_INTERMEDIATE)
     if path:

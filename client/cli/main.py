@@ -342,9 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return cmd_up(args)
         if args.command == "run-local":
-            from .runlocal import cmd_run_local
-
-            return cmd_run_local(args)
+            # the agent's code runs the payload (the client imports no agent code, see run_passthrough)
+            try:
+                run_local = importlib.import_module("phpo.evaluation_container.run_local")
+            except ImportError as e:
+                raise CliError(f"`phpo run-local` runs the payload as the agent would and needs it ({e}); "
+                               "install phpo[agent], e.g. pip install 'phpo[agent]'") from None
+            return run_local.cmd_run_local(args)
         if args.command == "down":
             from .stack import cmd_down
 

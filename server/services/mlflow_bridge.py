@@ -117,6 +117,13 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _on_the_curve(values: list[Any] | None) -> list[Any]:
+    """The intermediate values that go to MLflow: a value the agent could not send (NaN, inf)
+    arrives as null and has no place on the curve. ``MlflowBridge._sent`` counts entries of
+    this list, so it matches the length of the run's history after a restart."""
+    return [v for v in values or () if v.get("value") is not None]
+
+
 class MlflowBridge:
     """Background thread syncing points to an MLflow tracking server at ``uri``."""
 
@@ -370,10 +377,10 @@ class MlflowBridge:
     def _new_intermediate(self, pid: int, run_id: str, values: list[Any] | None, now: int) -> list[Any]:
         """The point's intermediate values (``sdk.report_intermediate``) its run does not have
         yet, as entries of the metric ``intermediate`` (step = the reported step; the time is
-        when the bridge sends it). A NaN stays NaN (MLflow stores it as such)."""
+        when the bridge sends it)."""
         from mlflow.entities import Metric
 
-        values = values or []
+        values = _on_the_curve(values)
         sent = self._sent.get(pid)
         if sent is None:
             sent = len(self.client.get_metric_history(run_id, INTERMEDIATE_KEY)) if values else 0
@@ -396,6 +403,7 @@ class MlflowBridge:
         self._inter_cursor = rows[-1][0] if len(rows) >= self.batch else 0
         n = 0
         for pid, run_id, values in rows:
+            values = _on_the_curve(values)
             if not values or len(values) <= self._sent.get(pid, -1):
                 continue
             ms = self._new_intermediate(pid, run_id, values, int(time.time() * 1000))

@@ -154,7 +154,7 @@ assert os.environ["MLFLOW_TRACKING_URI"] == "file://" + os.getcwd() + "/mlruns",
 for epoch in range(3):
     mlflow.log_metric("val_loss", 10 * p["x"] + epoch, step=epoch)
     sdk.report_intermediate(epoch, p["x"] + epoch / 10)
-sdk.report_intermediate(3, float("nan"))  # diverged: the agent drops it (a heartbeat carrying it would be refused)
+sdk.report_intermediate(3, float("nan"))  # diverged: sent as null (JSON has no NaN), kept off the curve
 sdk.report(float((p["x"] - 2) ** 2), metrics={"epochs": 3, "note": "ok"})
 """
 
@@ -202,7 +202,7 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
         # and its sdk.report_intermediate values are the run's learning curve
         curve = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "intermediate"))
         assert curve == [(e, x + e / 10) for e in range(3)]
-    assert agent.log().count("not finite") == 4  # each payload's NaN, named in the agent's log
+    assert agent.log().count("it is sent as null") == 4  # each payload's NaN, named in the agent's log
 
 
 def run_two_segments(mlflow_server, start_server, agents, exp_name: str, names: tuple[str, str],

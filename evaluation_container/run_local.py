@@ -1,11 +1,11 @@
-"""``phpo run-local``: try the payload once, here and now, before a task spends attempts on it.
+"""``phpo run-local`` (the agent's side of it: the client CLI hands it the parsed options): try the payload once, here and now, before a task spends attempts on it.
 
 It takes the options of ``phpo submit`` (``--loadJson`` too), validates them the same way, and
 runs ``evaluationExec`` once in a directory laid out like an agent's job directory: the sandbox
 unpacked (the same files ``phpo submit`` would ship, nothing else), the point in
 ``evaluationInput``, the training file list in ``evaluationTrainingData``, the ``PHPO_*``
 variables the agent sets. The payload's output streams to the terminal; its ``evaluationOutput``
-is read with the agent's own rules (:func:`phpo.evaluation_container.agent.read_output`), so a
+is read with the agent's own rules (:func:`.agent.read_output`), so a
 missing file, a crash or a malformed ``output.json`` shows in seconds, with the message a task
 would record, instead of after three attempts on a remote site.
 
@@ -45,9 +45,12 @@ from phpo.schemas.search_space import (
 from phpo.schemas.upstream import substitute_placeholders
 from rich.markup import escape
 
-from ..sandbox import pack, plan_sandbox
-from .commands import EXIT_FAILED, EXIT_OK, _sandbox_files, err_console, print_json
-from .upstream import CliError, build_spec, collect_options
+from phpo.client.cli.commands import EXIT_FAILED, EXIT_OK, _sandbox_files, err_console, print_json
+from phpo.client.cli.upstream import CliError, build_spec, collect_options
+from phpo.client.sandbox import pack, plan_sandbox
+
+from .agent import CONTROL_FILE, INTERMEDIATE_FILE, PHPO_DIR, Outcome, read_output
+from .mlflow_local import payload_env as mlflow_payload_env
 
 
 def _middle(p: Any) -> Any:
@@ -145,12 +148,6 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     def warn(m: str) -> None:
         err.print(f"[yellow]warning:[/] {escape(m)}")
 
-    try:
-        from phpo.evaluation_container.agent import CONTROL_FILE, INTERMEDIATE_FILE, PHPO_DIR, Outcome, read_output
-        from phpo.evaluation_container.mlflow_local import payload_env as mlflow_payload_env
-    except ImportError as e:
-        raise CliError(f"phpo run-local reads the result with the agent's rules ({e}): "
-                       "pip install 'phpo[agent]'") from None
     options = collect_options(args)
     spec = build_spec(options, warn=warn)
     names = spec.segment_names
