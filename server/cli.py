@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, help="largest accepted JSON request body in MB (default 8)")
     p.add_argument("--manager-interval", type=float, help="seconds between HPO manager passes (default 1)")
     p.add_argument("--steering-workers", type=int, help="threads running optimizers (default 4)")
+    p.add_argument("--max-acquire-wait", type=float,
+                   help="longest long poll of an agent's acquire in seconds (default and at most 20)")
     p.add_argument("--mlflow-uri", help="MLflow tracking server URI: every point becomes a run "
                                         "(default $PHPO_MLFLOW_URI; unset: no MLflow)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
@@ -60,7 +62,8 @@ def _settings(args: argparse.Namespace) -> Any:
     from .settings import Settings
 
     names = ["host", "port", "data_dir", "database_url", "lease_seconds", "reaper_interval", "artifact_url",
-             "max_upload_mb", "max_body_mb", "manager_interval", "steering_workers", "log_level", "mlflow_uri"]
+             "max_upload_mb", "max_body_mb", "manager_interval", "steering_workers", "log_level", "mlflow_uri",
+             "max_acquire_wait"]
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if "data_dir" not in given and given.get("database_url", "").startswith("sqlite:///") and not given.get(
             "artifact_url"):

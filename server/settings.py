@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     run_manager: bool = Field(default=True, description="run the HPO manager loop in this process")
     mlflow_uri: str | None = Field(default=None, description="MLflow tracking server: every point becomes a run")
     mlflow_interval: float = Field(default=0.5, gt=0, description="seconds between MLflow bridge passes")
+    max_acquire_wait: float = Field(
+        default=20.0, ge=0, le=20.0,
+        description="longest long poll of an acquire in seconds, whatever wait_s the agent asks for (a proxy "
+                    "with a shorter idle timeout in front of the server needs less)")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

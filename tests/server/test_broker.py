@@ -293,6 +293,16 @@ def test_long_poll_acquire_waits_then_wakes_when_points_arrive(db_url, start_ser
         assert got["after_s"] < 10, got["after_s"]
 
 
+def test_max_acquire_wait_caps_every_long_poll(start_server):
+    """``--max-acquire-wait``: the server holds no acquire longer than its cap, whatever
+    ``wait_s`` the agent asks for (a proxy with a short idle timeout in front of it)."""
+    srv = start_server(None, "--max-acquire-wait", "0.3")
+    with srv.client(srv.agent_token) as a:
+        t0 = time.monotonic()
+        assert acquire(a, wait_s=20) is None
+        assert time.monotonic() - t0 < 5, "the 20 s long poll was not capped at 0.3 s"
+
+
 def test_complete_with_next_leases_the_next_job_in_the_same_call(db_url, start_server):
     srv = start_server(db_url)
     with srv.client() as c:

@@ -31,7 +31,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 async def lease(ctx: AppContext, caller: Caller, req: AcquireRequest) -> Job | None:
     """Acquire; with ``wait_s`` a long poll: while nothing is ready, sleep until something may
     have become ready (:class:`~phpo.server.services.work_signal.WorkSignal`) or the time is up."""
-    deadline = time.monotonic() + req.wait_s
+    deadline = time.monotonic() + min(req.wait_s, ctx.settings.max_acquire_wait)
     work = ctx.broker.work
     while True:
         generation = work.generation  # read before trying: a notification during the try is not lost
