@@ -34,8 +34,11 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends chromium fonts-liberation >/dev/null) \
 	  || echo "could not install chromium: the MLflow UI screenshot test will be skipped"; fi
 
+# the tests wait on real processes much more than they compute: three workers (pytest-xdist),
+# each test file on one worker so its servers are shared; PYTEST_WORKERS=0 runs them in one process
+PYTEST_WORKERS ?= 3
 test: install container-runtime chromium
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -17,6 +17,7 @@ PLAN = {"admin": ("coverage,fuzzing", 2), "user": ("fuzzing", 2), "agent": ("fuz
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three schemathesis runs of up to 240 s each on a loaded machine
 def test_no_request_gets_a_server_error(db_url, start_server):
     # the coverage phase asks acquire for wait_s = 20 many times: long polls of an idle server
     # would hold the workers for most of the run, so they are capped (what they do is tested)
