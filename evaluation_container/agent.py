@@ -102,7 +102,8 @@ class AgentConfig:
     name: str = field(default_factory=default_agent_name)
     gpus: list | None = None  # list[GPUInfo]; None = no GPU management
     share_gpus: bool = False
-    executor: str = "subprocess"  # subprocess (containers if a docker engine answers) | docker | podman
+    executor: str = "subprocess"  # subprocess (containers if a docker engine answers) | docker | podman | dask
+    scheduler: str | None = None  # --executor dask: the Dask scheduler's address
     docker_url: str | None = None
     container_network: str = "none"
     kinds: list[JobKind] = field(default_factory=lambda: [JobKind.evaluation, JobKind.steering])
@@ -225,6 +226,7 @@ class Agent:
         self._sandbox_lock = threading.Lock()
         self.subprocess_executor = SubprocessExecutor()
         self.container_executor: Executor | None = None
+        self.evaluation_executor: Executor | None = None  # --executor dask: evaluations on the cluster
         self._podman = None
         self.jobs_done = 0
         self.fatal: str | None = None
@@ -268,8 +270,16 @@ class Agent:
             if not ex.ping():
                 raise ExecutorError(f"--executor podman: no podman service answers at {url}")
             self.container_executor = ex
+        elif kind == "dask":
+            from .runners.dask import DaskExecutor
+
+            if not self.cfg.scheduler:
+                raise ExecutorError("--executor dask needs --scheduler ADDRESS (tcp://HOST:8786)", retryable=False)
+            self.evaluation_executor = DaskExecutor(self.cfg.scheduler)
+            log.info("evaluations run on the Dask cluster at %s (%d workers)", self.cfg.scheduler,
+                     len(self.evaluation_executor.workers()))
         else:
-            raise ExecutorError(f"unknown executor {kind!r} (subprocess, docker, podman)")
+            raise ExecutorError(f"unknown executor {kind!r} (subprocess, docker, podman, dask)")
         if self.container_executor is None:
             found = container_runtimes_installed()
             log.info("no container engine answers: jobs that name a container will fail%s",
@@ -419,7 +429,7 @@ class Agent:
                         "with this --workdir", len(self.outbox), self.outbox.dir)
 
     def close(self) -> None:
-        for ex in (self.container_executor, self.subprocess_executor):
+        for ex in (self.container_executor, self.evaluation_executor, self.subprocess_executor):
             if ex is not None:
                 ex.close()
         if self._podman is not None:
@@ -437,8 +447,12 @@ class Agent:
                 self.api.download_artifact(artifact_id, path)
         return path
 
-    def executor_for(self, image: str | None) -> Executor:
+    def executor_for(self, image: str | None, evaluation: bool = False) -> Executor:
+        """The executor of a job: a container engine for an image, else the Dask cluster for
+        evaluations with ``--executor dask``, else a local process (steering always runs here)."""
         if not image:
+            if evaluation and self.evaluation_executor is not None:
+                return self.evaluation_executor
             return self.subprocess_executor
         if self.container_executor is None:
             raise ExecutorError(
@@ -759,7 +773,7 @@ class JobRunner(threading.Thread):
             self.finish("fail", FailRequest(error="evaluation job without evaluation settings", retry=False))
             return
         try:
-            executor = self.agent.executor_for(ev.container)
+            executor = self.agent.executor_for(ev.container, evaluation=True)
         except ExecutorError as e:
             log.error("job %d: %s", self.job.id, e)
             self.finish("fail", FailRequest(error=str(e), retry=e.retryable))

@@ -22,6 +22,8 @@ Engine API: --executor docker uses the engine at --docker-url (or DOCKER_HOST, o
 /var/run/docker.sock); --executor podman starts a private `podman system service` under
 --workdir (or uses --docker-url). With the default --executor subprocess, jobs run as
 `bash -c` in their working directory, and container jobs use a Docker engine if one answers.
+--executor dask --scheduler tcp://HOST:8786 runs evaluations as tasks on that Dask cluster
+(the job directories must be on a filesystem the workers share; steering stays on this agent).
 
 The token: --token-file FILE (mode 600), else PHPO_TOKEN, else the phpo config file; never on
 the command line, where every process of the machine can read it. Payloads get neither the token
@@ -57,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with more slots than GPUs, let jobs share GPUs (default: never share)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="where job directories and the outbox live (default ./phpo-agent)")
-    p.add_argument("--executor", choices=["subprocess", "docker", "podman"], default="subprocess",
-                   help="container engine for jobs that name an image (see below); default subprocess")
+    p.add_argument("--executor", choices=["subprocess", "docker", "podman", "dask"], default="subprocess",
+                   help="container engine for jobs that name an image, or dask (see below); default subprocess")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="--executor dask: the Dask scheduler's address (tcp://HOST:8786)")
     p.add_argument("--docker-url", help="Docker-API socket, e.g. unix:///run/podman/podman.sock")
     p.add_argument("--container-network", choices=["none", "host"], default="none",
                    help="network of containers: none (default) or host (the payload reaches the network)")
@@ -169,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         gpus=gpus,
         share_gpus=args.share_gpus,
         executor=args.executor,
+        scheduler=args.scheduler,
         docker_url=args.docker_url,
         container_network=args.container_network,
         kinds=kinds,
