@@ -63,6 +63,7 @@ from .checkpoints import CheckpointSaver, restore_checkpoint, safe_extract
 from .gpu_slots import Slot, SlotPool, plan_slots
 from .outbox import Outbox
 from .resources import base_resources, container_runtimes_installed
+from .launchers import torchrun_command
 from .runners.base import Executor, ExecutorError, PayloadUser, RunHandle, RunSpec
 from .runners.subprocess import SubprocessExecutor
 
@@ -785,6 +786,15 @@ class JobRunner(threading.Thread):
         command = ev.exec
         if "%SEGMENT_NAME" in command:
             command = substitute_placeholders(command, {"%SEGMENT_NAME": self.job.segment})
+        if ev.launcher == "torchrun":
+            try:
+                command = torchrun_command(command, ev.processes, self.slot.gpu_indices, container=bool(ev.container))
+            except FileNotFoundError as e:
+                self.finish("fail", FailRequest(error=f"{e} (agent {self.cfg.name})", retry=True))
+                return
+        elif ev.launcher != "none":
+            self.finish("fail", FailRequest(error=f"this agent does not know the launcher {ev.launcher!r}", retry=True))
+            return
         seen_workdir = executor.workdir_seen_by_command(
             RunSpec(command="", workdir=self.rundir, stdout_path=Path(), stderr_path=Path()))
         interval = max(0.5, ev.checkpoint_interval_s)

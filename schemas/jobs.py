@@ -78,6 +78,8 @@ class EvaluationSettings(BaseModel):
     timeout_s: float | None = None
     training_files: list[str] = Field(default_factory=list)
     sandbox_artifact: int | None = None
+    processes: int = Field(default=1, ge=1, description="ranks per point (nProcessesPerPoint)")
+    launcher: str = Field(default="none", description="none | torchrun")
 
 
 class SteeringSettings(BaseModel):

@@ -103,6 +103,10 @@ class TaskSpec(BaseModel):
     maxAttempts: int = Field(default=3, ge=1, le=100)
     penaltyLoss: float | None = Field(default=None, description="upstream-compatible loss for failed points")
     evaluationTimeout: float | None = Field(default=None, gt=0, description="seconds per payload run")
+    nProcessesPerPoint: int = Field(default=1, ge=1, le=1024,
+                                    description="processes (ranks) that train one point together on one agent")
+    launcher: Literal["none", "torchrun"] = Field(
+        default="none", description="how the agent starts a point's processes: none (one process) or torchrun")
     trainingFiles: list[str] = Field(default_factory=list, description="resolved trainingDS file list")
     sandbox: str | None = Field(default=None, description="id of the uploaded sandbox tarball")
 
@@ -132,6 +136,9 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
+        if self.nProcessesPerPoint > 1 and self.launcher == "none":
+            raise ValueError("nProcessesPerPoint: more than one process per point needs a launcher "
+                             "(--launcher torchrun)")
         if self.steeringExec and self.optimizer not in (None, "external"):
             raise ValueError(
                 f"optimizer: '{self.optimizer}' conflicts with steeringExec (which implies 'external'); give one"

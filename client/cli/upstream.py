@@ -208,6 +208,12 @@ OPTIONS: tuple[Opt, ...] = (
     ),
     Opt("maxAttempts", "int", "N", "tries per point before it is recorded as failed (default 3)", "phpo", "phpo"),
     Opt("evaluationTimeout", "float", "SECONDS", "wall-clock limit of one payload run", "phpo", "phpo"),
+    Opt("nProcessesPerPoint", "int", "N",
+        "processes (ranks) that train one point together on one agent, started by --launcher (default 1)",
+        "phpo", "phpo"),
+    Opt("launcher", "str", "NAME",
+        "how the agent starts a point's processes: none (default) or torchrun (PyTorch DDP, rendezvous on "
+        "loopback, one GPU of the slot per rank)", "phpo", "phpo"),
     Opt(
         "sandboxFiles",
         "str",

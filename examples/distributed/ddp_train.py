@@ -43,7 +43,8 @@ def main() -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    # the agent gives each rank one GPU (CUDA_VISIBLE_DEVICES); with all of them visible, LOCAL_RANK's
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
 
@@ -94,7 +95,7 @@ def main() -> None:
             break
 
     if rank == 0:
-        sdk.report(val_loss, metrics={"world_size": world, "epoch_seconds": times})
+        sdk.report(val_loss, metrics={"world_size": world, "start_epoch": start, "epoch_seconds": times})
         if os.environ.get("PHPO_DDP_TIMES"):  # the scaling benchmark reads the epoch times
             with open(os.environ["PHPO_DDP_TIMES"], "w") as f:
                 json.dump({"world_size": world, "epoch_seconds": times}, f)

@@ -202,6 +202,7 @@ class JobBroker:
             checkpoint_interval_s=spec.checkpoint_interval_seconds, timeout_s=spec.evaluationTimeout,
             training_files=list(seg.files or []) or list(spec.trainingFiles),
             sandbox_artifact=int(spec.sandbox) if spec.sandbox else None,
+            processes=spec.nProcessesPerPoint, launcher=spec.launcher,
         )
 
     # ---------------------------------------------------------------- acquire

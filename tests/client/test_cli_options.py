@@ -54,7 +54,8 @@ UPSTREAM_OPTIONS = [
     "site",
     "noSubmit",
 ]
-EXTENSIONS = ["optimizer", "optimizerOptions", "directions", "maxAttempts", "evaluationTimeout"]
+EXTENSIONS = ["optimizer", "optimizerOptions", "directions", "maxAttempts", "evaluationTimeout", "nProcessesPerPoint",
+              "launcher"]
 
 NO_SERVER = {"PHPO_URL": "http://127.0.0.1:9", "PHPO_TOKEN": "unused"}
 
