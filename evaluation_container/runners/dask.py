@@ -20,25 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from .base import Executor, ExecutorError, RunHandle, RunSpec
-from .subprocess import _setpriv, command_env
+from .subprocess import SubprocessExecutor
 
 LOST = 137  # the exit status of an attempt whose worker was lost (as if killed by SIGKILL)
 NOT_VISIBLE = 126  # the job directory is not on the worker's filesystem
 RESTARTED = 125  # Dask ran the task a second time after losing the first worker
 
 
-def _variable(name: str) -> Any:
+def _variable(name: str, client: Any = None) -> Any:
+    """A Dask ``Variable`` of this attempt (on a worker: through the worker's own client)."""
     from distributed import Variable
 
-    return Variable(name)
+    return Variable(name, client=client)
 
 
 def _read(var: Any) -> Any:
@@ -50,51 +49,29 @@ def _read(var: Any) -> Any:
         return None
 
 
-def run_on_worker(argv: list[str], cwd: str, env_extra: dict[str, str], gpus: list[int] | None,
+def run_on_worker(command: str, cwd: str, env_extra: dict[str, str], gpus: list[int] | None,
                   stdout: str, stderr: str, key: str, poll_s: float = 0.5) -> int:
-    """Runs on a Dask worker: the command in ``cwd``, polling ``key``'s stop variable."""
+    """Runs on a Dask worker: the command in ``cwd`` as the subprocess executor runs it there,
+    polling ``key``'s stop variable."""
     from distributed import get_worker
 
-    where = get_worker().address
     started = _variable(f"{key}-started")
     if _read(started) is not None:  # Dask re-ran us after a lost worker: that attempt is over
         return RESTARTED
-    started.set(where)
+    started.set(get_worker().address)
     if not os.path.isdir(cwd):
         return NOT_VISIBLE
-    spec = RunSpec(command="", workdir=Path(cwd), stdout_path=Path(stdout), stderr_path=Path(stderr),
-                   env=env_extra, gpus=gpus)
     stop = _variable(f"{key}-stop")
-    setpriv = _setpriv()
-    if setpriv:
-        argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-    with open(stdout, "ab") as out, open(stderr, "ab") as err:
-        proc = subprocess.Popen(argv, cwd=cwd, env=command_env(spec), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, start_new_session=True, close_fds=True)
-        try:
-            while True:
-                try:
-                    return proc.wait(timeout=poll_s)
-                except subprocess.TimeoutExpired:
-                    pass
-                grace = _read(stop)
-                if grace is not None:
-                    _stop_group(proc, float(grace))
-                    return proc.wait()
-        finally:  # what the command left behind goes with it
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _stop_group(proc: subprocess.Popen, grace: float) -> None:
+    handle = SubprocessExecutor().start(RunSpec(command=command, workdir=Path(cwd), stdout_path=Path(stdout),
+                                                stderr_path=Path(stderr), env=env_extra, gpus=gpus))
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        while (rc := handle.wait(timeout=poll_s)) is None:
+            grace = _read(stop)
+            if grace is not None:
+                handle.kill(float(grace))
+        return rc
+    finally:  # what the command left behind goes with it
+        handle.finish()
 
 
 class DaskHandle(RunHandle):
@@ -160,7 +137,7 @@ class DaskExecutor(Executor):
 
     name = "dask"
 
-    def __init__(self, scheduler: str, timeout: float = 30.0, shell: str = "bash"):
+    def __init__(self, scheduler: str, timeout: float = 30.0):
         try:
             from distributed import Client
         except ImportError as e:
@@ -172,12 +149,9 @@ class DaskExecutor(Executor):
             raise ExecutorError(f"--executor dask: no Dask scheduler answers at {scheduler}: {e}",
                                 retryable=False) from e
         self.scheduler = scheduler
-        self.shell = shell
 
     def variable(self, name: str) -> Any:
-        from distributed import Variable
-
-        return Variable(name, client=self.client)
+        return _variable(name, self.client)
 
     def workers(self) -> set[str]:
         try:
@@ -193,7 +167,7 @@ class DaskExecutor(Executor):
         spec.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         key = f"phpo-{uuid.uuid4().hex}"
         future = self.client.submit(
-            run_on_worker, [self.shell, "-c", spec.command], str(spec.workdir), dict(spec.env), spec.gpus,
+            run_on_worker, spec.command, str(spec.workdir), dict(spec.env), spec.gpus,
             str(spec.stdout_path), str(spec.stderr_path), key, key=key, pure=False, retries=0)
         return DaskHandle(self, future, key, spec)
 
