@@ -1,0 +1,545 @@
+"""Chunks for training: dense float32 matrices made from many files without loading them whole.
+
+An epoch is a list of chunks; chunk ``k`` of ``K`` takes events ``[k*N_i/K, (k+1)*N_i/K)`` of each
+file ``i`` (``N_i`` its events), so every chunk holds each file, hence each label, in proportion
+to its size, and at most about ``chunk_size`` events are in memory at once whatever the files'
+size. With ``shuffle`` the chunks come in a seeded random order and the events inside each chunk
+are permuted (seed and epoch decide both: the same seed gives the same epoch).
+
+Columns: the flat branches (sorted), then each jagged branch (sorted) as ``L`` columns
+``name_0 .. name_{L-1}``, ``L`` its length in the specs (``jdim``) or ``jagged_cap`` when smaller.
+Values are normalised with the specs: ``"minmax"`` maps [min, max] to [0, 1] (a constant branch
+becomes 0), ``"standard"`` gives (x - mean) / std, ``None`` leaves them raw. Jagged padding and NaN
+values become ``pad_value`` (MLaaS4HEP's ``nan``).
+
+The mask has the matrix's shape. Its polarity, ``mask="valid"`` (the default): 1 where the value
+is real, 0 where it is padding or was NaN. ``mask="mlaas4hep"``: the other way round, as
+MLaaS4HEP's ``np.isnan(x) * 1`` (1 where padding or NaN). ``mask=None``: no mask.
+
+All of it is vectorised (awkward ``pad_none``/``fill_none`` and numpy on whole columns): no Python
+loop runs per event.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+from .readers import Reader, open_reader
+from .specs import DEFAULT_CHUNK, Specs, compute_specs, is_current, load_or_compute
+
+NORMALISATIONS = ("minmax", "standard", None)
+MASKS = ("valid", "mlaas4hep", None)
+
+
+@dataclass
+class Chunk:
+    """One chunk: ``x`` (events x columns, float32), ``mask`` (same shape, float32, or None),
+    ``y`` (labels, float32, or None), ``ids`` (identifier branches, or empty), ``source``
+    (the index of the file each event came from)."""
+
+    x: np.ndarray
+    mask: np.ndarray | None
+    y: np.ndarray | None
+    ids: dict[str, np.ndarray]
+    source: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, idx: np.ndarray) -> Chunk:
+        """The events ``idx`` (indices) as new arrays (the mask as float32)."""
+
+        def t(a):
+            return None if a is None else np.take(a, idx, axis=0)
+
+        mask = None if self.mask is None else t(self.mask).astype(np.float32, copy=False)
+        return Chunk(t(self.x), mask, t(self.y), {k: t(v) for k, v in self.ids.items()}, t(self.source))
+
+    def cut(self, start: int, stop: int) -> Chunk:
+        """Events ``start .. stop`` as new arrays (the mask as float32): ``take`` of a range."""
+
+        def c(a):
+            return None if a is None else a[start:stop].copy()
+
+        mask = None if self.mask is None else self.mask[start:stop].astype(np.float32)
+        return Chunk(c(self.x), mask, c(self.y), {k: c(v) for k, v in self.ids.items()}, c(self.source))
+
+
+def _label_value(label: Any, path: str) -> float | None:
+    if label is None:
+        return None
+    try:
+        return float(label)
+    except (TypeError, ValueError):
+        raise DataError(f"the label {label!r} is not a number", path) from None
+
+
+def _positions(offsets: np.ndarray, L: int, base: np.ndarray, dim: int) -> tuple[Any, np.ndarray]:
+    """For a jagged array with ``offsets``: which content entries are kept (the first ``L`` of
+    each event; a slice when none is clipped) and where each goes in the flattened matrix, row
+    ``r`` starting at ``base[r]`` (the branch's column is added by the caller's view)."""
+    counts = np.diff(offsets)
+    total = int(offsets[-1] - offsets[0])
+    shift = np.repeat(
+        base - (offsets[:-1] - offsets[0]), counts
+    )  # entry e of event r: base[r] + e - start[r]
+    dst = shift + np.arange(total, dtype=np.int64)
+    if counts.size and int(counts.max()) > L:
+        keep = (dst - np.repeat(base, counts)) < L
+        return np.flatnonzero(keep) + int(offsets[0]), dst[keep]
+    return slice(int(offsets[0]), int(offsets[-1])), dst
+
+
+class Stream:
+    """Training data from ``files`` as chunks and batches.
+
+    ``labels``: one number per file (MLaaS4HEP's ``labels.txt``), or ``label_branch``: a branch
+    holding each event's label. ``specs``: a :class:`Specs`, a specs JSON path, or ``None`` to
+    compute them (once, cached under ``cache_dir`` keyed by the files' sizes and mtimes).
+    ``ranges``: per file, the ``(start, stop)`` events to use (e.g. a validation split); default
+    the first ``nevts`` (-1: all). ``workers``: 1, everything in the calling thread; 2 or more,
+    the files are read (decompressed, unpacked) in a background thread up to ``workers - 1``
+    chunks ahead while the calling thread assembles the chunk before: two stages, so at most two
+    cores; the chunks are the same whatever ``workers``.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        labels: Sequence[Any] | None = None,
+        label_branch: str | None = None,
+        tree: str | None = None,
+        branches: Sequence[str] | None = None,
+        exclude_branches: Sequence[str] | None = None,
+        identifier: Sequence[str] | None = None,
+        specs: Specs | str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+        nevts: int = -1,
+        shuffle: bool = True,
+        seed: int = 0,
+        normalise: str | None = "minmax",
+        jagged_cap: int | None = None,
+        mask: str | None = "valid",
+        pad_value: float = 0.0,
+        redirector: str | None = None,
+        ranges: Sequence[tuple[int, int]] | None = None,
+        workers: int = 1,
+    ):
+        self.files = [str(f) for f in files]
+        if not self.files:
+            raise DataError("no input files")
+        if normalise not in NORMALISATIONS:
+            raise DataError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
+        if mask not in MASKS:
+            raise DataError(f"mask must be one of {MASKS}, got {mask!r}")
+        if chunk_size < 1:
+            raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
+        if int(workers) < 1:
+            raise DataError(f"workers must be at least 1, got {workers}")
+        self.workers = int(workers)
+        if labels is not None and len(labels) != len(self.files):
+            raise DataError(f"{len(labels)} labels for {len(self.files)} files: give one label per file")
+        self.labels = (
+            [_label_value(lb, f) for lb, f in zip(labels, self.files, strict=True)] if labels else None
+        )
+        self.label_branch = label_branch
+        self.tree, self.redirector = tree, redirector
+        self.chunk_size, self.nevts = int(chunk_size), int(nevts)
+        self.shuffle, self.seed = bool(shuffle), int(seed)
+        self.normalise, self.mask_kind, self.pad_value = normalise, mask, float(pad_value)
+        self.jagged_cap = jagged_cap
+        opts = dict(
+            tree=tree,
+            branches=list(branches or []) or None,
+            exclude_branches=list(exclude_branches or []) or None,
+            identifier=list(identifier or []),
+            label_branch=label_branch,
+            nevts=nevts,
+            redirector=redirector,
+        )
+        self._readers: dict[int, Reader] = {
+            i: open_reader(f, tree=tree, redirector=redirector) for i, f in enumerate(self.files)
+        }
+        by_name = {f: self._readers[i] for i, f in enumerate(self.files)}
+        self.specs_source = "given"
+        if specs is None:
+            self.specs, self.specs_source = load_or_compute(self.files, cache_dir, readers=by_name, **opts)
+        else:
+            self.specs = specs if isinstance(specs, Specs) else Specs.load(specs)
+            if not is_current(self.specs, self.files):
+                # made from these files before they changed: never use stale specs
+                self.specs, self.specs_source = compute_specs(self.files, readers=by_name, **opts), "computed"
+        self._check_branches()
+        # identifier branches every file has (MLaaS4HEP's default names several a file may lack)
+        self.identifier = [
+            n for n in (identifier or []) if all(n in r.columns for r in self._readers.values())
+        ]
+        sp = self.specs
+        self.fkeys = list(sp.fkeys)
+        self.jkeys = list(sp.jkeys)
+        self.jlen = {
+            k: min(int(sp.jdim.get(k, 0)), int(jagged_cap))
+            if jagged_cap is not None
+            else int(sp.jdim.get(k, 0))
+            for k in self.jkeys
+        }
+        self.columns = list(self.fkeys) + [f"{k}_{i}" for k in self.jkeys for i in range(self.jlen[k])]
+        self._offset, self._scale = self._norm_params()
+        self.ranges = (
+            list(ranges) if ranges is not None else [(0, self._events(i)) for i in range(len(self.files))]
+        )
+
+    # --- setup -----------------------------------------------------------------------------
+
+    def _check_branches(self) -> None:
+        need = self.specs.fkeys + self.specs.jkeys + ([self.label_branch] if self.label_branch else [])
+        for i, f in enumerate(self.files):
+            r = self._readers[i]
+            for n in need:
+                if n not in r.columns:
+                    raise DataError(
+                        f"no such branch (the specs list it; the file has {len(r.columns)} numeric branches)",
+                        f,
+                        n,
+                    )
+
+    def _reader(self, i: int) -> Reader:
+        return self._readers[i]
+
+    def _events(self, i: int) -> int:
+        n = self._readers[i].num_events
+        return n if self.nevts < 0 else min(self.nevts, n)
+
+    def _norm_params(self) -> tuple[dict[str, float], dict[str, float]]:
+        sp, off, scale = self.specs, {}, {}
+        for k in self.fkeys + self.jkeys:
+            if self.normalise == "minmax":
+                lo, hi = float(sp.minv[k]), float(sp.maxv[k])
+                off[k], scale[k] = lo, (1.0 / (hi - lo) if hi > lo else 0.0)
+            elif self.normalise == "standard":
+                if k not in sp.std or k not in sp.mean:
+                    raise DataError(
+                        "standard normalisation needs the mean and std of each branch, which "
+                        "these specs lack (MLaaS4HEP's have none): use minmax or phpo's specs",
+                        branch=k,
+                    )
+                m, s = float(sp.mean[k]), float(sp.std[k])
+                off[k], scale[k] = m, (1.0 / s if s > 0 else 0.0)
+            else:
+                off[k], scale[k] = 0.0, 1.0
+        return off, scale
+
+    @property
+    def dim(self) -> int:
+        """The number of columns (MLaaS4HEP's ``idim``, what ``model(idim)`` gets)."""
+        return len(self.columns)
+
+    @property
+    def num_events(self) -> int:
+        return int(sum(b - a for a, b in self.ranges))
+
+    def split(self, fraction: float) -> tuple[Stream, Stream]:
+        """(training, validation): the last ``fraction`` of each file's events are validation."""
+        if not 0 < fraction < 1:
+            raise DataError(f"the validation fraction must be between 0 and 1, got {fraction}")
+        cut = [(a, b - int(round((b - a) * fraction))) for a, b in self.ranges]
+        train, val = (
+            self._with_ranges([(a, c) for (a, _), (_, c) in zip(self.ranges, cut, strict=True)]),
+            self._with_ranges([(c, b) for (_, b), (_, c) in zip(self.ranges, cut, strict=True)]),
+        )
+        return train, val
+
+    def _with_ranges(self, ranges: list[tuple[int, int]]) -> Stream:
+        other = object.__new__(Stream)
+        other.__dict__.update(self.__dict__)
+        other.ranges = ranges
+        return other
+
+    # --- the plan ---------------------------------------------------------------------------
+
+    def num_chunks(self) -> int:
+        return max(1, math.ceil(self.num_events / self.chunk_size))
+
+    def plan(self, epoch: int = 0) -> list[list[tuple[int, int, int]]]:
+        """Chunk ``k``: ``[(file index, start, stop), ...]``, in the epoch's order."""
+        K = self.num_chunks()
+        bounds = [np.linspace(a, b, K + 1).round().astype(np.int64) for a, b in self.ranges]
+        chunks = [
+            [(i, int(bd[k]), int(bd[k + 1])) for i, bd in enumerate(bounds) if bd[k + 1] > bd[k]]
+            for k in range(K)
+        ]
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(K)
+            chunks = [chunks[k] for k in order]
+        return chunks
+
+    # --- making chunks ------------------------------------------------------------------------
+
+    def make_chunk(
+        self, pieces: Sequence[tuple[int, int, int]], rng: np.random.Generator | None = None
+    ) -> Chunk:
+        """One chunk of the given ``(file, start, stop)`` pieces, in new arrays the caller owns;
+        with ``rng`` its events are permuted."""
+        n = sum(b - a for _, a, b in pieces)
+        order = rng.permutation(n) if rng is not None else None
+        return self._whole_chunk(self._make(pieces, self._read_pieces(pieces), order))
+
+    def _whole_chunk(self, made: tuple[Chunk, np.ndarray | None]) -> Chunk:
+        chunk, order = made
+        if order is None:
+            if chunk.mask is not None:
+                chunk.mask = chunk.mask.astype(np.float32)
+            return chunk
+        return chunk.take(order)
+
+    def _read_pieces(self, pieces: Sequence[tuple[int, int, int]]) -> list[tuple[dict, dict]]:
+        """The raw arrays of each piece: (feature branches, identifier and label branches)."""
+        return [
+            (self._reader(i).read(self.fkeys + self.jkeys, a, b), self._extras(i, a, b)) for i, a, b in pieces
+        ]
+
+    def _make(
+        self, pieces, data, order: np.ndarray | None, work: bool = False
+    ) -> tuple[Chunk, np.ndarray | None]:
+        """(chunk, order still to apply): the events assembled in file order, ``order`` left to
+        the caller (a ``take`` per batch)."""
+        return self._assemble(pieces, data, work), order
+
+    def _assemble(self, pieces: Sequence[tuple[int, int, int]], data, work: bool) -> Chunk:
+        """The pieces' events in order. ``work``: into the working matrices kept from chunk to
+        chunk (their memory pages are already mapped, which saves most of the cost of a fresh
+        100 MB matrix); valid until the next call."""
+        n = sum(b - a for _, a, b in pieces)
+        dim, nf = self.dim, len(self.fkeys)
+        valid_is = 1.0 if self.mask_kind == "valid" else 0.0
+        if work:
+            x, mask = self._working(n)
+        else:
+            x = np.empty((n, dim), dtype=np.float32)
+            mask = np.empty((n, dim), dtype=np.uint8) if self.mask_kind else None
+        x.fill(self.pad_value)  # jagged slots not written below are padding (flat ones all are)
+        if mask is not None:
+            mask.fill(1 - int(valid_is))
+            mask[:, :nf] = int(valid_is)
+        y, ids, source = self._labels_ids_source(n)
+        row = 0
+        for (i, a, b), (arrays, extra) in zip(pieces, data, strict=True):
+            rows = slice(row, row + b - a)
+            self._fill(arrays, a, b, row, x, mask, valid_is)
+            self._put_extras(i, rows, extra, n, y, ids, source)
+            row += b - a
+        return Chunk(x, mask, y, ids, source)
+
+    def _labels_ids_source(self, n: int) -> tuple[np.ndarray | None, dict[str, np.ndarray], np.ndarray]:
+        y = np.empty(n, dtype=np.float32) if (self.labels is not None or self.label_branch) else None
+        return y, {}, np.empty(n, dtype=np.int32)
+
+    def _put_extras(self, i: int, rows, extra: dict[str, np.ndarray], n: int, y, ids, source) -> None:
+        """Labels, identifiers and the file index of a piece's events into ``rows`` (a slice or
+        the destination rows)."""
+        extra = dict(extra)
+        if y is not None:
+            y[rows] = extra.pop(self.label_branch) if self.label_branch else self.labels[i]
+        for k, v in extra.items():
+            if k not in ids:
+                ids[k] = np.empty(n, dtype=v.dtype)
+            ids[k][rows] = v
+        source[rows] = i
+
+    def _flat_block(self, m: int) -> np.ndarray:
+        f = getattr(self, "_flat", None)
+        if f is None or f.shape[1] < m:
+            f = self._flat = np.empty((len(self.fkeys), m), dtype=np.float32)
+        return f[:, :m]
+
+    def _working(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The working matrices for a chunk of n events (reused: their pages are already mapped)."""
+        w = getattr(self, "_work", None)
+        if w is None or w[0].shape[0] < n or w[2] != os.getpid():
+            x = np.empty((n, self.dim), dtype=np.float32)
+            m = np.empty((n, self.dim), dtype=np.uint8) if self.mask_kind else None
+            w = self._work = (x, m, os.getpid())
+        return w[0][:n], (w[1][:n] if w[1] is not None else None)
+
+    def _extras(self, i: int, a: int, b: int) -> dict[str, np.ndarray]:
+        """Identifier and label branches of events [a, b) of file i, as numpy."""
+        import awkward as ak
+
+        names = self.identifier + ([self.label_branch] if self.label_branch else [])
+        if not names:
+            return {}
+        arrays = self._reader(i).read(names, a, b)
+        return {k: np.asarray(ak.to_numpy(v)) for k, v in arrays.items()}
+
+    def _normalised(self, k: str, v: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values as float32 normalised with the specs, NaN positions or None): contiguous
+        arithmetic on the branch's own numbers, before they are spread into the matrix."""
+        if v.dtype == np.bool_:
+            v = v.view(np.uint8)
+        out = np.subtract(v, self._offset[k], dtype=np.float32, casting="unsafe")
+        out *= np.float32(self._scale[k])
+        bad = None
+        if v.dtype.kind == "f" and self.specs.nan_counts.get(k, 1):
+            bad = np.isnan(out)
+            if bad.any():
+                out[bad] = self.pad_value
+            else:
+                bad = None
+        return out, bad
+
+    def _jagged_parts(self, arrays) -> Iterator[tuple[str, int, int, np.ndarray, np.ndarray]]:
+        """(branch, its first column, L, offsets, content) of each jagged branch with columns."""
+        import awkward as ak
+
+        j = len(self.fkeys)
+        for k in self.jkeys:
+            L = self.jlen[k]
+            if L == 0:
+                continue
+            layout = arrays[k].layout
+            if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(
+                layout.content, ak.contents.NumpyArray
+            ):
+                offsets = np.asarray(layout.offsets)
+                content = np.asarray(layout.content.data)
+            else:  # any other layout (Arrow lists, regular arrays): awkward makes it plain first
+                plain = ak.to_packed(ak.values_astype(arrays[k], np.float64))
+                lay = ak.to_layout(plain)
+                if isinstance(lay, ak.contents.RegularArray):
+                    lay = lay.to_ListOffsetArray64(True)
+                offsets, content = np.asarray(lay.offsets), np.asarray(lay.content.data)
+            yield k, j, L, offsets, content
+            j += L
+
+    @staticmethod
+    def _same_offsets(groups: list, offsets: np.ndarray) -> int:
+        """The index in ``groups`` of offsets equal to ``offsets`` (branches of one collection,
+        Jet_*, share theirs), or -1: the last value first, the whole array only then."""
+        for g, o in enumerate(groups):
+            if o is offsets or (
+                len(o) == len(offsets)
+                and o[-1] == offsets[-1]
+                and o[0] == offsets[0]
+                and np.array_equal(o, offsets)
+            ):
+                return g
+        return -1
+
+    def _fill(
+        self, arrays, a: int, b: int, row: int, x: np.ndarray, mask: np.ndarray | None, valid_is: float
+    ) -> None:
+        """The numpy path: write events [a, b) of a piece into x and mask from row ``row`` on
+        (the caller has put padding in the jagged columns). Flat branch j: its normalised numbers
+        into column j. Jagged branches: the positions of their first L entries in the matrix are
+        worked out once per distinct offsets array and each branch is one scatter of its
+        normalised content, which is what ``ak.fill_none(ak.pad_none(arr, L, clip=True), pad)``
+        followed by ``ak.to_numpy`` gives, without its intermediate arrays."""
+        import awkward as ak
+
+        dim = self.dim
+        xf = x.reshape(-1)
+        mf = mask.reshape(-1) if mask is not None else None
+        m = b - a
+        rows = slice(row, row + m)
+        base = np.arange(row, row + m, dtype=np.int64) * dim
+        # flat branches: each normalised into a contiguous row of a (branches x events) block,
+        # then one transposed copy into the matrix (a third of the cost of column-by-column writes)
+        nf = len(self.fkeys)
+        flat = self._flat_block(m)
+        for j, k in enumerate(self.fkeys):
+            vals, bad = self._normalised(k, np.asarray(ak.to_numpy(arrays[k])))
+            flat[j] = vals
+            if mask is not None and bad is not None:
+                mask[rows, j][bad] = 1.0 - valid_is
+        if nf:
+            x[rows, :nf] = flat.T
+        offs: list[np.ndarray] = []
+        where: list[tuple[Any, np.ndarray]] = []  # (src, dst) of each distinct offsets array and L
+        for k, j, L, offsets, content in self._jagged_parts(arrays):
+            g = self._same_offsets(offs, offsets)
+            if g < 0 or where[g][2] != L:
+                offs.append(offsets)
+                where.append((*_positions(offsets, L, base, dim), L))
+                g = len(offs) - 1
+            src, dst = where[g][0], where[g][1]
+            vals, bad = self._normalised(k, content[src])
+            xf[j:][dst] = vals
+            if mf is not None:
+                mf[j:][dst] = valid_is if bad is None else np.where(bad, 1.0 - valid_is, valid_is)
+
+    def _chunk_data(self, plan: list) -> Iterator[tuple[int, list, list]]:
+        """(k, pieces, their raw arrays) of this epoch's chunks ``plan`` (``(k, pieces)``), read
+        here, or with ``workers`` > 1 in a background thread up to ``workers - 1`` chunks ahead."""
+        if self.workers < 2 or len(plan) < 2:
+            for k, pieces in plan:
+                yield k, pieces, self._read_pieces(pieces)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        # one reading thread: a reader is only ever used by one thread at a time, in plan order
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="phpo-data-read") as pool:
+            todo = iter(plan)
+            ahead: deque = deque()
+            try:
+                for k, pieces in todo:
+                    ahead.append((k, pieces, pool.submit(self._read_pieces, pieces)))
+                    if len(ahead) >= self.workers - 1 + 1:
+                        k0, p0, f0 = ahead.popleft()
+                        yield k0, p0, f0.result()
+                while ahead:
+                    k0, p0, f0 = ahead.popleft()
+                    yield k0, p0, f0.result()
+            finally:
+                for *_, f in ahead:
+                    f.cancel()
+
+    def _mine(self, epoch: int, worker: int, num_workers: int) -> list:
+        return [(k, pieces) for k, pieces in enumerate(self.plan(epoch)) if k % num_workers == worker]
+
+    def chunks(self, epoch: int = 0, worker: int = 0, num_workers: int = 1) -> Iterator[Chunk]:
+        """The epoch's chunks; worker ``w`` of ``W`` makes chunks ``w, w+W, ...`` (each worker
+        process reads its own part of the files)."""
+        for k, pieces, data in self._chunk_data(self._mine(epoch, worker, num_workers)):
+            n = sum(b - a for _, a, b in pieces)
+            order = np.random.default_rng([self.seed, epoch, k]).permutation(n) if self.shuffle else None
+            yield self._whole_chunk(self._make(pieces, data, order))
+
+    def batches(
+        self, batch_size: int, epoch: int = 0, worker: int = 0, num_workers: int = 1, drop_last: bool = False
+    ) -> Iterator[Chunk]:
+        """Batches of ``batch_size`` events cut from the epoch's chunks (the last of a chunk may
+        be smaller unless ``drop_last``). Each batch is a new array the caller may keep; the
+        chunk itself is assembled in reused working memory, its events already in the shuffled
+        order (or, on the numpy path, the shuffle is applied while cutting the batches), so a
+        chunk costs no fresh large allocation."""
+        if batch_size < 1:
+            raise DataError(f"batch_size must be at least 1, got {batch_size}")
+        for k, pieces, data in self._chunk_data(self._mine(epoch, worker, num_workers)):
+            n = sum(b - a for _, a, b in pieces)
+            order = np.random.default_rng([self.seed, epoch, k]).permutation(n) if self.shuffle else None
+            chunk, order = self._make(pieces, data, order, work=True)
+            del data
+            for s in range(0, n, batch_size):
+                if drop_last and s + batch_size > n:
+                    break
+                if order is not None:
+                    yield chunk.take(order[s : s + batch_size])
+                else:
+                    yield chunk.cut(s, s + batch_size)
+
+    def whole(self) -> Chunk:
+        """Every event of the stream in one chunk, in file order (for small data and tests)."""
+        return self.make_chunk([(i, a, b) for i, (a, b) in enumerate(self.ranges) if b > a])
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
