@@ -57,13 +57,21 @@ def main() -> None:
     torch.manual_seed(0)  # the same initial weights on every rank
     model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    start = 0
-    ckpt = sdk.latest_checkpoint()
-    if ckpt is not None and (ckpt / "model.pt").exists():  # a retried point resumes
-        state = torch.load(ckpt / "model.pt", map_location=device)
+    # a retried point resumes from rank 0's checkpoint: every rank takes rank 0's state (an agent
+    # that joined an elastic point later holds an older checkpoint, or none)
+    state = None
+    ckpt = sdk.latest_checkpoint() if rank == 0 else None
+    if ckpt is not None and (ckpt / "model.pt").exists():
+        state = torch.load(ckpt / "model.pt", map_location="cpu")
+    box = [state]
+    dist.broadcast_object_list(box, src=0)
+    state = box[0]
+    start, worlds = 0, []
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        start = state["epoch"] + 1
+        start, worlds = state["epoch"] + 1, state.get("worlds", [])
+    worlds = [*worlds, world]  # the world size of each (re)start: an elastic point grows and shrinks
     ddp = DistributedDataParallel(model)
 
     train, val = data()
@@ -87,7 +95,10 @@ def main() -> None:
         go = torch.tensor([1], device=device)
         if rank == 0:
             d = sdk.checkpoint_dir()
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch}, d / "model.tmp")
+            torch.save(
+                {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "worlds": worlds},
+                d / "model.tmp",
+            )
             os.replace(d / "model.tmp", d / "model.pt")  # never a torn checkpoint
             go[0] = int(sdk.report_intermediate(epoch, val_loss))
         dist.broadcast(go, src=0)  # every rank stops when the server pruned the point
@@ -95,7 +106,15 @@ def main() -> None:
             break
 
     if rank == 0:
-        sdk.report(val_loss, metrics={"world_size": world, "start_epoch": start, "epoch_seconds": times})
+        sdk.report(
+            val_loss,
+            metrics={
+                "world_size": world,
+                "start_epoch": start,
+                "world_sizes": worlds,
+                "epoch_seconds": times,
+            },
+        )
         if os.environ.get("PHPO_DDP_TIMES"):  # the scaling benchmark reads the epoch times
             with open(os.environ["PHPO_DDP_TIMES"], "w") as f:
                 json.dump({"world_size": world, "epoch_seconds": times}, f)
