@@ -1,0 +1,1 @@
+"""The web view (/ui/) and the plots of tasks."""
