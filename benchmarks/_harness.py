@@ -163,9 +163,22 @@ class PhpoServer:
         with open(self.log_path, "ab") as logf:
             entry = ["-m", "phpo.server"]
             self.proc = subprocess.Popen(
-                [PYTHON, *entry, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--log-level", "warning", *self._db_args(), *self.extra],
-                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [
+                    PYTHON,
+                    *entry,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                    *self._db_args(),
+                    *self.extra,
+                ],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -183,9 +196,22 @@ class PhpoServer:
 
     def token(self, name: str, role: str) -> str:
         p = subprocess.run(
-            [PYTHON, "-m", "phpo.server", "create-token", "--name", f"{name}-{uuid.uuid4().hex[:6]}",
-             "--role", role, *self._db_args()],
-            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+            [
+                PYTHON,
+                "-m",
+                "phpo.server",
+                "create-token",
+                "--name",
+                f"{name}-{uuid.uuid4().hex[:6]}",
+                "--role",
+                role,
+                *self._db_args(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         if p.returncode != 0 or not p.stdout.strip():
             raise RuntimeError(f"create-token failed: {p.stderr.strip()}")
@@ -230,11 +256,30 @@ class PhpoAgent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "phpo.evaluation_container", "--server", self.server.url,
-                 "--site", "local", "--slots", str(self.slots),
-                 "--workdir", str(self.workdir), "--gpus", "none", "--log-level", "WARNING",
-                 "--grace-seconds", "5", *self.extra],
-                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [
+                    PYTHON,
+                    "-m",
+                    "phpo.evaluation_container",
+                    "--server",
+                    self.server.url,
+                    "--site",
+                    "local",
+                    "--slots",
+                    str(self.slots),
+                    "--workdir",
+                    str(self.workdir),
+                    "--gpus",
+                    "none",
+                    "--log-level",
+                    "WARNING",
+                    "--grace-seconds",
+                    "5",
+                    *self.extra,
+                ],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
                 env={**os.environ, "PHPO_TOKEN": self.server.agent_token},
             )
         time.sleep(0.3)
@@ -273,7 +318,9 @@ class TaskRun:
     points: list[Any] = field(default_factory=list)
 
 
-def run_task(client: Any, timeout: float, poll: float = 0.5, fetch_points: bool = False, **spec: Any) -> TaskRun:
+def run_task(
+    client: Any, timeout: float, poll: float = 0.5, fetch_points: bool = False, **spec: Any
+) -> TaskRun:
     """Submit, wait (bounded by ``timeout``), and read the server's timestamps. A task still
     running at the timeout is cancelled, and reported as timed out."""
     task = client.submit(directory=None, **spec)  # no sandbox: the payloads are absolute paths
@@ -292,8 +339,15 @@ def run_task(client: Any, timeout: float, poll: float = 0.5, fetch_points: bool 
         time.sleep(poll)
     end = t.finished_at or datetime.now(UTC)
     points = list(client.points(task.id)) if fetch_points else []
-    return TaskRun(task_id=t.id, state=t.state.value, evaluated=t.counts.evaluated, failed=t.counts.failed,
-                   wall_s=(end - t.created_at).total_seconds(), timed_out=timed_out, points=points)
+    return TaskRun(
+        task_id=t.id,
+        state=t.state.value,
+        evaluated=t.counts.evaluated,
+        failed=t.counts.failed,
+        wall_s=(end - t.created_at).total_seconds(),
+        timed_out=timed_out,
+        points=points,
+    )
 
 
 # --------------------------------------------------------------------------- the HTTP-only agent
@@ -307,8 +361,14 @@ class LoopStats:
     first_error: str | None = None
 
 
-def http_agent_loop(url: str, token: str, threads: int, stop: threading.Event, deadline: float,
-                    loss: Callable[[dict], float] = lambda p: 0.0) -> LoopStats:
+def http_agent_loop(
+    url: str,
+    token: str,
+    threads: int,
+    stop: threading.Event,
+    deadline: float,
+    loss: Callable[[dict], float] = lambda p: 0.0,
+) -> LoopStats:
     """``threads`` agent slots that lease a job and complete it at once over plain HTTP, with no
     payload process: what the server alone can sustain. Raw httpx and dicts (no pydantic) keep
     the load generator's own CPU small, since it shares the 2 cores with the server."""
@@ -319,7 +379,12 @@ def http_agent_loop(url: str, token: str, threads: int, stop: threading.Event, d
     def slot(i: int) -> None:
         # as the real agent does: a long-polling acquire, then every complete carries the results
         # and leases the slot's next job (one request per job)
-        body = {"agent": f"bench-http-{os.getpid()}-{i}", "site": "local", "kinds": ["evaluation"], "wait_s": 1.0}
+        body = {
+            "agent": f"bench-http-{os.getpid()}-{i}",
+            "site": "local",
+            "kinds": ["evaluation"],
+            "wait_s": 1.0,
+        }
         done = empty = errs = 0
         job = None
         with httpx.Client(base_url=url + "/api/v1", headers=headers, timeout=60) as h:
@@ -332,8 +397,10 @@ def http_agent_loop(url: str, token: str, threads: int, stop: threading.Event, d
                             continue
                         r.raise_for_status()
                         job = r.json()
-                    results = [{"point_id": p["point_id"], "status": 0, "loss": loss(p["params"])}
-                               for p in job["points"]]
+                    results = [
+                        {"point_id": p["point_id"], "status": 0, "loss": loss(p["params"])}
+                        for p in job["points"]
+                    ]
                     c = h.post(f"/jobs/{job['id']}/complete", json={"results": results, "next": body})
                     c.raise_for_status()
                     done += len(results)
@@ -367,8 +434,9 @@ def ensure_peers_venv() -> Path:
     if _PEERS_CHECKED:
         return PEERS_PY
     if PEERS_PY.exists():
-        p = subprocess.run([str(PEERS_PY), "-c", "import ray.tune, optuna, psycopg"], capture_output=True,
-                           check=False)
+        p = subprocess.run(
+            [str(PEERS_PY), "-c", "import ray.tune, optuna, psycopg"], capture_output=True, check=False
+        )
         if p.returncode == 0:
             _PEERS_CHECKED.append(True)  # once per process: the import check costs seconds of CPU
             return PEERS_PY
@@ -389,8 +457,16 @@ def run_peer(script: str, args: list[str], timeout: float) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                           stdin=subprocess.DEVNULL, start_new_session=True, check=False)
+        p = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"{script} did not finish within {timeout:g} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -425,7 +501,7 @@ def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         if math.isnan(x):
             return "-"
-        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+        return f"{x:.{digits}g}" if abs(x) < 10**digits else f"{x:.0f}"
     return str(x)
 
 
@@ -433,9 +509,12 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table on stdout (and returned, for the README)."""
     cells = [[fmt(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
-    lines = [f"### {title}", "",
-             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-             "| " + " | ".join("-" * w for w in widths) + " |"]
+    lines = [
+        f"### {title}",
+        "",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "| " + " | ".join("-" * w for w in widths) + " |",
+    ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     text = "\n".join(lines) + "\n"
     print(text, flush=True)

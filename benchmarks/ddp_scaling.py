@@ -37,11 +37,19 @@ def run(n: int, args: argparse.Namespace) -> dict:
         env = {**os.environ, "PHPO_DDP_TIMES": str(times), "OMP_NUM_THREADS": "1"}
         torchrun = Path(sys.executable).with_name("torchrun")
         t0 = time.perf_counter()
-        proc = subprocess.run([str(torchrun), "--standalone", f"--nproc-per-node={n}", str(PAYLOAD)],
-                              cwd=d, env=env, capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(
+            [str(torchrun), "--standalone", f"--nproc-per-node={n}", str(PAYLOAD)],
+            cwd=d,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+        )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            raise SystemExit(f"torchrun with {n} processes failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+            raise SystemExit(
+                f"torchrun with {n} processes failed ({proc.returncode}):\n{proc.stderr[-2000:]}"
+            )
         epoch_s = json.loads(times.read_text())["epoch_seconds"]
         loss = json.loads((d / "output.json").read_text())["loss"]
     steady = epoch_s[1:] or epoch_s
@@ -64,11 +72,25 @@ def main() -> None:
     for r in rows:
         speed = base / r["epoch_s"]
         note = "more processes than cores" if r["procs"] > cores else ""
-        table.append([r["procs"], fmt(r["epoch_s"]), fmt(speed, 2), fmt(speed / r["procs"], 2),
-                      fmt(r["wall_s"], 1), fmt(r["loss"]), note])
-    print_table(f"DDP epoch time, gloo on {cores} CPU cores (other load at start: {busy:.0%})",
-                ["processes", "epoch s (median)", "speed-up", "efficiency", "wall s", "val loss", ""], table)
-    save_result("ddp_scaling", {"machine": machine(), "busy_elsewhere": busy, "rows": rows, "args": vars(args)})
+        table.append(
+            [
+                r["procs"],
+                fmt(r["epoch_s"]),
+                fmt(speed, 2),
+                fmt(speed / r["procs"], 2),
+                fmt(r["wall_s"], 1),
+                fmt(r["loss"]),
+                note,
+            ]
+        )
+    print_table(
+        f"DDP epoch time, gloo on {cores} CPU cores (other load at start: {busy:.0%})",
+        ["processes", "epoch s (median)", "speed-up", "efficiency", "wall s", "val loss", ""],
+        table,
+    )
+    save_result(
+        "ddp_scaling", {"machine": machine(), "busy_elsewhere": busy, "rows": rows, "args": vars(args)}
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from _harness import (
 )
 
 SLOTS = 16
-PAYLOAD = "sleep 1; echo '{\"status\":0,\"loss\":1}' > output.json"
+PAYLOAD = 'sleep 1; echo \'{"status":0,"loss":1}\' > output.json'
 SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
 
 
@@ -61,18 +61,40 @@ def overhead(wall: float, n: int, seconds: float = 1.0, slots: int = SLOTS) -> f
     return wall / (n * seconds / slots) - 1.0
 
 
-def run_phpo(n: int, database_url: str | None, agent_args: list[str], timeout: float, parallel: int = SLOTS) -> dict:
-    with workdir("overhead") as d, PhpoServer(d / "server", database_url) as srv, \
-            PhpoAgent(srv, SLOTS, d / "agent", agent_args) as agent:
+def run_phpo(
+    n: int, database_url: str | None, agent_args: list[str], timeout: float, parallel: int = SLOTS
+) -> dict:
+    with (
+        workdir("overhead") as d,
+        PhpoServer(d / "server", database_url) as srv,
+        PhpoAgent(srv, SLOTS, d / "agent", agent_args) as agent,
+    ):
         client = srv.client()
         cpu0, acpu0 = srv.cpu_seconds(), agent.cpu_seconds()
-        run = run_task(client, timeout, outDS="bench-overhead", evaluationExec=PAYLOAD, searchSpace=SPACE,
-                       optimizer="random", optimizerOptions={"seed": 0}, nParallelEvaluation=parallel,
-                       nPointsPerIteration=parallel, maxPoints=n)
+        run = run_task(
+            client,
+            timeout,
+            outDS="bench-overhead",
+            evaluationExec=PAYLOAD,
+            searchSpace=SPACE,
+            optimizer="random",
+            optimizerOptions={"seed": 0},
+            nParallelEvaluation=parallel,
+            nPointsPerIteration=parallel,
+            maxPoints=n,
+        )
         server_cpu, agent_cpu = srv.cpu_seconds() - cpu0, agent.cpu_seconds() - acpu0
         client.close()
-    out = {"n": n, "completed": run.evaluated, "failed": run.failed, "wall_s": run.wall_s, "state": run.state,
-           "timed_out": run.timed_out, "server_cpu_s": server_cpu, "agent_cpu_s": agent_cpu}
+    out = {
+        "n": n,
+        "completed": run.evaluated,
+        "failed": run.failed,
+        "wall_s": run.wall_s,
+        "state": run.state,
+        "timed_out": run.timed_out,
+        "server_cpu_s": server_cpu,
+        "agent_cpu_s": agent_cpu,
+    }
     if run.evaluated:
         out["overhead"] = overhead(run.wall_s, run.evaluated)
     return out
@@ -122,10 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peers", action="store_true", help="phpo only (and the floor)")
     ap.add_argument("--no-floor", action="store_true", help="skip the bare shell loop")
     ap.add_argument("--pg", action="store_true", help="also run phpo on PostgreSQL")
-    ap.add_argument("--parallel", type=int, default=SLOTS,
-                    help="phpo's nParallelEvaluation (default 16 = the slots; more keeps ready points waiting)")
-    ap.add_argument("--agent-arg", action="append", default=[],
-                    help="extra agent option, e.g. --agent-arg=--poll-interval=0.2 (default: as shipped)")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=SLOTS,
+        help="phpo's nParallelEvaluation (default 16 = the slots; more keeps ready points waiting)",
+    )
+    ap.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        help="extra agent option, e.g. --agent-arg=--poll-interval=0.2 (default: as shipped)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the results file name (keeps experiments apart)")
     args = ap.parse_args(argv)
     n = 160 if args.quick and args.n == 2000 else args.n
@@ -151,20 +181,37 @@ def main(argv: list[str] | None = None) -> int:
         results["bare shell loop (floor)"] = run_floor(n)
     if not args.no_peers:
         log(f"Ray Tune: {ray_n} trials")
-        results["Ray Tune"] = with_overhead(run_peer("ray_overhead.py", ["--n", str(ray_n), "--concurrency",
-                                                                          str(SLOTS)], timeout=bound(ray_n) * 6))
+        results["Ray Tune"] = with_overhead(
+            run_peer(
+                "ray_overhead.py", ["--n", str(ray_n), "--concurrency", str(SLOTS)], timeout=bound(ray_n) * 6
+            )
+        )
         with workdir("optuna") as d:
             log(f"Optuna (SQLite): {n} trials")
-            results["Optuna (SQLite)"] = with_overhead(run_peer(
-                "optuna_overhead.py", ["--n", str(n), "--workers", str(SLOTS), "--storage",
-                                       f"sqlite:///{d / 'optuna.db'}"], timeout=bound(n) * 3))
+            results["Optuna (SQLite)"] = with_overhead(
+                run_peer(
+                    "optuna_overhead.py",
+                    ["--n", str(n), "--workers", str(SLOTS), "--storage", f"sqlite:///{d / 'optuna.db'}"],
+                    timeout=bound(n) * 3,
+                )
+            )
         if not pg:
             with fresh_pg_database("phpo_bench_optuna") as url:
                 log(f"Optuna (PostgreSQL): {n} trials")
-                results["Optuna (PostgreSQL)"] = with_overhead(run_peer(
-                    "optuna_overhead.py", ["--n", str(n), "--workers", str(SLOTS), "--storage",
-                                           url.replace("postgresql://", "postgresql+psycopg://")],
-                    timeout=bound(n) * 3))
+                results["Optuna (PostgreSQL)"] = with_overhead(
+                    run_peer(
+                        "optuna_overhead.py",
+                        [
+                            "--n",
+                            str(n),
+                            "--workers",
+                            str(SLOTS),
+                            "--storage",
+                            url.replace("postgresql://", "postgresql+psycopg://"),
+                        ],
+                        timeout=bound(n) * 3,
+                    )
+                )
         else:
             results["Optuna (PostgreSQL)"] = {"error": f"PostgreSQL not reachable: {pg}"}
     info["busy_after"] = busy_cpu_elsewhere()
@@ -177,16 +224,32 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ov = r.get("overhead")
         vs = None if name.startswith("phpo") else ratio(ov, phpo)
-        rows.append([name, r.get("completed"), r["wall_s"], n_ideal(r), f"{ov * 100:.1f} %" if ov is not None
-                     else "-", f"{vs:.1f}x phpo's" if vs is not None else ""])
-    table = print_table(f"Bookkeeping overhead: N trials x 1 s, {SLOTS} concurrent (loadavg {info['loadavg']})",
-                        ["system", "trials", "wall s", "ideal s", "overhead", "peer / phpo"], rows)
+        rows.append(
+            [
+                name,
+                r.get("completed"),
+                r["wall_s"],
+                n_ideal(r),
+                f"{ov * 100:.1f} %" if ov is not None else "-",
+                f"{vs:.1f}x phpo's" if vs is not None else "",
+            ]
+        )
+    table = print_table(
+        f"Bookkeeping overhead: N trials x 1 s, {SLOTS} concurrent (loadavg {info['loadavg']})",
+        ["system", "trials", "wall s", "ideal s", "overhead", "peer / phpo"],
+        rows,
+    )
     floor = results.get("bare shell loop (floor)", {}).get("overhead")
     if phpo is not None and floor is not None:
-        print(f"phpo's bookkeeping above the floor of the shell payload itself: {(phpo - floor) * 100:.1f} points "
-              f"({phpo * 100:.1f} % - {floor * 100:.1f} %)")
-    tag = (f"-parallel{args.parallel}" if args.parallel != SLOTS else "")
-    save_result("overhead" + args.tag + tag, {"machine": info, "n": n, "ray_n": ray_n, "results": results, "table": table})
+        print(
+            f"phpo's bookkeeping above the floor of the shell payload itself: {(phpo - floor) * 100:.1f} points "
+            f"({phpo * 100:.1f} % - {floor * 100:.1f} %)"
+        )
+    tag = f"-parallel{args.parallel}" if args.parallel != SLOTS else ""
+    save_result(
+        "overhead" + args.tag + tag,
+        {"machine": info, "n": n, "ray_n": ray_n, "results": results, "table": table},
+    )
     return 0
 
 

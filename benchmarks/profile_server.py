@@ -48,8 +48,17 @@ def py_spy() -> Path:
     return exe
 
 
-IDLE_LEAVES = ("Condition.wait", "EpollSelector.select", "_write_to_self", "_read_from_self", "Event.wait",
-               "_worker (concurrent", "Thread.join", "Queue.get", "Lock.acquire")
+IDLE_LEAVES = (
+    "Condition.wait",
+    "EpollSelector.select",
+    "_write_to_self",
+    "_read_from_self",
+    "Event.wait",
+    "_worker (concurrent",
+    "Thread.join",
+    "Queue.get",
+    "Lock.acquire",
+)
 OURS = ("server/", "steering/", "schemas/", "phpo/", "evaluation_container/", "client/")
 
 
@@ -79,8 +88,11 @@ def summarize(raw: Path, top: int = 30) -> str:
             if key not in seen and any(o in where for o in OURS):
                 seen.add(key)
                 inclusive[key] += n
-    out = [f"busy samples: {busy} (idle/waiting samples dropped: {idle})", "",
-           "phpo functions, inclusive share of busy samples:"]
+    out = [
+        f"busy samples: {busy} (idle/waiting samples dropped: {idle})",
+        "",
+        "phpo functions, inclusive share of busy samples:",
+    ]
     out += [f"  {100 * n / busy:5.1f} %  {k}" for k, n in inclusive.most_common(top)]
     out += ["", "leaf frames (self), share of busy samples:"]
     out += [f"  {100 * n / busy:5.1f} %  {k}" for k, n in leaf.most_common(top)]
@@ -97,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="bound of the run")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--gil", action="store_true", help="only the thread holding the GIL (Python CPU time)")
-    ap.add_argument("--target", choices=["server", "agent"], default="server",
-                    help="the process sampled (agent: only with --workload agent)")
+    ap.add_argument(
+        "--target",
+        choices=["server", "agent"],
+        default="server",
+        help="the process sampled (agent: only with --workload agent)",
+    )
     args = ap.parse_args(argv)
     exe = py_spy()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -110,16 +126,35 @@ def main(argv: list[str] | None = None) -> int:
         with workdir("profile") as d, PhpoServer(d / "server", url) as srv:
             client = srv.client()
             stop = threading.Event()
-            t = threading.Thread(target=http_agent_loop, args=(srv.url, srv.agent_token, args.slots, stop,
-                                                                time.monotonic() + args.seconds + 30), daemon=True)
+            t = threading.Thread(
+                target=http_agent_loop,
+                args=(srv.url, srv.agent_token, args.slots, stop, time.monotonic() + args.seconds + 30),
+                daemon=True,
+            )
             agent = PhpoAgent(srv, args.slots, d / "agent") if args.workload == "agent" else None
             assert srv.proc is not None
 
             def spy_on(pid: int) -> subprocess.Popen:
-                return subprocess.Popen([str(exe), "record", "-p", str(pid), "-r", str(args.rate), "-f", "raw",
-                                         "-o", str(raw), "--nonblocking", *(["--gil"] if args.gil else []),
-                                         "-d", str(int(args.seconds))],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                return subprocess.Popen(
+                    [
+                        str(exe),
+                        "record",
+                        "-p",
+                        str(pid),
+                        "-r",
+                        str(args.rate),
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(raw),
+                        "--nonblocking",
+                        *(["--gil"] if args.gil else []),
+                        "-d",
+                        str(int(args.seconds)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
 
             spy = spy_on(srv.proc.pid) if args.target == "server" else None
             time.sleep(1.0)
@@ -133,17 +168,35 @@ def main(argv: list[str] | None = None) -> int:
                 t.start()
             assert spy is not None
             if args.workload == "http":
-                spec = {"maxPoints": args.m, "nParallelEvaluation": 2 * args.slots,
-                        "nPointsPerIteration": 2 * args.slots}
+                spec = {
+                    "maxPoints": args.m,
+                    "nParallelEvaluation": 2 * args.slots,
+                    "nPointsPerIteration": 2 * args.slots,
+                }
             elif args.workload == "agent":
-                spec = {"maxPoints": args.m, "nParallelEvaluation": args.slots, "nPointsPerIteration": args.slots,
-                        "evaluationExec": "sleep 1; echo '{\"status\":0,\"loss\":1}' > output.json"}
+                spec = {
+                    "maxPoints": args.m,
+                    "nParallelEvaluation": args.slots,
+                    "nPointsPerIteration": args.slots,
+                    "evaluationExec": 'sleep 1; echo \'{"status":0,"loss":1}\' > output.json',
+                }
             else:
-                spec = {"maxPoints": 20, "nParallelEvaluation": 2, "nPointsPerIteration": 2,
-                        "segments": [{"name": f"s{i}"} for i in range(args.segments)]}
+                spec = {
+                    "maxPoints": 20,
+                    "nParallelEvaluation": 2,
+                    "nPointsPerIteration": 2,
+                    "segments": [{"name": f"s{i}"} for i in range(args.segments)],
+                }
             spec.setdefault("evaluationExec", "true")
-            run = run_task(client, args.seconds, poll=0.5, outDS="bench-profile", searchSpace=SPACE,
-                           optimizer="random", **spec)
+            run = run_task(
+                client,
+                args.seconds,
+                poll=0.5,
+                outDS="bench-profile",
+                searchSpace=SPACE,
+                optimizer="random",
+                **spec,
+            )
             stop.set()
             if agent is not None:
                 agent.stop()

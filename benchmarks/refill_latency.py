@@ -49,8 +49,11 @@ SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
 
 
 def payload(seconds: float) -> str:
-    return ('t=$(date +%s.%N); ' + (f'sleep {seconds:g}; ' if seconds > 0 else '')
-            + 'echo "{\\"status\\":0,\\"loss\\":1,\\"metrics\\":{\\"start\\":$t}}" > output.json')
+    return (
+        "t=$(date +%s.%N); "
+        + (f"sleep {seconds:g}; " if seconds > 0 else "")
+        + 'echo "{\\"status\\":0,\\"loss\\":1,\\"metrics\\":{\\"start\\":$t}}" > output.json'
+    )
 
 
 def latencies(points: list, slots: int, seconds: float) -> dict:
@@ -82,16 +85,31 @@ def latencies(points: list, slots: int, seconds: float) -> dict:
 
 
 def measure(slots: int, n: int, seconds: float, database_url: str | None, agent_args: list[str]) -> dict:
-    with workdir("refill") as d, PhpoServer(d / "server", database_url) as srv, \
-            PhpoAgent(srv, slots, d / "agent", agent_args):
+    with (
+        workdir("refill") as d,
+        PhpoServer(d / "server", database_url) as srv,
+        PhpoAgent(srv, slots, d / "agent", agent_args),
+    ):
         client = srv.client()
-        run = run_task(client, timeout=n * (seconds + 3) / slots + 120, poll=0.5, fetch_points=True,
-                       outDS="bench-refill", evaluationExec=payload(seconds), searchSpace=SPACE,
-                       optimizer="random", optimizerOptions={"seed": 0}, nParallelEvaluation=slots,
-                       nPointsPerIteration=slots, maxPoints=n)
+        run = run_task(
+            client,
+            timeout=n * (seconds + 3) / slots + 120,
+            poll=0.5,
+            fetch_points=True,
+            outDS="bench-refill",
+            evaluationExec=payload(seconds),
+            searchSpace=SPACE,
+            optimizer="random",
+            optimizerOptions={"seed": 0},
+            nParallelEvaluation=slots,
+            nPointsPerIteration=slots,
+            maxPoints=n,
+        )
         client.close()
     res = latencies(run.points, slots, seconds)
-    res.update({"slots": slots, "n": n, "evaluated": run.evaluated, "state": run.state, "timed_out": run.timed_out})
+    res.update(
+        {"slots": slots, "n": n, "evaluated": run.evaluated, "state": run.state, "timed_out": run.timed_out}
+    )
     return res
 
 
@@ -102,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slots", type=int, action="append", help="slot counts (default 1 and 4)")
     ap.add_argument("--payload-seconds", type=float, default=0.2)
     ap.add_argument("--pg", action="store_true", help="also on PostgreSQL")
-    ap.add_argument("--agent-arg", action="append", default=[], help="extra agent option (default: as shipped)")
+    ap.add_argument(
+        "--agent-arg", action="append", default=[], help="extra agent option (default: as shipped)"
+    )
     ap.add_argument("--tag", default="", help="suffix of the results file name (keeps experiments apart)")
     args = ap.parse_args(argv)
     n = 50 if args.quick and args.n == 200 else args.n
@@ -126,15 +146,38 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for db, r in runs:
         t, st, dp, rp = (r.get(k, {}) for k in ("total", "steering", "dispatch", "report"))
-        rows.append([db, r["slots"], r["samples"], t.get("p50"), t.get("p99"), st.get("p50"), dp.get("p50"),
-                     rp.get("p50"),
-                     "yes" if t and t["p50"] <= 100 else "no"])
-    table = print_table(f"Refill latency, ms (result at the server -> next payload running; loadavg "
-                        f"{info['loadavg']})",
-                        ["database", "slots", "samples", "p50", "p99", "steering p50", "dispatch p50",
-                         "payload end -> result p50", "p50 <= 100 ms"], rows)
-    save_result("refill_latency" + args.tag, {"machine": info, "runs": [{"database": db, **r} for db, r in runs],
-                                   "table": table})
+        rows.append(
+            [
+                db,
+                r["slots"],
+                r["samples"],
+                t.get("p50"),
+                t.get("p99"),
+                st.get("p50"),
+                dp.get("p50"),
+                rp.get("p50"),
+                "yes" if t and t["p50"] <= 100 else "no",
+            ]
+        )
+    table = print_table(
+        f"Refill latency, ms (result at the server -> next payload running; loadavg {info['loadavg']})",
+        [
+            "database",
+            "slots",
+            "samples",
+            "p50",
+            "p99",
+            "steering p50",
+            "dispatch p50",
+            "payload end -> result p50",
+            "p50 <= 100 ms",
+        ],
+        rows,
+    )
+    save_result(
+        "refill_latency" + args.tag,
+        {"machine": info, "runs": [{"database": db, **r} for db, r in runs], "table": table},
+    )
     return 0
 
 

@@ -36,16 +36,26 @@ PLAN: list[tuple[str, list[str], list[str], tuple[int, int]]] = [
     ("refill_latency", [], ["--quick"], (400, 120)),
     ("segments", ["--run-seconds", "240"], ["--quick", "--run-seconds", "60"], (900, 240)),
     ("steering_ask", [], ["--sizes", "100,1000"], (600, 180)),
+    ("ui_page_weight", [], ["--no-mlflow"], (300, 180)),
 ]
-RESULT_FILES = {"overhead": "overhead", "throughput": "throughput", "refill_latency": "refill_latency",
-                "segments": "segments"}
+RESULT_FILES = {
+    "overhead": "overhead",
+    "throughput": "throughput",
+    "refill_latency": "refill_latency",
+    "segments": "segments",
+}
 
 
 def run_streaming(cmd: list[str], timeout: float) -> tuple[int, str]:
     """Run a script, echo its stdout as it comes and keep it; 124 when it ran past ``timeout``
     (its whole process group is then sent SIGTERM)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
     expired = threading.Event()
 
     def stop() -> None:
@@ -72,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (about 5 minutes)")
     ap.add_argument("--only", action="append", choices=[p[0] for p in PLAN], help="run only these")
-    ap.add_argument("--budget-minutes", type=float, default=None,
-                    help="start no script after this many minutes (default 35, or 7 with --quick)")
+    ap.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="start no script after this many minutes (default 35, or 7 with --quick)",
+    )
     args = ap.parse_args(argv)
     budget = 60 * (args.budget_minutes or (7 if args.quick else 35))
     t0 = time.monotonic()
@@ -106,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
     info["busy_after"] = busy_cpu_elsewhere()
     kind = "quick" if args.quick else "full"
-    where = (f"Machine: {info['cpus']} CPUs, {info['memory_gb']} GB, Python {info['python']}, "
-             f"{info['platform']}; {info['date']}; load average at the start {info['loadavg']}, CPU busy "
-             f"with other work {info['busy_before']:.0%} before / {info['busy_after']:.0%} after.")
+    where = (
+        f"Machine: {info['cpus']} CPUs, {info['memory_gb']} GB, Python {info['python']}, "
+        f"{info['platform']}; {info['date']}; load average at the start {info['loadavg']}, CPU busy "
+        f"with other work {info['busy_before']:.0%} before / {info['busy_after']:.0%} after."
+    )
     report = [f"# phpo benchmarks ({kind} run)", "", where, ""]
     for name, rc, secs in ran:
         report.append(f"- {name}: {'skipped (budget)' if rc == -1 else f'exit {rc}, {secs:.0f} s'}")
@@ -124,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"latest{'-quick' if args.quick else ''}.md"
     out.write_text("\n".join(report) + "\n")
-    print("\n".join(report[:4 + len(ran)]))
+    print("\n".join(report[: 4 + len(ran)]))
     log(f"all tables: {out} ({(time.monotonic() - t0) / 60:.1f} min)")
     return 0 if all(rc in (0, -1) for _, rc, _ in ran) else 1
 

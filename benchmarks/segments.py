@@ -47,15 +47,29 @@ def measure(n_segments: int, points: int, database_url: str | None, run_seconds:
         client = srv.client()
         stop = threading.Event()
         box: dict = {}
-        loop = threading.Thread(target=lambda: box.setdefault("s", http_agent_loop(
-            srv.url, srv.agent_token, SLOTS, stop, time.monotonic() + run_seconds + 30)), daemon=True)
+        loop = threading.Thread(
+            target=lambda: box.setdefault(
+                "s",
+                http_agent_loop(srv.url, srv.agent_token, SLOTS, stop, time.monotonic() + run_seconds + 30),
+            ),
+            daemon=True,
+        )
         cpu0 = srv.cpu_seconds()
         loop.start()
         try:
-            run = run_task(client, run_seconds, poll=0.5, outDS=f"bench-segments-{n_segments}",
-                           evaluationExec="true", searchSpace=SPACE, optimizer="random",
-                           segments=[{"name": f"seg{i:03d}"} for i in range(n_segments)],
-                           maxPoints=points, nParallelEvaluation=2, nPointsPerIteration=2)
+            run = run_task(
+                client,
+                run_seconds,
+                poll=0.5,
+                outDS=f"bench-segments-{n_segments}",
+                evaluationExec="true",
+                searchSpace=SPACE,
+                optimizer="random",
+                segments=[{"name": f"seg{i:03d}"} for i in range(n_segments)],
+                maxPoints=points,
+                nParallelEvaluation=2,
+                nPointsPerIteration=2,
+            )
         except Exception as e:  # noqa: BLE001 - a server that refuses segments is a finding, not a crash
             stop.set()
             return {"segments": n_segments, "error": f"{type(e).__name__}: {e}"}
@@ -67,17 +81,32 @@ def measure(n_segments: int, points: int, database_url: str | None, run_seconds:
         client.close()
     done = run.evaluated + run.failed
     stats = box.get("s")
-    out = {"segments": n_segments, "points_per_segment": points, "evaluated": run.evaluated, "failed": run.failed,
-           "state": run.state, "timed_out": run.timed_out, "wall_s": run.wall_s, "server_cpu_s": cpu,
-           "segments_finished": sum(1 for g in segs if getattr(g, "finished", False) or
-                                    str(getattr(g, "state", "")) in ("finished", "SegmentState.finished")),
-           "loop_errors": stats.errors if stats else None, "first_error": stats.first_error if stats else None}
+    out = {
+        "segments": n_segments,
+        "points_per_segment": points,
+        "evaluated": run.evaluated,
+        "failed": run.failed,
+        "state": run.state,
+        "timed_out": run.timed_out,
+        "wall_s": run.wall_s,
+        "server_cpu_s": cpu,
+        "segments_finished": sum(
+            1
+            for g in segs
+            if getattr(g, "finished", False)
+            or str(getattr(g, "state", "")) in ("finished", "SegmentState.finished")
+        ),
+        "loop_errors": stats.errors if stats else None,
+        "first_error": stats.first_error if stats else None,
+    }
     if done:
         out["cpu_ms_per_eval"] = 1000 * cpu / done
         out["wall_ms_per_eval"] = 1000 * run.wall_s / done
     if run.state != "finished" or done < n_segments * points:
-        out["error"] = (f"task {run.state}{' (timed out)' if run.timed_out else ''}: {done} of "
-                        f"{n_segments * points} evaluations")
+        out["error"] = (
+            f"task {run.state}{' (timed out)' if run.timed_out else ''}: {done} of "
+            f"{n_segments * points} evaluations"
+        )
     return out
 
 
@@ -115,18 +144,41 @@ def main(argv: list[str] | None = None) -> int:
     base = runs[0]
     rows = []
     for r in runs:
-        rows.append([r["segments"], r.get("evaluated"), r.get("cpu_ms_per_eval"), r.get("wall_ms_per_eval"),
-                     ratio(r.get("cpu_ms_per_eval"), base.get("cpu_ms_per_eval")),
-                     ratio(r.get("wall_ms_per_eval"), base.get("wall_ms_per_eval")), r.get("error", "")[:70]])
-    table = print_table(f"Segments x {points} points, instant payloads, {db} (loadavg {info['loadavg']})",
-                        ["segments", "evaluated", "server CPU ms/eval", "wall ms/eval",
-                         f"CPU vs {counts[0]}", f"wall vs {counts[0]}", "note"], rows)
+        rows.append(
+            [
+                r["segments"],
+                r.get("evaluated"),
+                r.get("cpu_ms_per_eval"),
+                r.get("wall_ms_per_eval"),
+                ratio(r.get("cpu_ms_per_eval"), base.get("cpu_ms_per_eval")),
+                ratio(r.get("wall_ms_per_eval"), base.get("wall_ms_per_eval")),
+                r.get("error", "")[:70],
+            ]
+        )
+    table = print_table(
+        f"Segments x {points} points, instant payloads, {db} (loadavg {info['loadavg']})",
+        [
+            "segments",
+            "evaluated",
+            "server CPU ms/eval",
+            "wall ms/eval",
+            f"CPU vs {counts[0]}",
+            f"wall vs {counts[0]}",
+            "note",
+        ],
+        rows,
+    )
     last = runs[-1]
     verdict = ratio(last.get("cpu_ms_per_eval"), base.get("cpu_ms_per_eval"))
     if verdict is not None:
-        print(f"{last['segments']} vs {base['segments']} segments: server CPU/eval x{verdict:.2f}, wall/eval "
-              f"x{ratio(last.get('wall_ms_per_eval'), base.get('wall_ms_per_eval')):.2f} (goal <= 1.2)")
-    save_result("segments" + args.tag, {"machine": info, "database": db, "points": points, "runs": runs, "table": table})
+        print(
+            f"{last['segments']} vs {base['segments']} segments: server CPU/eval x{verdict:.2f}, wall/eval "
+            f"x{ratio(last.get('wall_ms_per_eval'), base.get('wall_ms_per_eval')):.2f} (goal <= 1.2)"
+        )
+    save_result(
+        "segments" + args.tag,
+        {"machine": info, "database": db, "points": points, "runs": runs, "table": table},
+    )
     return 0
 
 

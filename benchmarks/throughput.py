@@ -47,19 +47,28 @@ from _harness import (
     workdir,
 )
 
-PAYLOAD = "echo '{\"status\":0,\"loss\":0}' > output.json"
+PAYLOAD = 'echo \'{"status":0,"loss":0}\' > output.json'
 SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
 
 
 def spec(m: int, slots: int, per_job: int = 1) -> dict:
     n = 2 * slots * per_job
-    return {"outDS": "bench-throughput", "evaluationExec": PAYLOAD, "searchSpace": SPACE, "optimizer": "random",
-            "optimizerOptions": {"seed": 0}, "nParallelEvaluation": n, "nPointsPerIteration": n,
-            "maxPoints": m, "maxPointsPerEvaluationJob": per_job}
+    return {
+        "outDS": "bench-throughput",
+        "evaluationExec": PAYLOAD,
+        "searchSpace": SPACE,
+        "optimizer": "random",
+        "optimizerOptions": {"seed": 0},
+        "nParallelEvaluation": n,
+        "nPointsPerIteration": n,
+        "maxPoints": m,
+        "maxPointsPerEvaluationJob": per_job,
+    }
 
 
-def measure(mode: str, slots: int, m: int, database_url: str | None, run_seconds: float,
-            per_job: int = 1) -> dict:
+def measure(
+    mode: str, slots: int, m: int, database_url: str | None, run_seconds: float, per_job: int = 1
+) -> dict:
     with workdir("throughput") as d, PhpoServer(d / "server", database_url) as srv:
         client = srv.client()
         cpu0 = srv.cpu_seconds()
@@ -70,8 +79,15 @@ def measure(mode: str, slots: int, m: int, database_url: str | None, run_seconds
         else:
             stop = threading.Event()
             box: dict = {}
-            t = threading.Thread(target=lambda: box.setdefault("s", http_agent_loop(
-                srv.url, srv.agent_token, slots, stop, time.monotonic() + run_seconds + 30)), daemon=True)
+            t = threading.Thread(
+                target=lambda: box.setdefault(
+                    "s",
+                    http_agent_loop(
+                        srv.url, srv.agent_token, slots, stop, time.monotonic() + run_seconds + 30
+                    ),
+                ),
+                daemon=True,
+            )
             t.start()
             try:
                 run = run_task(client, run_seconds, poll=0.25, **spec(m, slots, per_job))
@@ -82,12 +98,23 @@ def measure(mode: str, slots: int, m: int, database_url: str | None, run_seconds
         cpu = srv.cpu_seconds() - cpu0
         client.close()
     done = run.evaluated
-    out = {"mode": mode if per_job == 1 else f"{mode}, {per_job} points/job", "slots": slots, "m": m, "evaluated": done, "failed": run.failed, "wall_s": run.wall_s,
-           "state": run.state, "timed_out": run.timed_out, "server_cpu_s": cpu,
-           "rate": done / run.wall_s if run.wall_s > 0 else None,
-           "server_cpu_ms_per_eval": 1000 * cpu / done if done else None}
+    out = {
+        "mode": mode if per_job == 1 else f"{mode}, {per_job} points/job",
+        "slots": slots,
+        "m": m,
+        "evaluated": done,
+        "failed": run.failed,
+        "wall_s": run.wall_s,
+        "state": run.state,
+        "timed_out": run.timed_out,
+        "server_cpu_s": cpu,
+        "rate": done / run.wall_s if run.wall_s > 0 else None,
+        "server_cpu_ms_per_eval": 1000 * cpu / done if done else None,
+    }
     if loop is not None:
-        out.update({"empty_acquires": loop.empty_acquires, "errors": loop.errors, "first_error": loop.first_error})
+        out.update(
+            {"empty_acquires": loop.empty_acquires, "errors": loop.errors, "first_error": loop.first_error}
+        )
     return out
 
 
@@ -100,11 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", action="append", choices=["sqlite", "postgresql"], help="default both")
     ap.add_argument("--run-seconds", type=float, default=150.0, help="bound of one run (default 150)")
     ap.add_argument("--no-peers", action="store_true")
-    ap.add_argument("--points-per-job", type=int, action="append",
-                    help="maxPointsPerEvaluationJob values (default 1; e.g. 16 batches 16 points per lease)")
-    ap.add_argument("--batch", type=int, default=None,
-                    help="also run the http agent with 16 slots and this many points per job on each database "
-                         "(default 64: 64 points per lease, 10,000 evaluations; 0 = no)")
+    ap.add_argument(
+        "--points-per-job",
+        type=int,
+        action="append",
+        help="maxPointsPerEvaluationJob values (default 1; e.g. 16 batches 16 points per lease)",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="also run the http agent with 16 slots and this many points per job on each database "
+        "(default 64: 64 points per lease, 10,000 evaluations; 0 = no)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the results file name (keeps experiments apart)")
     args = ap.parse_args(argv)
     m = 200 if args.quick and args.m == 2000 else args.m
@@ -146,11 +181,23 @@ def main(argv: list[str] | None = None) -> int:
         for slots in slot_list:
             with fresh_pg_database("phpo_bench_optuna_tp") as url:
                 log(f"Optuna ask/tell on PostgreSQL, {slots} thread(s), {m} cycles")
-                r = run_peer("optuna_asktell.py", ["--n", str(m), "--workers", str(slots), "--storage",
-                                                   url.replace("postgresql://", "postgresql+psycopg://"),
-                                                   "--seconds", str(args.run_seconds)],
-                             timeout=args.run_seconds + 120)
-                runs.append({"system": "Optuna", "database": "postgresql", "mode": "ask/tell", "slots": slots, **r})
+                r = run_peer(
+                    "optuna_asktell.py",
+                    [
+                        "--n",
+                        str(m),
+                        "--workers",
+                        str(slots),
+                        "--storage",
+                        url.replace("postgresql://", "postgresql+psycopg://"),
+                        "--seconds",
+                        str(args.run_seconds),
+                    ],
+                    timeout=args.run_seconds + 120,
+                )
+                runs.append(
+                    {"system": "Optuna", "database": "postgresql", "mode": "ask/tell", "slots": slots, **r}
+                )
     info["busy_after"] = busy_cpu_elsewhere()
 
     optuna = {r["slots"]: r.get("rate") for r in runs if r["system"] == "Optuna"}
@@ -159,13 +206,37 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             rows.append([r["system"], r["database"], r["mode"], r["slots"], "-", "-", "-", r["error"][:80]])
             continue
-        vs = ratio(r.get("rate"), optuna.get(r["slots"])) if r["system"] == "phpo" and r["database"] == \
-            "postgresql" else None
-        rows.append([r["system"], r["database"], r["mode"], r["slots"], r.get("evaluated", r.get("completed")),
-                     r.get("rate"), r.get("server_cpu_ms_per_eval"), f"{vs:.2f}x" if vs is not None else ""])
-    table = print_table(f"Throughput, evaluations/s with zero-length payloads (loadavg {info['loadavg']})",
-                        ["system", "database", "agent", "slots", "evaluated", "evals/s", "server CPU ms/eval",
-                         "phpo / Optuna (PG)"], rows)
+        vs = (
+            ratio(r.get("rate"), optuna.get(r["slots"]))
+            if r["system"] == "phpo" and r["database"] == "postgresql"
+            else None
+        )
+        rows.append(
+            [
+                r["system"],
+                r["database"],
+                r["mode"],
+                r["slots"],
+                r.get("evaluated", r.get("completed")),
+                r.get("rate"),
+                r.get("server_cpu_ms_per_eval"),
+                f"{vs:.2f}x" if vs is not None else "",
+            ]
+        )
+    table = print_table(
+        f"Throughput, evaluations/s with zero-length payloads (loadavg {info['loadavg']})",
+        [
+            "system",
+            "database",
+            "agent",
+            "slots",
+            "evaluated",
+            "evals/s",
+            "server CPU ms/eval",
+            "phpo / Optuna (PG)",
+        ],
+        rows,
+    )
     save_result("throughput" + args.tag, {"machine": info, "m": m, "runs": runs, "table": table})
     return 0
 

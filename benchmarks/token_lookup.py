@@ -26,7 +26,10 @@ from _harness import PhpoServer, fresh_pg_database, log, machine, pg_available, 
 
 def _pcts(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
-    return {"p50_us": round(statistics.median(xs) * 1e6, 1), "p99_us": round(xs[int(len(xs) * 0.99)] * 1e6, 1)}
+    return {
+        "p50_us": round(statistics.median(xs) * 1e6, 1),
+        "p99_us": round(xs[int(len(xs) * 0.99)] * 1e6, 1),
+    }
 
 
 def lookup_cost(url: str, n: int) -> dict[str, float]:
@@ -55,8 +58,12 @@ def lookup_cost(url: str, n: int) -> dict[str, float]:
 def me_round_trip(data_dir: Path, url: str | None, n: int) -> dict[str, float]:
     import httpx
 
-    with PhpoServer(data_dir, url) as srv, httpx.Client(base_url=srv.url + "/api/v1", timeout=30,
-                                                        headers={"Authorization": f"Bearer {srv.agent_token}"}) as c:
+    with (
+        PhpoServer(data_dir, url) as srv,
+        httpx.Client(
+            base_url=srv.url + "/api/v1", timeout=30, headers={"Authorization": f"Bearer {srv.agent_token}"}
+        ) as c,
+    ):
         for _ in range(20):
             c.get("/me")
         times = []
@@ -81,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, kind in dbs:
             if kind is None:
                 url = f"sqlite:///{tmp}/lookup.db"
-                row = {"database": name, "lookup": lookup_cost(url, args.n),
-                       "me": me_round_trip(Path(tmp) / "srv-sqlite", None, args.n // 4)}
+                row = {
+                    "database": name,
+                    "lookup": lookup_cost(url, args.n),
+                    "me": me_round_trip(Path(tmp) / "srv-sqlite", None, args.n // 4),
+                }
             else:
                 with fresh_pg_database("phpo_bench_tokens") as pg:
                     row = {"database": name, "lookup": lookup_cost(pg, args.n)}
@@ -93,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| database | token lookup p50 | p99 | GET /me round trip p50 | p99 |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['database']} | {r['lookup']['p50_us']} µs | {r['lookup']['p99_us']} µs | "
-              f"{r['me']['p50_us']} µs | {r['me']['p99_us']} µs |")
+        print(
+            f"| {r['database']} | {r['lookup']['p50_us']} µs | {r['lookup']['p99_us']} µs | "
+            f"{r['me']['p50_us']} µs | {r['me']['p99_us']} µs |"
+        )
     save_result("token_lookup", {"machine": machine(), "n": args.n, "rows": rows})
     return 0
 

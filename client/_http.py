@@ -73,4 +73,6 @@ def raise_for_answer(r: httpx.Response) -> None:
         body = {}
     code = body.get("code") or f"http_{r.status_code}"
     message = body.get("message") or body.get("detail") or r.text[:500] or r.reason_phrase
-    raise error_for(r.status_code)(r.status_code, str(code), str(message), body.get("field"), body.get("details"))
+    raise error_for(r.status_code)(
+        r.status_code, str(code), str(message), body.get("field"), body.get("details")
+    )

@@ -82,7 +82,9 @@ def finite_payload(body: Any, what: str = "request") -> dict[str, Any]:
             holder = holder[key]
         holder[path[-1]] = None
     names = ", ".join(f"{'.'.join(map(str, p))} ({v})" for p, v in found[:10])
-    note = f"non-finite values sent as null: {names}" + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+    note = f"non-finite values sent as null: {names}" + (
+        f" and {len(found) - 10} more" if len(found) > 10 else ""
+    )
     log.warning("%s: %s", what, note)
     if "message" in payload and not any(p == ("message",) for p, _ in found):
         payload["message"] = f"{payload['message']}; {note}" if payload["message"] else note
@@ -142,12 +144,16 @@ class AgentAPI(HttpBase):
             return None
         return Job.model_validate(r.json())
 
-    def heartbeat(self, job_id: int, req: HeartbeatRequest, retry_seconds: float | None = None) -> HeartbeatResponse:
+    def heartbeat(
+        self, job_id: int, req: HeartbeatRequest, retry_seconds: float | None = None
+    ) -> HeartbeatResponse:
         r = self._post(f"/jobs/{job_id}/heartbeat", req, "heartbeat", retry_seconds)
         return HeartbeatResponse.model_validate(r.json())
 
     def report_point(self, job_id: int, result: PointResult, retry_seconds: float | None = None) -> JobAck:
-        r = self._post(f"/jobs/{job_id}/points/{result.point_id}/result", result, "report_point", retry_seconds)
+        r = self._post(
+            f"/jobs/{job_id}/points/{result.point_id}/result", result, "report_point", retry_seconds
+        )
         return JobAck.model_validate(r.json())
 
     def complete(self, job_id: int, req: CompleteRequest, retry_seconds: float | None = None) -> JobAck:
@@ -195,6 +201,11 @@ class AgentAPI(HttpBase):
         r = self._retry(send, "upload_artifact", retry_seconds)
         return Artifact.model_validate(r.json())
 
+    def task_specs(self, job_id: int, retry_seconds: float | None = None) -> list[Artifact]:
+        """The ``specs`` artifacts of the task of a job this agent holds."""
+        r = self._retry(lambda: self.request("GET", f"/jobs/{job_id}/specs"), "task_specs", retry_seconds)
+        return [Artifact.model_validate(a) for a in r.json()]
+
     def download_artifact(
         self, artifact_id: int, dest_path: str | os.PathLike[str], retry_seconds: float | None = None
     ) -> Path:
@@ -221,8 +232,10 @@ class AgentAPI(HttpBase):
             if expected and digest.hexdigest() != expected.lower():
                 tmp.unlink(missing_ok=True)
                 # a torn transfer: worth another try, like a dropped connection
-                raise ServerUnreachable(f"artifact {artifact_id} arrived corrupted (sha256 {digest.hexdigest()}, "
-                                        f"expected {expected})")
+                raise ServerUnreachable(
+                    f"artifact {artifact_id} arrived corrupted (sha256 {digest.hexdigest()}, "
+                    f"expected {expected})"
+                )
             tmp.replace(dest)
             return dest
 

@@ -23,15 +23,18 @@ from phpo.schemas import (
     Health,
     Me,
     Point,
+    RegisteredModel,
     Segment,
     SteeringIteration,
     Task,
     TaskSpec,
 )
+from phpo.schemas.errors import validation_messages
 from phpo.schemas.states import TERMINAL_TASK_STATES
 
 from ._http import HttpBase, raise_for_answer
 from .errors import InvalidInput, NotFound, PhpoError, ServerUnreachable
+from .notebook import NotebookProgress, TaskCard, in_notebook
 from .progress import TaskProgress
 from .sandbox import DEFAULT_MAX_BYTES, SandboxPlan, build_sandbox, pack, plan_sandbox
 from .specfiles import resolve_spec_files
@@ -69,17 +72,12 @@ def _spec_data(spec: TaskSpec | dict[str, Any] | None) -> dict[str, Any]:
 
 def spec_error(e: ValidationError) -> InvalidInput:
     errs = e.errors()
-    parts = []
-    for err in errs:
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    field = ".".join(str(x) for x in errs[0]["loc"]) if errs and errs[0]["loc"] else None
+    field, message = validation_messages(e)
     return InvalidInput(
         422,
         "validation_error",
-        "; ".join(parts),
-        field,
+        message,
+        field or None,
         [{k: v for k, v in x.items() if k in ("loc", "msg", "type")} for x in errs],
     )
 
@@ -204,6 +202,12 @@ class Client(WorkflowMethods, HttpBase):
         r = self.request("GET", f"/tasks/{int(task_id)}/best", params=_params(segment=seg))
         return Table(BestPoint.model_validate(x) for x in r.json())
 
+    def models(self, task_id: int) -> Table[RegisteredModel]:
+        """Where the best model of each segment is registered in MLflow (``status`` pending until
+        the segment has ended and the MLflow bridge registered it)."""
+        r = self.request("GET", f"/tasks/{int(task_id)}/models")
+        return Table(RegisteredModel.model_validate(x) for x in r.json())
+
     def _segment_id(self, task_id: int, segment: int | str | None) -> int | None:
         """Segments are addressed by id (their 0-based position); a name is looked up."""
         if segment is None or isinstance(segment, int):
@@ -237,7 +241,9 @@ class Client(WorkflowMethods, HttpBase):
             return Table(self._pages(path, Segment, params))
         return Table(self._slice(path, Segment, params, limit, offset))
 
-    def _slice(self, path: str, model: type[M], params: dict[str, Any], limit: int | None, offset: int) -> list[M]:
+    def _slice(
+        self, path: str, model: type[M], params: dict[str, Any], limit: int | None, offset: int
+    ) -> list[M]:
         """``limit`` items (all when ``None``) from ``offset`` on, in pages of at most PAGE_SIZE."""
         out: list[M] = []
         while limit is None or len(out) < limit:
@@ -257,7 +263,9 @@ class Client(WorkflowMethods, HttpBase):
     def artifacts(self, task_id: int, kind: str | None = None, point: int | None = None) -> Table[Artifact]:
         kinds = [k.value for k in ArtifactKind]
         if kind is not None and str(kind) not in kinds:
-            raise InvalidInput(0, "invalid_kind", f"artifact kind {kind!r} is not one of {', '.join(kinds)}", "kind")
+            raise InvalidInput(
+                0, "invalid_kind", f"artifact kind {kind!r} is not one of {', '.join(kinds)}", "kind"
+            )
         kind_v = str(kind) if kind is not None else None
         return Table(
             self._pages(f"/tasks/{int(task_id)}/artifacts", Artifact, _params(kind=kind_v, point_id=point))
@@ -286,18 +294,30 @@ class Client(WorkflowMethods, HttpBase):
         """Block until the task is finished, failed or cancelled and return it.
 
         With ``progress`` a live view shows points evaluated / running / failed and the best
-        loss so far. Raises :class:`TimeoutError` after ``timeout`` seconds (the task goes on).
+        loss so far: in Jupyter a progress bar (ipywidgets, ``phpo[jupyter]``; without it an HTML
+        line updated in place) and a summary when the task ends; elsewhere a rich live panel or
+        one plain line per change. Raises :class:`TimeoutError` after ``timeout`` seconds (the
+        task goes on).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        view = TaskProgress(console) if progress else None
-        if view:
+        notebook = None
+        view = None
+        if progress and console is None and in_notebook():
+            notebook = NotebookProgress()
+        elif progress:
+            view = TaskProgress(console)
             view.__enter__()
+        task = None
         try:
             while True:
                 task = self.task(task_id)
                 if view:
                     view.update(task)
+                if notebook:
+                    notebook.update(task)
                 if task.state in TERMINAL_TASK_STATES:
+                    if notebook:
+                        notebook.close(task, list(self.best(task_id)))
                     return task
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(
@@ -308,6 +328,46 @@ class Client(WorkflowMethods, HttpBase):
         finally:
             if view:
                 view.__exit__(None, None, None)
+
+    # --- pictures ---------------------------------------------------------------------
+
+    def plot_json(
+        self, task_id: int, kind: str = "history", segment: int | str | None = None
+    ) -> dict[str, Any]:
+        """The server's plotly figure ``kind`` of the task as a dict (``data``, ``layout``)."""
+        seg = self._segment_id(task_id, segment)
+        return self.request("GET", f"/tasks/{int(task_id)}/plots/{kind}", params=_params(segment=seg)).json()
+
+    def plot(self, task_id: int, kind: str = "history", segment: int | str | None = None):
+        """A plotly ``Figure`` of the task, drawn from the server's data (no MLflow needed):
+        ``kind`` is history (loss and best so far), parallel (parallel coordinates), importance
+        (fANOVA parameter importance), intermediate (learning curves), pareto (multi-objective)
+        or segments (best loss per segment). In Jupyter it displays itself; ``fig.write_html``
+        and ``fig.write_image`` (kaleido) save it. Needs plotly: ``pip install 'phpo[plots]'``."""
+        try:
+            import plotly.graph_objects as go
+        except ImportError:
+            raise ImportError("Client.plot needs plotly: pip install 'phpo[plots]'") from None
+        return go.Figure(self.plot_json(task_id, kind, segment))
+
+    def view(self, task_id: int) -> TaskCard:
+        """The task as a card for a notebook: state, progress, best point, a small history plot."""
+        task = self.task(task_id)
+        best = list(self.best(task_id))
+        history = None
+        if task.counts.evaluated:
+            try:
+                history = self.plot_json(task_id, "history")
+            except PhpoError:
+                history = None  # e.g. a server without plots: the card goes without its picture
+        return TaskCard(task, best, history, self.url)
+
+    def ui_link(self) -> str:
+        """The web view's address with this client's token: opening it logs in (the page then
+        drops the token from the address bar)."""
+        from urllib.parse import quote
+
+        return f"{self.url.rstrip('/')}/ui/?token={quote(self.token or '', safe='')}"
 
     # --- files ------------------------------------------------------------------------
 

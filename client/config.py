@@ -28,8 +28,9 @@ class ClientConfig:
 def load_config(url: str | None = None, token: str | None = None) -> ClientConfig:
     """Resolve url/token; explicit values win over the environment, which wins over the file."""
     # an empty value counts as unset, so `PHPO_URL= phpo ...` falls back to the file
-    cfg = ClientConfig(url=url or os.environ.get("PHPO_URL") or None,
-                       token=token or os.environ.get("PHPO_TOKEN") or None)
+    cfg = ClientConfig(
+        url=url or os.environ.get("PHPO_URL") or None, token=token or os.environ.get("PHPO_TOKEN") or None
+    )
     path = config_path()
     if (cfg.url is None or cfg.token is None) and path.exists():
         try:

@@ -65,7 +65,7 @@ class SandboxPlan:
         """What a user reads after submit or --noSubmit: the files, then what stayed home."""
         names = sorted(self.files)
         shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
-        text = (f"sandbox: {len(names)} files, {self.total_bytes / 1e3:.1f} kB from {self.root}: {shown or 'none'}")
+        text = f"sandbox: {len(names)} files, {self.total_bytes / 1e3:.1f} kB from {self.root}: {shown or 'none'}"
         left = self.describe_left_out()
         if left:
             text += f"\nleft out of the sandbox: {left}; name files with --sandboxFiles to ship them"
@@ -140,8 +140,10 @@ def plan_sandbox(directory: str | Path, extra: Iterable[str] = ()) -> SandboxPla
             _walk(plan, p, f"{name}/" if name not in ("", ".") else "", True)
         else:
             if name in plan.files and plan.files[name].resolve() != p.resolve():
-                raise PhpoError(f"--sandboxFiles: '{given}' would be '{name}' in the sandbox, which already "
-                                f"holds {plan.files[name]}; rename one of them")
+                raise PhpoError(
+                    f"--sandboxFiles: '{given}' would be '{name}' in the sandbox, which already "
+                    f"holds {plan.files[name]}; rename one of them"
+                )
             plan.files[name] = p
         for names in plan.left_out.values():  # named explicitly: no longer left out
             if name in names:
@@ -192,6 +194,8 @@ def pack(plan: SandboxPlan, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes | None:
     return buf.getvalue()
 
 
-def build_sandbox(directory: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, extra: Iterable[str] = ()) -> bytes | None:
+def build_sandbox(
+    directory: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, extra: Iterable[str] = ()
+) -> bytes | None:
     """The tar.gz of :func:`plan_sandbox`, or ``None`` when there is nothing to send."""
     return pack(plan_sandbox(directory, extra), max_bytes)

@@ -38,7 +38,9 @@ def read_structured(option: str, path: str, base: Path) -> Any:
     try:
         return yaml.safe_load(text) if yaml_file else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise _invalid(field, f"{option}: '{path}' is not valid {'YAML' if yaml_file else 'JSON'}: {e}") from None
+        raise _invalid(
+            field, f"{option}: '{path}' is not valid {'YAML' if yaml_file else 'JSON'}: {e}"
+        ) from None
 
 
 def resolve_training_ds(value: str | list[str], base: Path, warn: Callable[[str], None]) -> list[str]:

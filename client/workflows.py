@@ -49,7 +49,9 @@ def load_definition(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
-        raise _bad(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}", "file") from None
+        raise _bad(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}", "file"
+        ) from None
     if not isinstance(data, dict):
         raise _bad(f"{path}: a workflow definition is a mapping with name, params and nodes", "file")
     _inline(data, path.resolve().parent, (*_seen, path.resolve()))
@@ -93,8 +95,11 @@ def walk(nodes: list[WorkflowNodeRecord]) -> Iterator[WorkflowNodeRecord]:
 
 def summary_line(wf: Workflow) -> str:
     c = wf.counts
-    parts = [f"{c[k]} {k}" for k in ("done", "running", "waiting", "ready", "failed", "skipped", "cancelled")
-             if c.get(k)]
+    parts = [
+        f"{c[k]} {k}"
+        for k in ("done", "running", "waiting", "ready", "failed", "skipped", "cancelled")
+        if c.get(k)
+    ]
     return f"workflow {wf.id} {wf.name} {wf.state.value}: " + (", ".join(parts) or "no nodes yet")
 
 
@@ -109,7 +114,9 @@ def node_line(n: WorkflowNodeRecord) -> str:
         bits.append(f"{n.progress.evaluated}/{n.progress.total} evaluated")
     r = n.results or {}
     if isinstance(r.get("best"), dict):
-        bits.append(f"best loss {format_loss(r['best'].get('loss'))} at {json.dumps(r['best'].get('params'))}")
+        bits.append(
+            f"best loss {format_loss(r['best'].get('loss'))} at {json.dumps(r['best'].get('params'))}"
+        )
     if isinstance(r.get("outputs"), dict) and r["outputs"]:
         bits.append("outputs " + json.dumps(r["outputs"], default=str))
     if n.kind == "loop" and n.iteration:
@@ -162,11 +169,15 @@ class WorkflowMethods:
         """A workflow with its node tree (states, iterations, task ids, results)."""
         return Workflow.model_validate(self.request("GET", f"/workflows/{int(workflow_id)}").json())  # type: ignore[attr-defined]
 
-    def workflows(self, state: str | None = None, name: str | None = None, limit: int = 100,
-                  offset: int = 0) -> Table[Workflow]:
+    def workflows(
+        self, state: str | None = None, name: str | None = None, limit: int = 100, offset: int = 0
+    ) -> Table[Workflow]:
         """Your workflows, newest first (sub-workflows appear inside their parent)."""
-        params = {k: v for k, v in {"state": state, "name": name, "limit": limit, "offset": offset}.items()
-                  if v is not None}
+        params = {
+            k: v
+            for k, v in {"state": state, "name": name, "limit": limit, "offset": offset}.items()
+            if v is not None
+        }
         page = self.request("GET", "/workflows", params=params).json()  # type: ignore[attr-defined]
         return Table(Workflow.model_validate(x) for x in page["items"])
 
@@ -175,8 +186,14 @@ class WorkflowMethods:
         r = self.request("POST", f"/workflows/{int(workflow_id)}/cancel")  # type: ignore[attr-defined]
         return Workflow.model_validate(r.json())
 
-    def wait_workflow(self, workflow_id: int, progress: bool = True, poll: float = 1.0,
-                      timeout: float | None = None, console: Any = None) -> Workflow:
+    def wait_workflow(
+        self,
+        workflow_id: int,
+        progress: bool = True,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        console: Any = None,
+    ) -> Workflow:
         """Block until the workflow has succeeded, failed or been cancelled; return it.
 
         With ``progress``, print a line whenever a node changes state (to stderr, or ``console``).
@@ -201,6 +218,8 @@ class WorkflowMethods:
                     con.print(summary_line(wf) + (f" — {wf.message}" if wf.message else ""))
                 return wf
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"workflow {workflow_id} is still {wf.state.value} after {timeout:g} s "
-                                   f"({summary_line(wf)})")
+                raise TimeoutError(
+                    f"workflow {workflow_id} is still {wf.state.value} after {timeout:g} s "
+                    f"({summary_line(wf)})"
+                )
             time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))

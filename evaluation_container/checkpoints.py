@@ -189,8 +189,12 @@ class CheckpointSaver:
             )
         tmp.replace(dest)
         if left_out and not self._warned_links:
-            log.warning("checkpoint: %d path(s) that are neither regular files nor directories left out "
-                        "(links are not saved): %s", len(left_out), ", ".join(left_out[:5]))
+            log.warning(
+                "checkpoint: %d path(s) that are neither regular files nor directories left out "
+                "(links are not saved): %s",
+                len(left_out),
+                ", ".join(left_out[:5]),
+            )
             self._warned_links = True
         return before
 
@@ -227,22 +231,30 @@ class CheckpointSaver:
                 log.warning("checkpoint: cannot remove %s: %s", rel, e)
 
 
-def safe_extract(tarball: Path, dest: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
-                 owner: tuple[int, int] | None = None) -> None:
+def safe_extract(
+    tarball: Path, dest: Path, limits: ArchiveLimits = DEFAULT_LIMITS, owner: tuple[int, int] | None = None
+) -> None:
     """Unpack a tarball from the server into ``dest`` (see :func:`phpo.schemas.archives.extract`);
     :class:`~phpo.schemas.archives.ArchiveError` names the member it refuses."""
     extract(tarball, dest, limits=limits, owner=owner)
 
 
-def restore_checkpoint(tarball: Path, workdir: Path, checkpoint_to_load: str | None,
-                       limits: ArchiveLimits = DEFAULT_LIMITS, owner: tuple[int, int] | None = None) -> Path:
+def restore_checkpoint(
+    tarball: Path,
+    workdir: Path,
+    checkpoint_to_load: str | None,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
+    owner: tuple[int, int] | None = None,
+) -> Path:
     """Put a downloaded checkpoint where the payload expects it; returns that path. Nothing is
     written through a link in ``workdir``; an unsafe tarball raises ``ArchiveError``."""
     if checkpoint_to_load:
         parts = Path(checkpoint_to_load).parts
         if Path(checkpoint_to_load).is_absolute() or ".." in parts or not parts:
-            raise ArchiveError(f"checkPointToLoad {checkpoint_to_load!r} must be a relative path inside the "
-                               "working directory")
+            raise ArchiveError(
+                f"checkPointToLoad {checkpoint_to_load!r} must be a relative path inside the "
+                "working directory"
+            )
         dfd = open_dir_beneath(workdir, parts[:-1], create=True, owner=owner)
         try:  # the tarball is in the job's scratch directory: the same file system
             if owner is not None:

@@ -57,7 +57,9 @@ def plan_slots(slots: int, gpus: list[GPUInfo] | None, share: bool = False) -> l
             return [Slot(i, (gpus[i % n],), True) for i in range(slots)]
         log.warning(
             "--slots %d exceeds the %d GPU(s) and --share-gpus is off: running at most %d job(s) at a time",
-            slots, n, n,
+            slots,
+            n,
+            n,
         )
         slots = n
     out: list[Slot] = []
@@ -65,7 +67,7 @@ def plan_slots(slots: int, gpus: list[GPUInfo] | None, share: bool = False) -> l
     start = 0
     for i in range(slots):
         size = base + (1 if i < extra else 0)
-        out.append(Slot(i, tuple(gpus[start:start + size]), True))
+        out.append(Slot(i, tuple(gpus[start : start + size]), True))
         start += size
     return out
 

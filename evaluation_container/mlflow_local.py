@@ -22,6 +22,8 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from phpo.schemas.payload import ENV_MLFLOW_RUN_ID
+
 from .checkpoints import add_beneath
 
 MLRUNS = "mlruns"
@@ -36,7 +38,7 @@ def payload_env(seen_workdir: str, server_has_mlflow: bool, run_id: str | None) 
         env["MLFLOW_TRACKING_URI"] = f"file://{seen_workdir.rstrip('/')}/{MLRUNS}"
         env["MLFLOW_ALLOW_FILE_STORE"] = "true"
     if run_id:
-        env["PHPO_MLFLOW_RUN_ID"] = run_id  # the point's run on the tracking server (for links)
+        env[ENV_MLFLOW_RUN_ID] = run_id  # the point's run on the tracking server (for links)
     return env
 
 
@@ -71,5 +73,7 @@ def pack(rundir: Path, metrics_file: str | None, out: Path) -> Path | None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out, "w:gz") as t:
-        add_beneath(t, rundir, MLRUNS)  # no link followed: the agent may read with more rights than the payload
+        add_beneath(
+            t, rundir, MLRUNS
+        )  # no link followed: the agent may read with more rights than the payload
     return out

@@ -72,8 +72,11 @@ class Outbox:
                     ack = _send(api, record, retry_seconds)
                 except Exception as e:
                     if is_transient(e):
-                        log.info("outbox: server still unreachable (%s); %d result(s) waiting", e,
-                                 len(self.pending()))
+                        log.info(
+                            "outbox: server still unreachable (%s); %d result(s) waiting",
+                            e,
+                            len(self.pending()),
+                        )
                         break
                     if isinstance(e, APIError):
                         self._reject(path, str(e))

@@ -5,7 +5,7 @@ runs ``evaluationExec`` once in a directory laid out like an agent's job directo
 unpacked (the same files ``phpo submit`` would ship, nothing else), the point in
 ``evaluationInput``, the training file list in ``evaluationTrainingData``, the ``PHPO_*``
 variables the agent sets. The payload's output streams to the terminal; its ``evaluationOutput``
-is read with the agent's own rules (:func:`.agent.read_output`), so a
+is read with the agent's own rules (:func:`.results.read_output`), so a
 missing file, a crash or a malformed ``output.json`` shows in seconds, with the message a task
 would record, instead of after three attempts on a remote site.
 
@@ -42,14 +42,39 @@ from phpo.schemas.search_space import (
     NormalParam,
     SearchSpace,
 )
-from phpo.schemas.upstream import substitute_placeholders
+from phpo.schemas.payload import (
+    CONTROL_FILE,
+    ENV_AGENT,
+    ENV_ATTEMPT,
+    ENV_CKPT_LOAD,
+    ENV_CKPT_SAVE,
+    ENV_CONTROL,
+    ENV_INPUT,
+    ENV_INTERMEDIATE,
+    ENV_JOB_ID,
+    ENV_META,
+    ENV_METRICS,
+    ENV_OUTPUT,
+    ENV_POINT_ID,
+    ENV_POINT_SERIAL,
+    ENV_RESUMED,
+    ENV_SEGMENT,
+    ENV_SEGMENT_ID,
+    ENV_SITE,
+    ENV_TASK_ID,
+    ENV_TRAINING,
+    ENV_WORKDIR,
+    INTERMEDIATE_FILE,
+    PHPO_DIR,
+)
+from phpo.schemas.upstream import evaluation_command
 from rich.markup import escape
 
 from phpo.client.cli.commands import EXIT_FAILED, EXIT_OK, _sandbox_files, err_console, print_json
 from phpo.client.cli.upstream import CliError, build_spec, collect_options
 from phpo.client.sandbox import pack, plan_sandbox
 
-from .agent import CONTROL_FILE, INTERMEDIATE_FILE, PHPO_DIR, Outcome, read_output
+from .results import Outcome, read_output
 from .mlflow_local import payload_env as mlflow_payload_env
 
 
@@ -86,8 +111,10 @@ def _point(spec: TaskSpec, given: str | None, segment: int, warn) -> dict[str, A
     space = spec.segment_spaces()[segment]
     if given is None:
         if space is None:
-            raise CliError("run-local: the task has no search space (its steering makes the points); "
-                           "give the point with --point '{\"lr\": 0.01}'")
+            raise CliError(
+                "run-local: the task has no search space (its steering makes the points); "
+                "give the point with --point '{\"lr\": 0.01}'"
+            )
         return middle_point(space)
     try:
         point = json.loads(given)
@@ -112,13 +139,28 @@ def _tee(src, *sinks) -> threading.Thread:
     return t
 
 
-def _run(command: str, workdir: Path, env: dict[str, str], timeout: float | None,
-         stdout_path: Path, stderr_path: Path, quiet: bool) -> tuple[str, int | None, float]:
+def _run(
+    command: str,
+    workdir: Path,
+    env: dict[str, str],
+    timeout: float | None,
+    stdout_path: Path,
+    stderr_path: Path,
+    quiet: bool,
+) -> tuple[str, int | None, float]:
     """Run ``command`` through the shell in ``workdir``; (outcome, exit code, seconds)."""
     t0 = time.monotonic()
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(command, shell=True, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            shell=True,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         term = [] if quiet else [sys.stderr.buffer]
         pumps = [_tee(proc.stdout, out, *term), _tee(proc.stderr, err, *term)]
         outcome = "exited"
@@ -156,15 +198,21 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     elif args.segment in names:
         seg = names.index(args.segment)
     else:
-        raise CliError(f"--segment: the task has no segment {args.segment!r} (its segments: {', '.join(names)})")
+        raise CliError(
+            f"--segment: the task has no segment {args.segment!r} (its segments: {', '.join(names)})"
+        )
     point = _point(spec, args.point, seg, warn)
     if spec.evaluationContainer:
-        warn(f"evaluationContainer {spec.evaluationContainer!r} is not used: the command runs in this environment")
+        warn(
+            f"evaluationContainer {spec.evaluationContainer!r} is not used: the command runs in this environment"
+        )
     plan = plan_sandbox(os.getcwd(), _sandbox_files(options.get("sandboxFiles")))
     tarball = pack(plan)  # the size cap of a real submit applies
     err.print(escape(plan.summary()), style="dim")
 
-    workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="phpo-run-local-"))
+    workdir = (
+        Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="phpo-run-local-"))
+    )
     if args.workdir:
         if workdir.exists() and any(workdir.iterdir()):
             raise CliError(f"--workdir: '{workdir}' is not empty; give a new or empty directory")
@@ -180,45 +228,79 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     training = segment_files or list(spec.trainingFiles)
     if training:
         (rundir / spec.evaluationTrainingData).write_text(json.dumps(training))
-    command = spec.evaluationExec
-    if spec.segments:
-        command = substitute_placeholders(command, {"%SEGMENT_NAME": names[seg]})
-    env = {**os.environ, "PHPO_WORKDIR": str(rundir), "PHPO_INPUT_FILE": spec.evaluationInput,
-           "PHPO_OUTPUT_FILE": spec.evaluationOutput, "PHPO_POINT_ID": "0", "PHPO_POINT_SERIAL": "0",
-           "PHPO_ATTEMPT": "1", "PHPO_RESUMED": "0", "PHPO_SEGMENT": names[seg], "PHPO_SEGMENT_ID": str(seg),
-           "PHPO_TASK_ID": "0", "PHPO_JOB_ID": "0", "PHPO_SITE": "local", "PHPO_AGENT": "run-local",
-           "PHPO_INTERMEDIATE_FILE": INTERMEDIATE_FILE, "PHPO_CONTROL_FILE": CONTROL_FILE,
-           "PHPO_CHECKPOINT_TO_SAVE": spec.checkPointToSave or ""}
+    command = evaluation_command(spec.evaluationExec, names[seg])  # as the server hands it to an agent
+    env = {
+        **os.environ,
+        ENV_WORKDIR: str(rundir),
+        ENV_INPUT: spec.evaluationInput,
+        ENV_OUTPUT: spec.evaluationOutput,
+        ENV_POINT_ID: "0",
+        ENV_POINT_SERIAL: "0",
+        ENV_ATTEMPT: "1",
+        ENV_RESUMED: "0",
+        ENV_SEGMENT: names[seg],
+        ENV_SEGMENT_ID: str(seg),
+        ENV_TASK_ID: "0",
+        ENV_JOB_ID: "0",
+        ENV_SITE: "local",
+        ENV_AGENT: "run-local",
+        ENV_INTERMEDIATE: INTERMEDIATE_FILE,
+        ENV_CONTROL: CONTROL_FILE,
+        ENV_CKPT_SAVE: spec.checkPointToSave or "",
+    }
     (rundir / PHPO_DIR).mkdir(exist_ok=True)
     if training:
-        env["PHPO_TRAINING_DATA_FILE"] = spec.evaluationTrainingData
-    for key, value in (("PHPO_CHECKPOINT_TO_LOAD", spec.checkPointToLoad), ("PHPO_META_FILE", spec.evaluationMeta),
-                       ("PHPO_METRICS_FILE", spec.evaluationMetrics)):
+        env[ENV_TRAINING] = spec.evaluationTrainingData
+    for key, value in (
+        (ENV_CKPT_LOAD, spec.checkPointToLoad),
+        (ENV_META, spec.evaluationMeta),
+        (ENV_METRICS, spec.evaluationMetrics),
+    ):
         if value:
             env[key] = value
     env.pop("MLFLOW_RUN_ID", None)
     env.update(mlflow_payload_env(str(rundir), True, None))  # MLflow calls go to ./mlruns, as on an agent
     timeout = args.timeout if args.timeout is not None else spec.evaluationTimeout
     err.print(f"[bold]run-local[/]: point {escape(json.dumps(point))}\n  in {rundir}\n  $ {escape(command)}")
-    outcome, rc, seconds = _run(command, rundir, env, timeout, logdir / "stdout.txt", logdir / "stderr.txt",
-                                args.quiet)
+    outcome, rc, seconds = _run(
+        command, rundir, env, timeout, logdir / "stdout.txt", logdir / "stderr.txt", args.quiet
+    )
     if outcome == "interrupted":
         err.print(f"interrupted; the job directory stays: {workdir}")
         return 130
-    result = read_output(rundir / spec.evaluationOutput, Outcome.timeout if outcome == "timeout" else Outcome.exited,
-                         rc, logdir / "stderr.txt", 0, timeout)
+    result = read_output(
+        rundir / spec.evaluationOutput,
+        Outcome.timeout if outcome == "timeout" else Outcome.exited,
+        rc,
+        logdir / "stderr.txt",
+        0,
+        timeout,
+    )
     ok = result.status == 0 and result.loss is not None
     notes = _checkpoint_notes(spec, rundir) if ok else []
     if args.json:
-        print_json({"ok": ok, "point": point, "exit_code": rc, "seconds": round(seconds, 3), "workdir": str(workdir),
-                    **result.model_dump(mode="json", exclude={"point_id"}), "notes": notes})
+        print_json(
+            {
+                "ok": ok,
+                "point": point,
+                "exit_code": rc,
+                "seconds": round(seconds, 3),
+                "workdir": str(workdir),
+                **result.model_dump(mode="json", exclude={"point_id"}),
+                "notes": notes,
+            }
+        )
     if ok:
-        err.print(f"[bold green]✔ the payload works[/] in {seconds:.1f} s: loss {result.loss}"
-                  + (f", metrics {escape(json.dumps(result.metrics))}" if result.metrics else ""))
+        err.print(
+            f"[bold green]✔ the payload works[/] in {seconds:.1f} s: loss {result.loss}"
+            + (f", metrics {escape(json.dumps(result.metrics))}" if result.metrics else "")
+        )
         for n in notes:
             warn(n)
     else:
-        err.print(f"[bold red]✘ this point would fail[/] (exit code {rc}, {seconds:.1f} s):\n{escape(result.message or '')}")
+        err.print(
+            f"[bold red]✘ this point would fail[/] (exit code {rc}, {seconds:.1f} s):\n{escape(result.message or '')}"
+        )
     if ok and not args.keep and not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
@@ -229,5 +311,8 @@ def cmd_run_local(args: argparse.Namespace) -> int:
 def _checkpoint_notes(spec: TaskSpec, rundir: Path) -> list[str]:
     """What --checkPointToSave names but the payload did not create (nothing would be saved)."""
     names = [x.strip() for x in (spec.checkPointToSave or "").split(",") if x.strip()]
-    return [f"checkPointToSave names '{n}' but the payload did not create it: no checkpoint would be saved"
-            for n in names if not (rundir / n).exists()]
+    return [
+        f"checkPointToSave names '{n}' but the payload did not create it: no checkpoint would be saved"
+        for n in names
+        if not (rundir / n).exists()
+    ]

@@ -38,14 +38,64 @@ from .runners.subprocess import command_env
 # docker run options phpo reads; the other known ones are accepted and left to the agent
 _WITH_VALUE_USED = {"-v", "--volume", "-e", "--env", "-w", "--workdir", "--entrypoint"}
 _WITH_VALUE_IGNORED = {
-    "--name", "-u", "--user", "--network", "--net", "--gpus", "--shm-size", "--ipc", "-m", "--memory",
-    "--cpus", "--hostname", "-h", "--label", "-l", "--platform", "--pull", "--runtime", "--security-opt",
-    "--ulimit", "--cap-add", "--cap-drop", "--add-host", "--dns", "--log-driver", "--log-opt",
-    "--stop-signal", "--stop-timeout", "--pid", "--uts", "--userns", "--cgroupns", "--env-file",
-    "--cpuset-cpus", "--memory-swap", "--group-add", "--tmpfs", "--mount", "--device", "-p", "--publish",
+    "--name",
+    "-u",
+    "--user",
+    "--network",
+    "--net",
+    "--gpus",
+    "--shm-size",
+    "--ipc",
+    "-m",
+    "--memory",
+    "--cpus",
+    "--hostname",
+    "-h",
+    "--label",
+    "-l",
+    "--platform",
+    "--pull",
+    "--runtime",
+    "--security-opt",
+    "--ulimit",
+    "--cap-add",
+    "--cap-drop",
+    "--add-host",
+    "--dns",
+    "--log-driver",
+    "--log-opt",
+    "--stop-signal",
+    "--stop-timeout",
+    "--pid",
+    "--uts",
+    "--userns",
+    "--cgroupns",
+    "--env-file",
+    "--cpuset-cpus",
+    "--memory-swap",
+    "--group-add",
+    "--tmpfs",
+    "--mount",
+    "--device",
+    "-p",
+    "--publish",
 }
-_FLAGS = {"--rm", "-i", "--interactive", "-t", "--tty", "-d", "--detach", "--init", "--privileged",
-          "--read-only", "-q", "--quiet", "--no-healthcheck", "--sig-proxy"}
+_FLAGS = {
+    "--rm",
+    "-i",
+    "--interactive",
+    "-t",
+    "--tty",
+    "-d",
+    "--detach",
+    "--init",
+    "--privileged",
+    "--read-only",
+    "-q",
+    "--quiet",
+    "--no-healthcheck",
+    "--sig-proxy",
+}
 
 
 @dataclass
@@ -66,13 +116,24 @@ def expand_like_a_shell(args: str, cwd: Path, env: dict[str, str], timeout: floa
     ``docker``. Expansions (``$(pwd)``, ``$PWD``, ``${VAR}``) happen as they would there."""
     script = "printf '%s\\0' " + args
     try:
-        p = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            ["bash", "-c", script],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.SubprocessError) as e:
-        raise ExecutorError(f"cannot read the steering command's docker arguments: {e}", retryable=False) from e
+        raise ExecutorError(
+            f"cannot read the steering command's docker arguments: {e}", retryable=False
+        ) from e
     if p.returncode != 0:
-        raise ExecutorError("the steering command's docker arguments are not a valid shell command line: "
-                            + p.stderr.decode(errors="replace")[-2000:], retryable=False)
+        raise ExecutorError(
+            "the steering command's docker arguments are not a valid shell command line: "
+            + p.stderr.decode(errors="replace")[-2000:],
+            retryable=False,
+        )
     words = p.stdout.decode(errors="replace").split("\0")
     return words[:-1] if words and words[-1] == "" else words
 
@@ -81,8 +142,9 @@ def parse_docker_run(words: list[str], workdir: Path) -> DockerRun:
     """Read ``run [OPTIONS] IMAGE [COMMAND...]``. Mount sources must be the working directory
     or inside it; an option phpo does not know is an error naming it."""
     if words[:1] != ["run"]:
-        raise ExecutorError(f"a docker-style steering command must start with 'run', got {words[:1]}",
-                            retryable=False)
+        raise ExecutorError(
+            f"a docker-style steering command must start with 'run', got {words[:1]}", retryable=False
+        )
     root = workdir.resolve()
     run = DockerRun(image="", argv=[])
     i = 1
@@ -90,16 +152,19 @@ def parse_docker_run(words: list[str], workdir: Path) -> DockerRun:
         w = words[i]
         if not w.startswith("-") or w == "-":
             run.image = w
-            run.argv = words[i + 1:]
+            run.argv = words[i + 1 :]
             return run
         name, eq, inline = w.partition("=")
-        if name in _FLAGS or (not eq and len(w) > 2 and w[0] == "-" and w[1] != "-"
-                              and all(f"-{c}" in _FLAGS for c in w[1:])):
+        if name in _FLAGS or (
+            not eq and len(w) > 2 and w[0] == "-" and w[1] != "-" and all(f"-{c}" in _FLAGS for c in w[1:])
+        ):
             i += 1
             continue
         if name not in _WITH_VALUE_USED | _WITH_VALUE_IGNORED:
-            raise ExecutorError(f"docker run option {name!r} is not known to phpo; remove it from the "
-                                "steering command", retryable=False)
+            raise ExecutorError(
+                f"docker run option {name!r} is not known to phpo; remove it from the steering command",
+                retryable=False,
+            )
         if eq:
             value = inline
             i += 1
@@ -115,8 +180,11 @@ def parse_docker_run(words: list[str], workdir: Path) -> DockerRun:
                 raise ExecutorError(f"cannot read the mount {value!r}; expected SRC:DST", retryable=False)
             host = Path(src).resolve()
             if host != root and root not in host.parents:
-                raise ExecutorError(f"the steering container may mount only its working directory (\"$(pwd)\" "
-                                    f"or a directory in it), not {src!r}", retryable=False)
+                raise ExecutorError(
+                    f'the steering container may mount only its working directory ("$(pwd)" '
+                    f"or a directory in it), not {src!r}",
+                    retryable=False,
+                )
             run.mounts[str(host)] = dst
         elif name in ("-e", "--env"):
             k, has, v = value.partition("=")
@@ -130,8 +198,9 @@ def parse_docker_run(words: list[str], workdir: Path) -> DockerRun:
             run.entrypoint = [value] if value else []
         else:
             run.ignored.append(name)
-    raise ExecutorError("the docker-style steering command names no image ('run [OPTIONS] IMAGE ...')",
-                        retryable=False)
+    raise ExecutorError(
+        "the docker-style steering command names no image ('run [OPTIONS] IMAGE ...')", retryable=False
+    )
 
 
 def prepare(spec: RunSpec, command: str, container: str | None, num_points: int, max_points: int) -> str:

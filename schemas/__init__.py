@@ -33,6 +33,7 @@ from .jobs import (
     PointResult,
     SteeringSettings,
 )
+from .models import RegisteredModel, model_name
 from .points import BestPoint, EvaluationOutput, IntermediateValue, Loss, Point, check_loss
 from .search_space import (
     ArrayParam,
@@ -55,7 +56,15 @@ from .states import (
     WorkflowState,
     check_transition,
 )
-from .tasks import DEFAULT_OPTIMIZER, SegmentSearchSpace, SegmentSpec, Task, TaskCounts, TaskSpec, parse_duration_minutes
+from .tasks import (
+    DEFAULT_OPTIMIZER,
+    SegmentSearchSpace,
+    SegmentSpec,
+    Task,
+    TaskCounts,
+    TaskSpec,
+    parse_duration_minutes,
+)
 from .workflows import Workflow, WorkflowNodeRecord, WorkflowSpec, WorkflowSubmit, workflow_json_schema
 
 __all__ = [name for name in dir() if not name.startswith("_")]

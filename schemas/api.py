@@ -1,6 +1,7 @@
 """Request/response bodies of the REST API and its route table.
 
 All routes live under ``/api/v1`` and need ``Authorization: Bearer <token>`` (except health).
+The web view is served at ``/ui/`` (static files; it calls these routes with the user's token).
 Errors are :class:`ErrorBody` JSON with a machine-readable ``code``.
 
 =======  ======================================  ===========  ==============================
@@ -19,8 +20,11 @@ POST     /tasks/{id}/cancel|pause|resume         user         -> Task
 GET      /tasks/{id}/segments?limit&offset&sort  user         -> Page[Segment]
 GET      /tasks/{id}/points?segment=&state=&limit&offset&sort   -> Page[Point]
 GET      /tasks/{id}/best?segment=               user         -> list[BestPoint] (one per segment)
+GET      /tasks/{id}/models                      user         -> list[RegisteredModel] (one per segment)
 GET      /tasks/{id}/iterations?limit&offset     user         -> Page[SteeringIteration]
 GET      /tasks/{id}/artifacts?kind=&point_id=   user         -> Page[Artifact]
+GET      /tasks/{id}/plots/{kind}?segment=       user         -> plotly figure JSON (409: too few points)
+GET      /tasks/{id}/runs                        user         -> the MLflow run (and UI link) of each point
 GET      /artifacts/{id}                         user|agent   -> bytes (streamed; agents: their jobs' only)
 POST     /jobs/acquire                           agent        AcquireRequest -> Job | 204
 POST     /jobs/{id}/heartbeat                    agent        HeartbeatRequest -> HeartbeatResponse
@@ -91,15 +95,18 @@ class Health(BaseModel):
     status: str = Field(default="ok", description="ok, or failing (HTTP 503) with the problems named")
     version: str
     database: str = Field(description="sqlite or postgresql")
-    problems: list[str] = Field(default_factory=list, description="what is wrong with the database or the "
-                                                                  "artifact store, each naming the path")
+    problems: list[str] = Field(
+        default_factory=list,
+        description="what is wrong with the database or the artifact store, each naming the path",
+    )
 
 
 class Me(BaseModel):
     name: str
     role: Role
-    sites: list[str] | None = Field(default=None, description="agent tokens: the sites they may take jobs for "
-                                                              "(absent: any site)")
+    sites: list[str] | None = Field(
+        default=None, description="agent tokens: the sites they may take jobs for (absent: any site)"
+    )
 
 
 SITE_NAME = r"^[^,\s]([^,]{0,198}[^,\s])?$"  # what an agent's --site may be, without commas
@@ -110,8 +117,11 @@ class TokenCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     role: Role = Role.user
     sites: list[Annotated[str, Field(pattern=SITE_NAME)]] | None = Field(
-        default=None, min_length=1, max_length=100,
-        description="agent tokens only: the sites the token may take jobs for (default: any site)")
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="agent tokens only: the sites the token may take jobs for (default: any site)",
+    )
 
     @model_validator(mode="after")
     def _sites_for_agents(self) -> TokenCreate:

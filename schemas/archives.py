@@ -90,8 +90,10 @@ def member_parts(name: str) -> tuple[str, ...]:
     if why is None and ".." in parts:
         why = "it holds '..'"
     if why:
-        raise ArchiveError(f"unsafe member name {name!r}: {why}; members must be relative paths inside "
-                           "the archive", member=name)
+        raise ArchiveError(
+            f"unsafe member name {name!r}: {why}; members must be relative paths inside the archive",
+            member=name,
+        )
     return parts
 
 
@@ -113,8 +115,9 @@ def _kind(m: tarfile.TarInfo) -> str | None:
 # ------------------------------------------------------------------- opening without links
 
 
-def _open_dir(parent_fd: int, name: str, *, create: bool, mode: int = 0o755,
-              owner: tuple[int, int] | None = None) -> int:
+def _open_dir(
+    parent_fd: int, name: str, *, create: bool, mode: int = 0o755, owner: tuple[int, int] | None = None
+) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except FileNotFoundError:
@@ -128,8 +131,13 @@ def _open_dir(parent_fd: int, name: str, *, create: bool, mode: int = 0o755,
     return fd
 
 
-def open_dir_beneath(root: int | str | os.PathLike[str], parts: tuple[str, ...] | list[str], *,
-                     create: bool = False, owner: tuple[int, int] | None = None) -> int:
+def open_dir_beneath(
+    root: int | str | os.PathLike[str],
+    parts: tuple[str, ...] | list[str],
+    *,
+    create: bool = False,
+    owner: tuple[int, int] | None = None,
+) -> int:
     """A file descriptor of the directory ``root/parts...``, every component opened with
     ``O_NOFOLLOW`` relative to the one before: a symbolic link anywhere below ``root`` raises
     ``OSError`` (ELOOP or ENOTDIR) instead of leading elsewhere. ``create`` makes missing
@@ -156,8 +164,9 @@ def _rel_parts(rel: str | os.PathLike[str]) -> list[str]:
     return parts
 
 
-def open_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str], flags: int = os.O_RDONLY,
-                 mode: int = 0o644) -> int:
+def open_beneath(
+    root: str | os.PathLike[str], rel: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o644
+) -> int:
     """``os.open(root/rel, flags)`` where no component of ``rel``, the last one included, may be
     a symbolic link: how a privileged process touches files in a directory someone less
     privileged controls (a payload's working directory) without being led elsewhere."""
@@ -169,7 +178,9 @@ def open_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str], flag
         os.close(dfd)
 
 
-def read_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str], max_bytes: int | None = None) -> bytes:
+def read_beneath(
+    root: str | os.PathLike[str], rel: str | os.PathLike[str], max_bytes: int | None = None
+) -> bytes:
     """The bytes of the regular file ``root/rel``, no link followed (see :func:`open_beneath`);
     ``OSError`` when it is not a regular file or holds more than ``max_bytes`` (EFBIG)."""
     fd = open_beneath(root, rel, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang us
@@ -182,8 +193,13 @@ def read_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str], max_
     return data
 
 
-def write_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str], data: bytes, mode: int = 0o644,
-                  owner: tuple[int, int] | None = None) -> None:
+def write_beneath(
+    root: str | os.PathLike[str],
+    rel: str | os.PathLike[str],
+    data: bytes,
+    mode: int = 0o644,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """Write ``root/rel`` whole: under a temporary name in its directory, then renamed over
     whatever was there (a link there is replaced, not followed); missing directories are made."""
     parts = _rel_parts(rel)
@@ -217,8 +233,16 @@ def unlink_beneath(root: str | os.PathLike[str], rel: str | os.PathLike[str]) ->
         os.close(dfd)
 
 
-def _write_file(dfd: int, name: str, src: IO[bytes], size: int, mode: int, mtime: float | None,
-                owner: tuple[int, int] | None, label: str) -> int:
+def _write_file(
+    dfd: int,
+    name: str,
+    src: IO[bytes],
+    size: int,
+    mode: int,
+    mtime: float | None,
+    owner: tuple[int, int] | None,
+    label: str,
+) -> int:
     tmp = f".phpo-tmp-{secrets.token_hex(6)}-{name}"[:200]
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
     written = 0
@@ -241,7 +265,9 @@ def _write_file(dfd: int, name: str, src: IO[bytes], size: int, mode: int, mtime
         try:
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except IsADirectoryError:
-            raise ArchiveError(f"member {label!r}: a directory of that name is already there", member=label) from None
+            raise ArchiveError(
+                f"member {label!r}: a directory of that name is already there", member=label
+            ) from None
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -267,8 +293,10 @@ class _Budget:
         data = self.f.read(n if n is not None and n >= 0 else _COPY)
         self.consumed += len(data)
         if self.consumed > self.limit:
-            raise ArchiveError(f"the archive has more than {HEADER_ALLOWANCE} bytes of tar headers between "
-                               "two members (a crafted header?)")
+            raise ArchiveError(
+                f"the archive has more than {HEADER_ALLOWANCE} bytes of tar headers between "
+                "two members (a crafted header?)"
+            )
         return data
 
 
@@ -287,9 +315,15 @@ def _decompressed(raw: IO[bytes]) -> IO[bytes]:
 Select = Callable[[tuple[str, ...], tarfile.TarInfo], "tuple[str, ...] | None"]
 
 
-def extract(tarball: str | os.PathLike[str] | IO[bytes], dest: str | os.PathLike[str], *,
-            limits: ArchiveLimits = DEFAULT_LIMITS, select: Select | None = None, skip_other: bool = False,
-            owner: tuple[int, int] | None = None) -> Extracted:
+def extract(
+    tarball: str | os.PathLike[str] | IO[bytes],
+    dest: str | os.PathLike[str],
+    *,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
+    select: Select | None = None,
+    skip_other: bool = False,
+    owner: tuple[int, int] | None = None,
+) -> Extracted:
     """Unpack the tar archive ``tarball`` (a path or a seekable binary file; plain, gzip, bzip2
     or xz) member by member into the existing directory ``dest``; raises :class:`ArchiveError`
     naming the member at fault.
@@ -324,30 +358,47 @@ def extract(tarball: str | os.PathLike[str] | IO[bytes], dest: str | os.PathLike
                         raise ArchiveError(f"the archive is damaged after {members} members: {e}") from None
                     members += 1
                     if members > limits.max_members:
-                        raise ArchiveError(f"the archive has more than {limits.max_members} members", member=m.name)
+                        raise ArchiveError(
+                            f"the archive has more than {limits.max_members} members", member=m.name
+                        )
                     parts = member_parts(m.name)
                     what = _kind(m)
                     if what is not None and not skip_other:
-                        raise ArchiveError(f"member {m.name!r} is {what}: archives may hold only regular files "
-                                           "and directories", member=m.name)
+                        raise ArchiveError(
+                            f"member {m.name!r} is {what}: archives may hold only regular files "
+                            "and directories",
+                            member=m.name,
+                        )
                     size = m.size if m.isreg() else 0
-                    budget.limit = budget.consumed + tarfile.BLOCKSIZE * -(-size // tarfile.BLOCKSIZE) \
-                        + HEADER_ALLOWANCE + tarfile.RECORDSIZE
+                    budget.limit = (
+                        budget.consumed
+                        + tarfile.BLOCKSIZE * -(-size // tarfile.BLOCKSIZE)
+                        + HEADER_ALLOWANCE
+                        + tarfile.RECORDSIZE
+                    )
                     target = parts if what is None and parts else None
                     if target is not None and select is not None:
                         target = select(parts, m)
                     if not target:
                         skipped += size
                         if skipped > skipped_limit:
-                            raise ArchiveError(f"the archive holds more than {skipped_limit} bytes besides what "
-                                               "is unpacked", member=m.name)
+                            raise ArchiveError(
+                                f"the archive holds more than {skipped_limit} bytes besides what is unpacked",
+                                member=m.name,
+                            )
                         continue
                     if size > limits.max_member_bytes:
-                        raise ArchiveError(f"member {m.name!r} is {size} bytes, over the limit of "
-                                           f"{limits.max_member_bytes} bytes per member", member=m.name)
+                        raise ArchiveError(
+                            f"member {m.name!r} is {size} bytes, over the limit of "
+                            f"{limits.max_member_bytes} bytes per member",
+                            member=m.name,
+                        )
                     if done.bytes + size > limits.max_total_bytes:
-                        raise ArchiveError(f"the archive unpacks to more than {limits.max_total_bytes} bytes "
-                                           f"(at member {m.name!r})", member=m.name)
+                        raise ArchiveError(
+                            f"the archive unpacks to more than {limits.max_total_bytes} bytes "
+                            f"(at member {m.name!r})",
+                            member=m.name,
+                        )
                     dirs = target if m.isdir() else target[:-1]
                     try:
                         if cache is None or cache[0] != dirs:
@@ -365,15 +416,20 @@ def extract(tarball: str | os.PathLike[str] | IO[bytes], dest: str | os.PathLike
                     except ArchiveError:
                         raise
                     except (tarfile.TarError, EOFError, lzma.LZMAError) as e:
-                        raise ArchiveError(f"the archive is damaged at member {m.name!r}: {e}",
-                                           member=m.name) from None
+                        raise ArchiveError(
+                            f"the archive is damaged at member {m.name!r}: {e}", member=m.name
+                        ) from None
                     except OSError as e:
                         if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
-                            raise ArchiveError(f"member {m.name!r}: a symbolic link or a file is in its way in "
-                                               "the destination; nothing is written through links",
-                                               member=m.name) from None
+                            raise ArchiveError(
+                                f"member {m.name!r}: a symbolic link or a file is in its way in "
+                                "the destination; nothing is written through links",
+                                member=m.name,
+                            ) from None
                         if e.errno == errno.ENAMETOOLONG:
-                            raise ArchiveError(f"member {m.name!r}: a name is too long", member=m.name) from None
+                            raise ArchiveError(
+                                f"member {m.name!r}: a name is too long", member=m.name
+                            ) from None
                         raise
                     if n != size:
                         raise ArchiveError(f"the archive ends inside member {m.name!r}", member=m.name)

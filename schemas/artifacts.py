@@ -22,8 +22,10 @@ def check_artifact_name(name: str) -> str:
     for i, ch in enumerate(name):
         code = ord(ch)
         if code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF:
-            raise ValueError(f"the name has the control character U+{code:04X} at position {i}; "
-                             "use printable characters only")
+            raise ValueError(
+                f"the name has the control character U+{code:04X} at position {i}; "
+                "use printable characters only"
+            )
     return name
 
 
@@ -33,6 +35,7 @@ class ArtifactKind(StrEnum):
     log = "log"
     meta = "meta"
     metrics = "metrics"
+    specs = "specs"  # a task's phpo.data specs, shared by its jobs (phpo.schemas.data_specs)
     other = "other"
 
 

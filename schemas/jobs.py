@@ -47,8 +47,17 @@ class AcquireRequest(BaseModel):
     resources: AgentResources = Field(default_factory=AgentResources)
     kinds: list[JobKind] = Field(default_factory=lambda: [JobKind.evaluation, JobKind.steering])
     wait_s: float = Field(
-        default=0.0, ge=0.0, le=MAX_ACQUIRE_WAIT_S,
+        default=0.0,
+        ge=0.0,
+        le=MAX_ACQUIRE_WAIT_S,
         description="long poll: when no job is ready, wait up to this many seconds for one (0: answer at once)",
+    )
+    rendezvous_endpoint: str | None = Field(
+        default=None,
+        max_length=300,
+        pattern=r"^[^\s:/]+:[0-9]{1,5}$",
+        description="HOST:PORT where this agent would host the rendezvous of a point trained by several agents "
+        "(nNodesPerPoint > 1), if it leads one; an agent that sends none is not given such points",
     )
 
 
@@ -59,7 +68,9 @@ class JobPoint(BaseModel):
     attempt: int = Field(description="1 for the first try")
     checkpoint_artifact: int | None = Field(default=None, description="latest checkpoint to resume from")
     mlflow_run_id: str | None = Field(
-        default=None, description="MLflow run of this point, if it exists yet (the payload's PHPO_MLFLOW_RUN_ID)")
+        default=None,
+        description="MLflow run of this point, if it exists yet (the payload's PHPO_MLFLOW_RUN_ID)",
+    )
 
 
 class EvaluationSettings(BaseModel):
@@ -79,7 +90,10 @@ class EvaluationSettings(BaseModel):
     training_files: list[str] = Field(default_factory=list)
     sandbox_artifact: int | None = None
     processes: int = Field(default=1, ge=1, description="ranks per point (nProcessesPerPoint)")
-    launcher: str = Field(default="none", description="none | torchrun")
+    launcher: str = Field(default="none", description="none | torchrun | horovodrun | dask")
+    intermediate_metric: str | None = Field(
+        default=None, description="the payload's own MLflow metric read as its intermediate values"
+    )
 
 
 class SteeringSettings(BaseModel):
@@ -92,6 +106,23 @@ class SteeringSettings(BaseModel):
     max_points: int
     sandbox_artifact: int | None = None
     timeout_s: float = 600.0
+
+
+class GangInfo(BaseModel):
+    """A point trained by several agents together (``nNodesPerPoint``): this job's place in its gang."""
+
+    size_min: int = Field(ge=1, description="agents the point needs before it starts (MIN)")
+    size_max: int = Field(ge=1, description="agents it may grow to (MAX; equal to MIN unless elastic)")
+    node_rank: int = Field(
+        ge=0, description="0: this agent hosts the rendezvous and reports the point's result"
+    )
+    leader_job_id: int = Field(description="the job of node rank 0 (torchrun's --rdzv-id is job<ID>)")
+    endpoint: str = Field(description="HOST:PORT of the rendezvous (node rank 0's agent)")
+    formed: bool = Field(default=False, description="MIN agents have joined: start the payload")
+    members: int = Field(default=1, description="agents in the gang now")
+    message: str | None = Field(
+        default=None, description="why the gang ended before it formed (its jobs are cancelled; stop waiting)"
+    )
 
 
 class Job(BaseModel):
@@ -109,15 +140,20 @@ class Job(BaseModel):
     evaluation: EvaluationSettings | None = None
     steering: SteeringSettings | None = None
     mlflow_tracking_uri: str | None = Field(
-        default=None, description="set when the server bridges to MLflow: the agent then ships the payload's "
-        "./mlruns store, which the server imports into the point's run")
+        default=None,
+        description="set when the server bridges to MLflow: the agent then ships the payload's "
+        "./mlruns store, which the server imports into the point's run",
+    )
+    gang: GangInfo | None = Field(default=None, description="set when the point is trained by several agents")
 
 
 class IntermediateReport(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
     point_id: int
     step: int
-    value: float | None = Field(description="null where the payload reported NaN or Infinity (JSON has neither)")
+    value: float | None = Field(
+        description="null where the payload reported NaN or Infinity (JSON has neither)"
+    )
 
 
 class HeartbeatRequest(BaseModel):
@@ -128,10 +164,18 @@ class HeartbeatRequest(BaseModel):
 
 class HeartbeatResponse(BaseModel):
     lease_expires_at: datetime
-    cancel: bool = Field(default=False, description="stop the job now: its task has ended (cancelled, failed, finished)")
-    pause: bool = Field(default=False, description="its task is paused: finish the running point, start no "
-                        "further point of this job (they go back to ready, no attempt spent)")
+    cancel: bool = Field(
+        default=False, description="stop the job now: its task has ended (cancelled, failed, finished)"
+    )
+    pause: bool = Field(
+        default=False,
+        description="its task is paused: finish the running point, start no "
+        "further point of this job (they go back to ready, no attempt spent)",
+    )
     stop_points: list[int] = Field(default_factory=list, description="points to stop early (pruning)")
+    gang: GangInfo | None = Field(
+        default=None, description="a point of several agents: whether its gang formed"
+    )
 
 
 class PointResult(BaseModel):

@@ -44,8 +44,11 @@ class Point(BaseModel):
     state: PointState
     loss: Loss | None = None
     metrics: dict[str, Any] | None = None
-    attempts: int = Field(default=0, description="runs of this point so far: failed or lost ones, plus the one "
-                          "that evaluated it or runs it now")
+    attempts: int = Field(
+        default=0,
+        description="runs of this point so far: failed or lost ones, plus the one "
+        "that evaluated it or runs it now",
+    )
     error: str | None = None
     intermediate: list[IntermediateValue] = Field(default_factory=list)
     created_at: datetime | None = None

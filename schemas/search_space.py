@@ -127,7 +127,7 @@ class SearchSpace(BaseModel):
     @model_validator(mode="after")
     def _check_conditions(self) -> SearchSpace:
         for name, p in self.params.items():
-            for parent in (p.when or {}):
+            for parent in p.when or {}:
                 if parent == name:
                     raise ValueError(f"parameter '{name}': 'when' refers to itself")
                 if parent not in self.params:
@@ -240,8 +240,7 @@ def _build(name: str, cls: type, **kw: Any) -> Any:
 
 
 METHODS = (
-    "categorical uniform uniformint quniform loguniform qloguniform normal qnormal "
-    "lognormal qlognormal fixed"
+    "categorical uniform uniformint quniform loguniform qloguniform normal qnormal lognormal qlognormal fixed"
 ).split()
 
 
@@ -275,9 +274,7 @@ def _from_method(name: str, spec: dict) -> Any:
         if method.startswith("q"):
             kw["step"] = _num(name, dim, "q")
         return _build(name, NormalParam, **kw)
-    raise SearchSpaceError(
-        f"parameter '{name}': unknown method {method!r} (known: {', '.join(METHODS)})"
-    )
+    raise SearchSpaceError(f"parameter '{name}': unknown method {method!r} (known: {', '.join(METHODS)})")
 
 
 NG_TYPES = ("Choice", "TransitionChoice", "Scalar", "Log", "Array")
@@ -379,8 +376,9 @@ def check_space_size(raw: dict[str, Any]) -> None:
     for name, spec in raw.items():
         choices = _raw_choices(spec)
         if choices is not None and len(choices) > MAX_CHOICES:
-            raise SearchSpaceError(f"parameter '{name}': {len(choices)} choices; at most {MAX_CHOICES} "
-                                   "are accepted")
+            raise SearchSpaceError(
+                f"parameter '{name}': {len(choices)} choices; at most {MAX_CHOICES} are accepted"
+            )
 
 
 def parse_search_space(raw: Any) -> SearchSpace:

@@ -19,6 +19,7 @@ class Segment(BaseModel):
     n_leased: int = 0
     n_evaluated: int = 0
     n_failed: int = 0
+    n_pruned: int = 0
     n_jobs: int = 0
     best_loss: Loss | None = None
     best_params: dict[str, Any] | None = None

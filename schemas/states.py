@@ -25,6 +25,7 @@ class PointState(StrEnum):
     evaluated = "evaluated"  # has a loss
     failed = "failed"  # every attempt failed; never given a made-up loss
     cancelled = "cancelled"  # its task ended before it was evaluated
+    pruned = "pruned"  # stopped early by the task's pruner; its loss is its last intermediate value
 
 
 class JobState(StrEnum):
@@ -53,9 +54,29 @@ class WorkflowState(StrEnum):
     cancelled = "cancelled"
 
 
+class SegmentState(StrEnum):
+    """A segment's search: stored as the boolean ``segments.finished`` (``open`` = false)."""
+
+    open = "open"  # points may still be generated and leased
+    finished = "finished"  # its search ended (``finished_reason`` says why); never reopened
+
+
+class MlflowSyncState(StrEnum):
+    """Where a point's (or a segment's parent) MLflow run stands (``synced`` column)."""
+
+    queued = "queued"  # run created SCHEDULED: its point waits for a job
+    open = "open"  # run RUNNING: its point is leased (or ended and its result not sent yet)
+    done = "done"  # terminated with the point's final status
+    error = "error"  # MLflow refused this run or result (a 4xx); never retried
+
+
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.submitted: frozenset({TaskState.running, TaskState.paused, TaskState.failed, TaskState.cancelled}),
-    TaskState.running: frozenset({TaskState.paused, TaskState.finished, TaskState.failed, TaskState.cancelled}),
+    TaskState.submitted: frozenset(
+        {TaskState.running, TaskState.paused, TaskState.failed, TaskState.cancelled}
+    ),
+    TaskState.running: frozenset(
+        {TaskState.paused, TaskState.finished, TaskState.failed, TaskState.cancelled}
+    ),
     TaskState.paused: frozenset({TaskState.running, TaskState.failed, TaskState.cancelled}),
     TaskState.finished: frozenset(),
     TaskState.failed: frozenset(),
@@ -66,9 +87,10 @@ POINT_TRANSITIONS: dict[PointState, frozenset[PointState]] = {
     PointState.ready: frozenset({PointState.leased, PointState.cancelled}),
     # leased -> ready: lost lease or failed attempt with attempts left
     PointState.leased: frozenset(
-        {PointState.evaluated, PointState.failed, PointState.ready, PointState.cancelled}
+        {PointState.evaluated, PointState.failed, PointState.ready, PointState.cancelled, PointState.pruned}
     ),
     PointState.evaluated: frozenset(),
+    PointState.pruned: frozenset(),
     PointState.failed: frozenset(),
     PointState.cancelled: frozenset(),
 }
@@ -94,10 +116,25 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
 }
 
 WORKFLOW_TRANSITIONS: dict[WorkflowState, frozenset[WorkflowState]] = {
-    WorkflowState.running: frozenset({WorkflowState.succeeded, WorkflowState.failed, WorkflowState.cancelled}),
+    WorkflowState.running: frozenset(
+        {WorkflowState.succeeded, WorkflowState.failed, WorkflowState.cancelled}
+    ),
     WorkflowState.succeeded: frozenset(),
     WorkflowState.failed: frozenset(),
     WorkflowState.cancelled: frozenset(),
+}
+
+SEGMENT_TRANSITIONS: dict[SegmentState, frozenset[SegmentState]] = {
+    SegmentState.open: frozenset({SegmentState.finished}),
+    SegmentState.finished: frozenset(),
+}
+
+MLFLOW_SYNC_TRANSITIONS: dict[MlflowSyncState, frozenset[MlflowSyncState]] = {
+    # queued <-> open follows the point (leased, back to ready); either ends done or error
+    MlflowSyncState.queued: frozenset({MlflowSyncState.open, MlflowSyncState.done, MlflowSyncState.error}),
+    MlflowSyncState.open: frozenset({MlflowSyncState.queued, MlflowSyncState.done, MlflowSyncState.error}),
+    MlflowSyncState.done: frozenset(),
+    MlflowSyncState.error: frozenset(),
 }
 
 MACHINES: dict[str, dict] = {
@@ -106,12 +143,24 @@ MACHINES: dict[str, dict] = {
     "job": JOB_TRANSITIONS,
     "node": NODE_TRANSITIONS,
     "workflow": WORKFLOW_TRANSITIONS,
+    "segment": SEGMENT_TRANSITIONS,
+    "mlflow_sync": MLFLOW_SYNC_TRANSITIONS,
 }
 
-TERMINAL_TASK_STATES = frozenset({TaskState.finished, TaskState.failed, TaskState.cancelled})
-TERMINAL_JOB_STATES = frozenset(
-    {JobState.succeeded, JobState.failed, JobState.lost, JobState.cancelled}
-)
+
+def terminal_states(machine: dict) -> frozenset:
+    """The states of ``machine`` with no way out (computed, so a new final state is terminal
+    the moment it is declared)."""
+    return frozenset(state for state, targets in machine.items() if not targets)
+
+
+TERMINAL_TASK_STATES = terminal_states(TASK_TRANSITIONS)
+TERMINAL_POINT_STATES = terminal_states(POINT_TRANSITIONS)
+TERMINAL_JOB_STATES = terminal_states(JOB_TRANSITIONS)
+TERMINAL_WORKFLOW_STATES = terminal_states(WORKFLOW_TRANSITIONS)
+# nodes: done and skipped are re-armed by loops, yet they are the end of one iteration
+TERMINAL_NODE_STATES = frozenset({NodeState.done, NodeState.failed, NodeState.skipped, NodeState.cancelled})
+TERMINAL_MLFLOW_SYNC_STATES = terminal_states(MLFLOW_SYNC_TRANSITIONS)
 
 
 def task_succeeded(state: str, n_evaluated: int) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .payload import DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_TRAINING_DATA
 from .search_space import SearchSpace, SearchSpaceError, parse_search_space
 from .states import TaskState
 
@@ -57,6 +58,24 @@ class SegmentSearchSpace(BaseModel):
     search_space: dict[str, Any]
 
 
+MAX_NODES_PER_POINT = 64
+
+
+def parse_nodes(v: int | str) -> tuple[int, int]:
+    """``nNodesPerPoint``: ``M`` or ``MIN:MAX`` -> (MIN, MAX)."""
+    text = str(v).strip()
+    parts = text.split(":")
+    try:
+        if len(parts) > 2 or isinstance(v, bool):
+            raise ValueError
+        lo, hi = (int(parts[0]), int(parts[-1]))
+    except ValueError:
+        raise ValueError(f"'{v}' is not a number of agents: give M or MIN:MAX (e.g. 2 or 2:4)") from None
+    if not 1 <= lo <= hi <= MAX_NODES_PER_POINT:
+        raise ValueError(f"'{v}': need 1 <= MIN <= MAX <= {MAX_NODES_PER_POINT}")
+    return lo, hi
+
+
 class TaskSpec(BaseModel):
     """What a user submits. ``searchSpace``/``segments`` hold the *contents* of
     ``searchSpaceFile``/``segmentSpecFile`` (the client reads the files); the file names are
@@ -77,9 +96,9 @@ class TaskSpec(BaseModel):
     searchSpaceFile: str | None = None
     evaluationContainer: str | None = None
     evaluationExec: str = Field(min_length=1)
-    evaluationInput: str = "input.json"
-    evaluationTrainingData: str = "input_ds.json"
-    evaluationOutput: str = "output.json"
+    evaluationInput: str = DEFAULT_INPUT
+    evaluationTrainingData: str = DEFAULT_TRAINING_DATA
+    evaluationOutput: str = DEFAULT_OUTPUT
     evaluationMeta: str | None = None
     evaluationMetrics: str | None = None
     checkPointToSave: str | None = None
@@ -95,7 +114,9 @@ class TaskSpec(BaseModel):
         default=None, description="contents of searchSpaceFile, as the user wrote it"
     )
     segments: list[SegmentSpec] | None = Field(default=None, description="contents of segmentSpecFile")
-    optimizer: str | None = Field(default=None, description=f"built-in optimizer; default {DEFAULT_OPTIMIZER}")
+    optimizer: str | None = Field(
+        default=None, description=f"built-in optimizer; default {DEFAULT_OPTIMIZER}"
+    )
     optimizerOptions: dict[str, Any] = Field(default_factory=dict)
     directions: list[Literal["minimize", "maximize"]] | None = Field(
         default=None, description="one per objective; default a single 'minimize'"
@@ -103,10 +124,42 @@ class TaskSpec(BaseModel):
     maxAttempts: int = Field(default=3, ge=1, le=100)
     penaltyLoss: float | None = Field(default=None, description="upstream-compatible loss for failed points")
     evaluationTimeout: float | None = Field(default=None, gt=0, description="seconds per payload run")
-    nProcessesPerPoint: int = Field(default=1, ge=1, le=1024,
-                                    description="processes (ranks) that train one point together on one agent")
-    launcher: Literal["none", "torchrun"] = Field(
-        default="none", description="how the agent starts a point's processes: none (one process) or torchrun")
+    nProcessesPerPoint: int = Field(
+        default=1, ge=1, le=1024, description="processes (ranks) that train one point together on one agent"
+    )
+    launcher: Literal["none", "torchrun", "horovodrun", "dask"] = Field(
+        default="none",
+        description="how the agent starts a point's processes: none (one process), torchrun, "
+        "horovodrun or dask (a Dask cluster of nProcessesPerPoint workers)",
+    )
+    nNodesPerPoint: int | str = Field(
+        default=1,
+        description="agents that train one point together (1 <= M <= 64; needs --launcher torchrun); "
+        "MIN:MAX (an elastic point) is parsed but refused with MIN < MAX: not supported yet",
+    )
+    gangTimeout: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="seconds a point of several agents may hold the slots of the agents "
+        "that joined it before all MIN have; then they are given back",
+    )
+    pruner: Literal["none", "median", "percentile", "asha", "hyperband", "wilcoxon"] = Field(
+        default="none",
+        description="stop hopeless points early on their intermediate values (Optuna's pruners)",
+    )
+    prunerOptions: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the Optuna pruner class"
+    )
+    prunerObjective: int | str | None = Field(
+        default=None, description="multi-objective tasks: the objective (index or name) the pruner watches"
+    )
+    objectiveNames: list[str] | None = Field(default=None, description="names of the objectives, in order")
+    intermediateMetric: str | None = Field(
+        default=None,
+        max_length=250,
+        description="name of the payload's own MLflow metric whose history per step is its intermediate values",
+    )
     trainingFiles: list[str] = Field(default_factory=list, description="resolved trainingDS file list")
     sandbox: str | None = Field(default=None, description="id of the uploaded sandbox tarball")
 
@@ -126,19 +179,40 @@ class TaskSpec(BaseModel):
                     raise ValueError(f"'{item}' must be a relative path inside the working directory")
         return v
 
-    @field_validator("evaluationInput", "evaluationTrainingData", "evaluationOutput", "evaluationMeta",
-                     "evaluationMetrics", "checkPointToLoad")
+    @field_validator(
+        "evaluationInput",
+        "evaluationTrainingData",
+        "evaluationOutput",
+        "evaluationMeta",
+        "evaluationMetrics",
+        "checkPointToLoad",
+    )
     @classmethod
     def _relname(cls, v: str | None) -> str | None:
         if v is not None and (not v or v.startswith("/") or ".." in v.split("/")):
             raise ValueError(f"'{v}' must be a relative file name inside the working directory")
         return v
 
+    @field_validator("nNodesPerPoint")
+    @classmethod
+    def _nodes(cls, v: int | str) -> int | str:
+        parse_nodes(v)
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
+        if self.nodes[1] > 1 and self.launcher != "torchrun":
+            raise ValueError("nNodesPerPoint: a point on several agents needs --launcher torchrun")
+        if self.nodes[0] != self.nodes[1]:
+            raise ValueError(
+                f"nNodesPerPoint: elastic sizes ({self.nNodesPerPoint}) are not supported yet; "
+                "give one number of agents"
+            )
         if self.nProcessesPerPoint > 1 and self.launcher == "none":
-            raise ValueError("nProcessesPerPoint: more than one process per point needs a launcher "
-                             "(--launcher torchrun)")
+            raise ValueError(
+                "nProcessesPerPoint: more than one process per point needs a launcher "
+                "(--launcher torchrun, horovodrun or dask)"
+            )
         if self.steeringExec and self.optimizer not in (None, "external"):
             raise ValueError(
                 f"optimizer: '{self.optimizer}' conflicts with steeringExec (which implies 'external'); give one"
@@ -158,11 +232,58 @@ class TaskSpec(BaseModel):
             self.segment_training_files()  # a file or dataset not in trainingDS is a 422 at submit
         if self.directions is not None and not self.directions:
             raise ValueError("directions: give at least one of 'minimize'/'maximize'")
+        self._check_pruner()
         # validate the spaces now, so a bad space is a 422 at submit
         self.segment_spaces()
         return self
 
+    def _check_pruner(self) -> None:
+        """The shape of the pruning options (the pruner itself is built at submit by the server)."""
+        if self.objectiveNames is not None and len(self.objectiveNames) != self.n_objectives:
+            raise ValueError(
+                f"objectiveNames: {len(self.objectiveNames)} names for {self.n_objectives} objectives"
+            )
+        if self.pruner == "none":
+            if self.prunerOptions:
+                raise ValueError("prunerOptions: options given without a pruner (--pruner)")
+            return
+        if self.n_objectives > 1 and self.prunerObjective is None:
+            raise ValueError(
+                f"prunerObjective: a pruner on a task with {self.n_objectives} objectives needs the "
+                "objective to prune on (an index or a name of objectiveNames)"
+            )
+        if self.prunerObjective is not None:
+            self.pruner_objective_index  # noqa: B018 - raises for a bad one
+
+    @property
+    def pruner_objective_index(self) -> int:
+        """The objective the pruner watches (0 for a single-objective task)."""
+        o = self.prunerObjective
+        if o is None:
+            return 0
+        if isinstance(o, int) or str(o).isdigit():
+            if not 0 <= int(o) < self.n_objectives:
+                raise ValueError(
+                    f"prunerObjective: {o} is not an objective index (0..{self.n_objectives - 1})"
+                )
+            return int(o)
+        names = self.objectiveNames or []
+        if o not in names:
+            raise ValueError(
+                f"prunerObjective: '{o}' is not one of the objective names {names} (objectiveNames)"
+            )
+        return names.index(o)
+
+    @property
+    def pruner_direction(self) -> str:
+        return (self.directions or ["minimize"])[self.pruner_objective_index]
+
     # --- derived values -------------------------------------------------------------
+
+    @property
+    def nodes(self) -> tuple[int, int]:
+        """``nNodesPerPoint`` as (MIN, MAX): equal unless the point is elastic."""
+        return parse_nodes(self.nNodesPerPoint)
 
     @property
     def optimizer_name(self) -> str:
@@ -215,8 +336,10 @@ class TaskSpec(BaseModel):
         if not self.trainingFiles:
             for seg in self.segments:
                 if seg.datasets:
-                    raise ValueError(f"segments: segment '{seg.name}' names datasets {seg.datasets} but the task "
-                                     "has no trainingDS to find them in")
+                    raise ValueError(
+                        f"segments: segment '{seg.name}' names datasets {seg.datasets} but the task "
+                        "has no trainingDS to find them in"
+                    )
                 out.append(list(seg.files))
             return out
         entries = list(self.trainingFiles)
@@ -232,17 +355,22 @@ class TaskSpec(BaseModel):
             for f in seg.files:
                 hits = by_name.get(f.strip("/"), [])
                 if not hits:
-                    raise ValueError(f"segments: segment '{seg.name}': file '{f}' is not in trainingDS "
-                                     f"({_some(entries)})")
+                    raise ValueError(
+                        f"segments: segment '{seg.name}': file '{f}' is not in trainingDS ({_some(entries)})"
+                    )
                 if len(hits) > 1:
-                    raise ValueError(f"segments: segment '{seg.name}': file '{f}' matches {len(hits)} entries "
-                                     f"of trainingDS ({_some(hits)}); name it by a longer path")
+                    raise ValueError(
+                        f"segments: segment '{seg.name}': file '{f}' matches {len(hits)} entries "
+                        f"of trainingDS ({_some(hits)}); name it by a longer path"
+                    )
                 got.append(hits[0])
             for d in seg.datasets:
                 hits = _in_dataset(entries, d)
                 if not hits:
-                    raise ValueError(f"segments: segment '{seg.name}': dataset '{d}' is not a part of trainingDS "
-                                     f"({_some(entries)})")
+                    raise ValueError(
+                        f"segments: segment '{seg.name}': dataset '{d}' is not a part of trainingDS "
+                        f"({_some(entries)})"
+                    )
                 got.extend(hits)
             out.append(list(dict.fromkeys(got)))
         return out
@@ -256,14 +384,14 @@ class TaskSpec(BaseModel):
         try:
             if isinstance(raw, list):
                 if not self.segments:
-                    raise ValueError(
-                        "searchSpace: a list of search spaces needs segments (segmentSpecFile)"
-                    )
+                    raise ValueError("searchSpace: a list of search spaces needs segments (segmentSpecFile)")
                 if raw and not any(isinstance(x, dict) and "search_space" in x for x in raw):
                     # a plain list of spaces, one per segment in order (panda-client passes it on)
                     if len(raw) != len(names):
-                        raise ValueError(f"searchSpace: {len(raw)} search spaces for {len(names)} segments; "
-                                         "give one per segment, or one space for all")
+                        raise ValueError(
+                            f"searchSpace: {len(raw)} search spaces for {len(names)} segments; "
+                            "give one per segment, or one space for all"
+                        )
                     return [parse_search_space(x) for x in raw]
                 items = [SegmentSearchSpace.model_validate(x) for x in raw]
                 by_id = {str(i.model_id): i.search_space for i in items}
@@ -308,8 +436,9 @@ def _in_dataset(entries: list[str], dataset: str) -> list[str]:
     for e in entries:
         parts = [x for x in _path_of(e).split("/") if x]
         dirs = parts[:-1]
-        if e.strip("/") == d or any("/".join(dirs[i:j]) == d for i in range(len(dirs))
-                                    for j in range(i + 1, len(dirs) + 1)):
+        if e.strip("/") == d or any(
+            "/".join(dirs[i:j]) == d for i in range(len(dirs)) for j in range(i + 1, len(dirs) + 1)
+        ):
             hits.append(e)
     return hits
 
@@ -325,6 +454,7 @@ class TaskCounts(BaseModel):
     evaluated: int = 0
     failed: int = 0
     cancelled: int = 0
+    pruned: int = 0  # stopped early by the task's pruner
     jobs: int = 0
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import shlex
 
-STEERING_PLACEHOLDERS = ("%MAX_POINTS", "%NUM_POINTS", "%IN", "%OUT")
-EVALUATION_PLACEHOLDERS = ("%SEGMENT_NAME",)
+MAX_POINTS, NUM_POINTS, IN, OUT = "%MAX_POINTS", "%NUM_POINTS", "%IN", "%OUT"
+SEGMENT_NAME = "%SEGMENT_NAME"
+STEERING_PLACEHOLDERS = (MAX_POINTS, NUM_POINTS, IN, OUT)
+EVALUATION_PLACEHOLDERS = (SEGMENT_NAME,)
 
 # the names iDDS gives the steering's files in its working directory (%IN / %OUT)
 STEERING_IN = "idds_input.json"
@@ -36,8 +38,14 @@ def substitute_placeholders(command: str, values: dict[str, str]) -> str:
 
 def steering_values(num_points: int, max_points: int) -> dict[str, str]:
     """The steering placeholders' values for one iteration, in upstream's order."""
-    return {"%MAX_POINTS": str(max_points), "%NUM_POINTS": str(num_points),
-            "%IN": STEERING_IN, "%OUT": STEERING_OUT}
+    return {MAX_POINTS: str(max_points), NUM_POINTS: str(num_points), IN: STEERING_IN, OUT: STEERING_OUT}
+
+
+def evaluation_command(command: str, segment_name: str) -> str:
+    """``evaluationExec`` of a job: ``%SEGMENT_NAME`` becomes its segment's name (the empty
+    string for a task without segments). Done once, by the server when it hands out a job
+    (and by ``phpo run-local``, which has no server); the agent runs the command it is given."""
+    return substitute_placeholders(command, {SEGMENT_NAME: segment_name})
 
 
 def steering_form(command: str, container: str | None) -> str:
@@ -66,7 +74,7 @@ def needs_container_runtime(command: str | None, container: str | None) -> bool:
 def container_image(name: str) -> str:
     """An image name as a Docker-API engine knows it: upstream writes evaluation containers as
     ``docker://registry/image:tag`` (the Singularity style); the engines want the name alone."""
-    return name[len("docker://"):] if name.startswith("docker://") else name
+    return name[len("docker://") :] if name.startswith("docker://") else name
 
 
 def steering_command_line(command: str, container: str | None, num_points: int, max_points: int) -> str:

@@ -7,7 +7,11 @@ A workflow has ``params`` (defaults, overridable at submit) and ``nodes``. A nod
   resolved ``inputs`` are written to the input JSON, and the output JSON's ``metrics`` (plus its
   ``loss``) become the node's ``outputs``;
 - ``workflow``: a sub-workflow (inline ``workflow:``; ``phpo workflow submit`` inlines ``file:``);
-- ``loop``: a group of ``nodes`` repeated while ``while`` holds, at most ``max_iterations`` times.
+- ``loop``: a group of ``nodes`` repeated while ``while`` holds, at most ``max_iterations`` times;
+- ``serve``: the end of a DAG: the registered models of a task (``task: ${{ nodes.train.task_id }}``,
+  one per segment, waited for until the MLflow bridge has registered them) or one registered
+  model (``model: NAME:VERSION``); its results name them (``models``, ``name``, ``version``,
+  ``uri``), and ``phpo serve --workflow ID`` serves every done serve node's models.
 
 Every value may hold ``${{ expression }}``: ``params.x``, ``nodes.search.best.params.lr``,
 ``nodes.train.outputs.auc``, ``nodes.x.status``, ``item`` (in a ``for_each`` node), ``loop.iteration``
@@ -28,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .states import NodeState, WorkflowState
 
 NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-NODE_KINDS = ("hpo", "job", "workflow", "loop")
+NODE_KINDS = ("hpo", "job", "workflow", "loop", "serve")
+MODEL_REF = r"^[A-Za-z0-9._\-]+:[0-9]+$"
 TRIGGERS = ("all_succeeded", "none_failed", "all_done")
 MAX_ITERATIONS = 1000
 
@@ -40,7 +45,9 @@ class _NodeBase(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     name: str = Field(
-        min_length=1, max_length=100, pattern=NODE_NAME,
+        min_length=1,
+        max_length=100,
+        pattern=NODE_NAME,
         description="unique in the workflow (loop bodies included); used as nodes.<name> in expressions",
     )
     after: list[str] = Field(
@@ -122,16 +129,56 @@ class LoopNode(_NodeBase):
     )
 
 
-Node = Annotated[HpoNode | JobNode | WorkflowNode | LoopNode, Field(discriminator="kind")]
-NODE_MODELS: dict[str, type[BaseModel]] = {"hpo": HpoNode, "job": JobNode, "workflow": WorkflowNode,
-                                           "loop": LoopNode}
+class ServeNode(_NodeBase, _FanOut):
+    kind: Literal["serve"]
+    task: int | Expr | None = Field(
+        default=None,
+        description="the task whose registered models (one per segment) are served, e.g. "
+        "${{ nodes.train.task_id }}; the node waits until they are registered",
+    )
+    model: str | None = Field(default=None, description="or one registered model, NAME:VERSION")
+    timeout: float = Field(
+        default=600,
+        gt=0,
+        description="seconds to wait, once the task has ended, for its "
+        "models to be registered (the server needs MLflow: --mlflow-uri)",
+    )
+
+    @field_validator("task")
+    @classmethod
+    def _task_id(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, int) and v < 1):
+            raise ValueError(f"a task id (a whole number from 1) or an expression, got {v!r}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: Any) -> Any:
+        import re
+
+        if v is not None and "${{" not in v and not re.match(MODEL_REF, v):
+            raise ValueError(
+                f"NAME:VERSION of a registered model (phpo best ID --model prints it), got {v!r}"
+            )
+        return v
+
+
+Node = Annotated[HpoNode | JobNode | WorkflowNode | LoopNode | ServeNode, Field(discriminator="kind")]
+NODE_MODELS: dict[str, type[BaseModel]] = {
+    "hpo": HpoNode,
+    "job": JobNode,
+    "workflow": WorkflowNode,
+    "loop": LoopNode,
+    "serve": ServeNode,
+}
 
 
 class WorkflowSpec(BaseModel):
     """A workflow definition (the YAML/JSON file)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True,
-                              json_schema_extra={"title": "phpo workflow definition"})
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, json_schema_extra={"title": "phpo workflow definition"}
+    )
 
     name: str = Field(min_length=1, max_length=200)
     description: str | None = None
@@ -141,8 +188,9 @@ class WorkflowSpec(BaseModel):
         default_factory=dict, description="values (expressions) computed when the workflow succeeds"
     )
     sandbox: str | None = Field(
-        default=None, description="sandbox artifact id given to every node (phpo workflow submit uploads "
-        "the definition file's folder)"
+        default=None,
+        description="sandbox artifact id given to every node (phpo workflow submit uploads "
+        "the definition file's folder)",
     )
 
 
@@ -173,9 +221,11 @@ class WorkflowNodeRecord(BaseModel):
     id: int
     name: str
     path: str = Field(description="e.g. rounds#2.search or train[1]")
-    kind: Literal["hpo", "job", "workflow", "loop"]
+    kind: Literal["hpo", "job", "workflow", "loop", "serve"]
     state: NodeState
-    iteration: int | None = Field(default=None, description="loop body: its iteration; loop: iterations started")
+    iteration: int | None = Field(
+        default=None, description="loop body: its iteration; loop: iterations started"
+    )
     item_index: int | None = None
     item: Any = None
     fan_out: bool = False

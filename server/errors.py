@@ -7,8 +7,14 @@ class ApiError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, field: str | None = None, code: str | None = None,
-                 details: list[dict] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        details: list[dict] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.field = field

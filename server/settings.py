@@ -30,20 +30,31 @@ class Settings(BaseSettings):
         default=None, description="directory or fsspec URL for artifacts; default data_dir/artifacts"
     )
     lease_seconds: float = Field(default=60.0, gt=0)
-    reaper_interval: float | None = Field(default=None, gt=0, description="default lease_seconds / 4, at most 5 s")
+    reaper_interval: float | None = Field(
+        default=None, gt=0, description="default lease_seconds / 4, at most 5 s"
+    )
     max_upload_mb: float = Field(default=2048.0, gt=0)
-    max_body_mb: float = Field(default=8.0, gt=0, description="largest JSON request body (uploads: max_upload_mb)")
+    max_body_mb: float = Field(
+        default=8.0, gt=0, description="largest JSON request body (uploads: max_upload_mb)"
+    )
     log_level: str = "info"
     manager_interval: float = Field(default=1.0, gt=0, description="seconds between HPO manager passes")
     steering_workers: int = Field(default=4, ge=1, description="threads running optimizer ask/tell")
-    steering_retries: int = Field(default=3, ge=1, description="failed steering iterations in a row before a task fails")
+    steering_retries: int = Field(
+        default=3, ge=1, description="failed steering iterations in a row before a task fails"
+    )
     run_manager: bool = Field(default=True, description="run the HPO manager loop in this process")
-    mlflow_uri: str | None = Field(default=None, description="MLflow tracking server: every point becomes a run")
+    mlflow_uri: str | None = Field(
+        default=None, description="MLflow tracking server: every point becomes a run"
+    )
     mlflow_interval: float = Field(default=0.5, gt=0, description="seconds between MLflow bridge passes")
     max_acquire_wait: float = Field(
-        default=20.0, ge=0, le=20.0,
+        default=20.0,
+        ge=0,
+        le=20.0,
         description="longest long poll of an acquire in seconds, whatever wait_s the agent asks for (a proxy "
-                    "with a shorter idle timeout in front of the server needs less)")
+        "with a shorter idle timeout in front of the server needs less)",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

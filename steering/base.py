@@ -33,7 +33,29 @@ class _Failed:
 
 
 FAILED = _Failed()
-Result = Loss | _Failed
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """Result of a point stopped early by the task's pruner: its last intermediate value
+    (``None`` when it reported none) at ``step``. Optuna-based optimizers tell it as a PRUNED
+    trial; the others as a loss of ``value`` (or as failed without one)."""
+
+    value: float | None
+    step: int | None = None
+
+
+Result = Loss | _Failed | Pruned
+
+
+def plain_result(result: Result, n_objectives: int) -> Loss | _Failed:
+    """``result`` for an optimizer that knows no pruned state: a pruned point's last value as its
+    loss (on every objective of a multi-objective task), or failed without one."""
+    if not isinstance(result, Pruned):
+        return result
+    if result.value is None:
+        return FAILED
+    return [result.value] * n_objectives if n_objectives > 1 else result.value
 
 
 @dataclass(frozen=True)

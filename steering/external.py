@@ -53,7 +53,7 @@ def _loss_of(point: Any, penalty_loss: float | None) -> Any:
     loss = _field(point, "loss")
     if state == _FAILED:
         return float(penalty_loss) if penalty_loss is not None else UPSTREAM_FAILED_LOSS
-    if state not in (None, _EVALUATED):
+    if state not in (None, _EVALUATED, "pruned"):  # a pruned point: its last intermediate value
         return None  # ready / leased / cancelled: not evaluated
     if isinstance(loss, bool) or loss is None:
         return loss

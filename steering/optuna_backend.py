@@ -54,7 +54,7 @@ from phpo.schemas.search_space import (
     SearchSpace,
 )
 
-from .base import FAILED, HistoryItem, Optimizer, OptimizerConfig, Result
+from .base import FAILED, HistoryItem, Optimizer, OptimizerConfig, Pruned, Result
 from .space_values import (
     int_high,
     n_free,
@@ -345,9 +345,19 @@ class OptunaOptimizer(Optimizer):
             trial = queue.popleft()
             if not queue:
                 del self._running[key]
+            if isinstance(result, Pruned):
+                tid = (
+                    self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, trial)
+                    if isinstance(trial, int)
+                    else trial._trial_id
+                )
+                if result.value is not None and self.config.n_objectives == 1:
+                    self.study._storage.set_trial_intermediate_value(tid, int(result.step or 0), result.value)
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return
             self.study.tell(trial, values=values, state=state)
             return
-        frozen = self._frozen(params, state, values)
+        frozen = self._frozen(params, state, values, result)
         if frozen is not None:
             self.study.add_trial(frozen)
             self._n_trials += 1
@@ -362,7 +372,7 @@ class OptunaOptimizer(Optimizer):
                 self.tell(item.params, item.result)
             else:
                 values, state = self._values(item.result)
-                frozen = self._frozen(item.params, state, values)
+                frozen = self._frozen(item.params, state, values, item.result)
                 if frozen is not None:
                     bulk.append(frozen)
         self.study.add_trials(bulk)
@@ -372,6 +382,9 @@ class OptunaOptimizer(Optimizer):
     def _values(self, result: Result) -> tuple[list[float] | None, TrialState]:
         if result is FAILED:
             return None, TrialState.FAIL
+        if isinstance(result, Pruned):  # Optuna: a pruned trial's value is its last intermediate one
+            one = result.value is not None and self.config.n_objectives == 1
+            return ([result.value] if one else None), TrialState.PRUNED
         values = result if isinstance(result, list) else [result]
         if len(values) != self.config.n_objectives or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
@@ -386,7 +399,11 @@ class OptunaOptimizer(Optimizer):
         return values, TrialState.COMPLETE
 
     def _frozen(
-        self, params: dict[str, Any], state: TrialState, values: list[float] | None
+        self,
+        params: dict[str, Any],
+        state: TrialState,
+        values: list[float] | None,
+        result: Result | None = None,
     ) -> FrozenTrial | None:
         """A trial holding ``params`` (None when a value cannot be represented in the space,
         e.g. a categorical value that is not one of the choices)."""
@@ -400,4 +417,7 @@ class OptunaOptimizer(Optimizer):
                 return None
             oparams.update(encoded)
             dists.update(codec.dists)
-        return create_trial(state=state, values=values, params=oparams, distributions=dists)
+        inter = {int(result.step or 0): result.value} if isinstance(result, Pruned) and values else None
+        return create_trial(
+            state=state, values=values, params=oparams, distributions=dists, intermediate_values=inter
+        )

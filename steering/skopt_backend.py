@@ -72,7 +72,7 @@ from skopt.learning.gaussian_process.kernels import WhiteKernel
 from skopt.space import Categorical, Dimension, Integer, Real
 from threadpoolctl import threadpool_limits
 
-from .base import FAILED, HistoryItem, Optimizer, OptimizerConfig, Result
+from .base import FAILED, HistoryItem, Optimizer, OptimizerConfig, Result, plain_result
 from .space_values import (
     int_high,
     normal_bounds,
@@ -389,6 +389,7 @@ class SkoptOptimizer(Optimizer):
         return xs
 
     def tell(self, params: dict[str, Any], result: Result) -> None:
+        result = plain_result(result, self.config.n_objectives)
         y = None if result is FAILED else self._loss(result)  # a bad loss changes nothing
         key = point_key(params)
         queue = self._running.get(key)

@@ -9,7 +9,18 @@ from pathlib import Path
 from conftest import run_phpo
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ("schemas", "steering", "server", "evaluation_container", "client", "examples", "docs")
+SHIPPED = (
+    "schemas",
+    "steering",
+    "server",
+    "evaluation_container",
+    "client",
+    "data",
+    "serving",
+    "examples",
+    "docs",
+    "helm",
+)
 OUTSIDE = re.compile(r"CONTRACTS|ARCHITECTURE\.md|\.\./shared|shared/design")
 
 

@@ -1,7 +1,7 @@
 """The wheel holds every module of the five folders, and each subpackage imports from it.
 
-Guards LAYOUT.md's pitfall: an editable install finds subpackages a wheel silently drops.
-Also pins the dependency direction of ARCHITECTURE.md: schemas imports nothing of ours.
+Guards against an editable install that finds subpackages a wheel silently drops.
+Also pins the dependency direction of docs/server-core.md ("Who may import whom"): schemas imports nothing of ours.
 """
 
 from __future__ import annotations
@@ -15,15 +15,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ["schemas", "steering", "server", "evaluation_container", "client"]
+FOLDERS = ["schemas", "steering", "server", "evaluation_container", "client", "data"]
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (whl,) = out.glob("phpo-*.whl")
     return whl
@@ -33,7 +46,11 @@ def source_files() -> set[str]:
     files = set()
     for folder in FOLDERS:
         for p in (ROOT / folder).rglob("*"):
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix in {".py", ".ini", ".mako", ".json", ".sh"}:
+            if (
+                p.is_file()
+                and "__pycache__" not in p.parts
+                and p.suffix in {".py", ".ini", ".mako", ".json", ".sh", ".html", ".js", ".css"}
+            ):
                 files.add("phpo/" + str(p.relative_to(ROOT)))
     return files
 
@@ -53,8 +70,14 @@ def test_every_subpackage_imports_from_the_wheel(wheel, tmp_path):
         f"    assert m.__file__.startswith({str(tmp_path)!r}), (name, m.__file__)\n"
         "print('ok')\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert p.returncode == 0 and "ok" in p.stdout, p.stderr
 
 
@@ -75,21 +98,22 @@ def _imported_phpo_packages(folder: str) -> set[str]:
     return found - {folder}
 
 
-# who may import whom (ARCHITECTURE.md). The CLI's lazy dispatch of `phpo server` and
+# who may import whom (docs/server-core.md). The CLI's lazy dispatch of `phpo server` and
 # `phpo agent` goes through importlib by name, so it does not show up here.
 ALLOWED = {
     "schemas": set(),
     "steering": {"schemas"},
     "server": {"schemas", "steering"},
     "client": {"schemas"},
-    "evaluation_container": {"schemas", "client"},
+    "evaluation_container": {"schemas", "client", "data"},  # the SDK hands payloads their data as a stream
+    "data": {"schemas"},
 }
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_dependency_direction(folder):
     extra = _imported_phpo_packages(folder) - ALLOWED[folder]
-    assert not extra, f"phpo.{folder} imports {sorted(extra)}, which ARCHITECTURE.md forbids"
+    assert not extra, f"phpo.{folder} imports {sorted(extra)}, which docs/server-core.md forbids"
 
 
 def test_schemas_import_no_framework():

@@ -54,9 +54,20 @@ def main() -> None:
         t.join()
     wall = time.monotonic() - t0
     done = sum(1 for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE)
-    print(json.dumps({"peer": "optuna", "version": optuna.__version__, "n": args.n, "evaluated": done,
-                      "wall_s": wall, "rate": done / wall if wall > 0 else None,
-                      "errors": len(errors), "first_error": errors[0] if errors else None}))
+    print(
+        json.dumps(
+            {
+                "peer": "optuna",
+                "version": optuna.__version__,
+                "n": args.n,
+                "evaluated": done,
+                "wall_s": wall,
+                "rate": done / wall if wall > 0 else None,
+                "errors": len(errors),
+                "first_error": errors[0] if errors else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

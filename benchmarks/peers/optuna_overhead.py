@@ -30,15 +30,27 @@ def main() -> None:
         time.sleep(seconds)
         return 1.0
 
-    storage = optuna.storages.RDBStorage(args.storage, engine_kwargs={"pool_size": args.workers + 4}
-                                         if not args.storage.startswith("sqlite") else {})
+    storage = optuna.storages.RDBStorage(
+        args.storage,
+        engine_kwargs={"pool_size": args.workers + 4} if not args.storage.startswith("sqlite") else {},
+    )
     study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
     t0 = time.monotonic()
     study.optimize(objective, n_trials=args.n, n_jobs=args.workers, catch=())
     wall = time.monotonic() - t0
     done = sum(1 for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE)
-    print(json.dumps({"peer": "optuna", "version": optuna.__version__, "n": args.n, "completed": done,
-                      "wall_s": wall, "storage": args.storage.split(":", 1)[0]}))
+    print(
+        json.dumps(
+            {
+                "peer": "optuna",
+                "version": optuna.__version__,
+                "n": args.n,
+                "completed": done,
+                "wall_s": wall,
+                "storage": args.storage.split(":", 1)[0],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

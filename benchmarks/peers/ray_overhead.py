@@ -34,15 +34,25 @@ def main() -> None:
         return {"loss": 1.0}
 
     t0 = time.monotonic()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             _node_ip_address="127.0.0.1")  # loopback only: no traffic on any other interface
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )  # loopback only: no traffic on any other interface
     startup = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="ray-bench-") as storage:
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": args.cpu}),
             param_space={"x": tune.uniform(0.0, 1.0)},
-            tune_config=tune.TuneConfig(num_samples=args.n, max_concurrent_trials=args.concurrency,
-                                        metric="loss", mode="min", reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                num_samples=args.n,
+                max_concurrent_trials=args.concurrency,
+                metric="loss",
+                mode="min",
+                reuse_actors=True,
+            ),
             run_config=tune.RunConfig(storage_path=storage, name="bench", verbose=0),
         )
         t1 = time.monotonic()
@@ -50,8 +60,18 @@ def main() -> None:
         wall = time.monotonic() - t1
         done = sum(1 for r in results if r.error is None and r.metrics and "loss" in r.metrics)
     ray.shutdown()
-    print(json.dumps({"peer": "ray", "version": ray.__version__, "n": args.n, "completed": done,
-                      "wall_s": wall, "startup_s": startup}))
+    print(
+        json.dumps(
+            {
+                "peer": "ray",
+                "version": ray.__version__,
+                "n": args.n,
+                "completed": done,
+                "wall_s": wall,
+                "startup_s": startup,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -121,7 +121,9 @@ def cmd_submit(args: argparse.Namespace, make_client) -> int:
         tarball = pack(plan)
         with make_client() as client:
             sandbox = client.upload_tarball(tarball) if tarball is not None else None
-            task = client.submit(spec, directory=None, **({"sandbox": sandbox} if sandbox is not None else {}))
+            task = client.submit(
+                spec, directory=None, **({"sandbox": sandbox} if sandbox is not None else {})
+            )
         err.print(escape(plan.summary()), style="dim")
     except (CliError, PhpoError) as e:
         if dump_path:
@@ -231,14 +233,15 @@ def _val(v: Any) -> str:
 
 def n_points(task: Task) -> int:
     c = task.counts
-    return c.ready + c.leased + c.evaluated + c.failed + c.cancelled
+    return c.ready + c.leased + c.evaluated + c.failed + c.cancelled + c.pruned
 
 
 def _failed_note(task: Task) -> None:
     """On stderr, why the exit code is 1 while the output still shows the task's points."""
     if task_exit(task) == EXIT_FAILED:
         err_console().print(
-            f"[red]task {task.id} {task.state.value}[/]" + (f": {escape(task.message)}" if task.message else "")
+            f"[red]task {task.id} {task.state.value}[/]"
+            + (f": {escape(task.message)}" if task.message else "")
         )
 
 
@@ -250,13 +253,18 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
         # best first (points without a loss last), one page of them: a task may hold millions
         points = (
             list(client.points(args.id, sort="loss", limit=args.points, offset=args.offset))
-            if args.points else []
+            if args.points
+            else []
         )
         if args.json:
             out = task_json(task)
             out["points"] = [p.model_dump(mode="json") for p in points]
-            out["points_page"] = {"sort": "loss", "limit": args.points, "offset": args.offset,
-                                  "total": n_points(task)}
+            out["points_page"] = {
+                "sort": "loss",
+                "limit": args.points,
+                "offset": args.offset,
+                "total": n_points(task),
+            }
             print_json(out)
             return task_exit(task)
         best = list(client.best(args.id))
@@ -271,7 +279,9 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
         f"optimizer {s.optimizer_name}; {s.maxPoints} points x {task.n_segments} segment(s), "
         f"{s.nParallelEvaluation} in parallel; evaluationExec: {s.evaluationExec}",
         f"points: {c.evaluated} evaluated, {c.leased} running, {c.ready} waiting, {c.failed} failed, "
-        f"{c.cancelled} cancelled; {c.jobs} jobs",
+        f"{c.cancelled} cancelled"
+        + (f", {c.pruned} pruned" if c.pruned or s.pruner != "none" else "")
+        + f"; {c.jobs} jobs",
     ]
     if task.message:
         lines.append(f"message: {task.message}")
@@ -307,7 +317,17 @@ def cmd_show(args: argparse.Namespace, make_client) -> int:
 # --- points ------------------------------------------------------------------------------
 
 
-POINT_CSV_COLUMNS = ("point", "segment", "serial", "state", "loss", "attempts", "site", "evaluated_at", "error")
+POINT_CSV_COLUMNS = (
+    "point",
+    "segment",
+    "serial",
+    "state",
+    "loss",
+    "attempts",
+    "site",
+    "evaluated_at",
+    "error",
+)
 
 
 def _points_csv(points: list[Point]) -> str:
@@ -322,8 +342,17 @@ def _points_csv(points: list[Point]) -> str:
     w.writerow([*POINT_CSV_COLUMNS, *params, *(f"metric.{m}" for m in metrics)])
     for p in points:
         loss = json.dumps(p.loss) if isinstance(p.loss, list) else ("" if p.loss is None else p.loss)
-        row = [p.id, p.segment, p.serial, p.state.value, loss, p.attempts, p.site or "",
-               p.evaluated_at.isoformat() if p.evaluated_at else "", p.error or ""]
+        row = [
+            p.id,
+            p.segment,
+            p.serial,
+            p.state.value,
+            loss,
+            p.attempts,
+            p.site or "",
+            p.evaluated_at.isoformat() if p.evaluated_at else "",
+            p.error or "",
+        ]
         row += [_cell(p.params.get(n)) for n in params]
         row += [_cell((p.metrics or {}).get(m)) for m in metrics]
         w.writerow(row)
@@ -357,7 +386,9 @@ def cmd_points(args: argparse.Namespace, make_client) -> int:
     elif points:
         out_console().print(_points_table(points, len(points)))
     if not points:
-        err_console().print(f"task {task.id} has no points" + (" matching" if args.state or args.segment else " yet"))
+        err_console().print(
+            f"task {task.id} has no points" + (" matching" if args.state or args.segment else " yet")
+        )
         return EXIT_NOTHING if task_exit(task) == EXIT_OK else EXIT_FAILED
     return task_exit(task)
 
@@ -373,11 +404,24 @@ def _param_names(segments: list[Segment]) -> list[str]:
 
 
 def _segments_table(segments: list[Segment], title: str | None = None) -> RichTable:
-    """One row per segment: counts, best loss and the best point's parameters."""
+    """One row per segment: counts, best loss and the best point's parameters (a ``pruned``
+    column only where a segment has pruned points: the table stays as narrow as it was)."""
     names = _param_names(segments)
+    pruned = any(g.n_pruned for g in segments)
     t = RichTable(title=title, header_style="bold")
-    for col in ("id", "name", "evaluated", "running", "failed", "best loss", *names, "finished"):
-        t.add_column(col, justify="right" if col in ("id", "evaluated", "running", "failed") else "left")
+    counts = ("id", "evaluated", "running", "failed", "pruned")
+    for col in (
+        "id",
+        "name",
+        "evaluated",
+        "running",
+        "failed",
+        *(("pruned",) if pruned else ()),
+        "best loss",
+        *names,
+        "finished",
+    ):
+        t.add_column(col, justify="right" if col in counts else "left")
     for g in segments:
         params = g.best_params or {}
         t.add_row(
@@ -386,6 +430,7 @@ def _segments_table(segments: list[Segment], title: str | None = None) -> RichTa
             str(g.n_evaluated),
             str(g.n_leased),
             str(g.n_failed),
+            *((str(g.n_pruned),) if pruned else ()),
             format_loss(g.best_loss),
             *[escape(_val(params.get(n))) for n in names],
             "yes" if g.finished else "",
@@ -394,7 +439,16 @@ def _segments_table(segments: list[Segment], title: str | None = None) -> RichTa
 
 
 SEGMENT_CSV_COLUMNS = (
-    "id", "name", "evaluated", "running", "failed", "ready", "jobs", "best_loss", "finished"
+    "id",
+    "name",
+    "evaluated",
+    "running",
+    "failed",
+    "ready",
+    "jobs",
+    "best_loss",
+    "finished",
+    "pruned",
 )
 
 
@@ -409,8 +463,18 @@ def _segments_csv(segments: list[Segment]) -> str:
         loss = "" if loss is None else loss
         params = g.best_params or {}
         w.writerow(
-            [g.id, g.name, g.n_evaluated, g.n_leased, g.n_failed, g.n_ready, g.n_jobs, loss,
-             "true" if g.finished else "false"]
+            [
+                g.id,
+                g.name,
+                g.n_evaluated,
+                g.n_leased,
+                g.n_failed,
+                g.n_ready,
+                g.n_jobs,
+                loss,
+                "true" if g.finished else "false",
+                g.n_pruned,
+            ]
             + [params.get(n, "") for n in names]
         )
     return buf.getvalue()
@@ -439,9 +503,7 @@ def cmd_segments(args: argparse.Namespace, make_client) -> int:
         sys.stdout.flush()
         return EXIT_OK
     if not segments:
-        err_console().print(
-            f"no segments from offset {args.offset}; task {task.id} has {task.n_segments}"
-        )
+        err_console().print(f"no segments from offset {args.offset}; task {task.id} has {task.n_segments}")
         return EXIT_OK
     title = f"segments of task {task.id}" + (f", sorted by {escape(args.sort)}" if args.sort else "")
     out_console().print(_segments_table(segments, title=title))
@@ -470,6 +532,8 @@ def _best_json(b: BestPoint, with_segment: bool) -> dict[str, Any]:
 def cmd_best(args: argparse.Namespace, make_client) -> int:
     """Exit 0 with a best point, 4 when no point is evaluated yet, 1 when the task failed or was
     cancelled (what it has is still printed)."""
+    if getattr(args, "model", False):
+        return _best_models(args, make_client)
     with make_client() as client:
         task = client.task(args.id)
         best = list(client.best(args.id))
@@ -509,11 +573,51 @@ def cmd_best(args: argparse.Namespace, make_client) -> int:
     for b in best:
         seg = f"segment {b.segment or b.segment_id}: " if args.segments else ""
         if b.loss is None:
-            con.print(f"{seg}no evaluated point" + (" yet" if task.state.value in ("running", "paused") else ""))
+            con.print(
+                f"{seg}no evaluated point" + (" yet" if task.state.value in ("running", "paused") else "")
+            )
             continue
         con.print(f"{seg}loss {format_loss(b.loss)} (point {b.point_id})")
         for k, v in (b.params or {}).items():
             con.print(f"  {k} = {_val(v)}")
+    return rc
+
+
+def _best_models(args: argparse.Namespace, make_client) -> int:
+    """``phpo best ID --model``: exit 0 when every model asked for is registered, 4 while one is
+    pending, 1 when the task failed or a segment has no model (its payload saved none)."""
+    with make_client() as client:
+        task = client.task(args.id)
+        models = list(client.models(args.id))
+    if len(models) > 1 and not args.segments:
+        raise CliError(
+            f"task {args.id} has {len(models)} segments, each with its own model: "
+            f"use phpo best {args.id} --model --segments",
+            code=EXIT_USAGE,
+        )
+    rc = task_exit(task)
+    if rc == EXIT_OK and any(m.status == "pending" for m in models):
+        rc = EXIT_NOTHING
+    if rc == EXIT_OK and any(m.status in ("no_model", "error") for m in models):
+        rc = EXIT_FAILED
+    if args.json:
+        rows = [m.model_dump(exclude_none=True) for m in models]
+        print_json(rows if args.segments else (rows[0] if rows else {}))
+        return rc
+    con = out_console()
+    for m in models:
+        seg = f"segment {m.segment or m.segment_id}: " if args.segments else ""
+        if m.status == "registered":
+            con.print(
+                f"{seg}model {m.name} version {m.version} (point {m.point_id}, loss {format_loss(m.loss)})"
+            )
+            con.print(f"  uri    {m.uri}")
+            con.print(f"  source {m.source}")
+            con.print(f"  serve  phpo serve --model {m.name}:{m.version}")
+        elif m.status == "pending":
+            con.print(f"{seg}no model registered yet (the segment has not ended, or MLflow is catching up)")
+        else:
+            con.print(f"{seg}no model: {m.detail or m.status}")
     return rc
 
 

@@ -142,7 +142,7 @@ def report(task, best, points, checkpoints: int, data_dir: Path, keep: bool, sec
     out.print("\n[bold]where to look next[/]")
     here = Path(sys.executable).parent
     if shutil.which("phpo") is None and (here / "phpo").exists():  # e.g. after `make demo`
-        out.print(f"  phpo is not on your PATH: source {here / 'activate'}  (or export PATH=\"{here}:$PATH\")")
+        out.print(f'  phpo is not on your PATH: source {here / "activate"}  (or export PATH="{here}:$PATH")')
     if keep:
         out.print(
             f"  data kept in {data_dir} (database, artifacts, logs/)\n"

@@ -36,7 +36,7 @@ def group_alive(pgid: int) -> bool:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             return True
     return False
@@ -59,9 +59,13 @@ def stop_group(pgid: int, grace: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m phpo.client.cli.keeper")
-    p.add_argument("--grace", type=float, default=40.0,
-                   help="seconds a group may take after SIGTERM before SIGKILL (default 40: the agent's "
-                        "30 s for running jobs and its 5 s to stop a payload)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=40.0,
+        help="seconds a group may take after SIGTERM before SIGKILL (default 40: the agent's "
+        "30 s for running jobs and its 5 s to stop a payload)",
+    )
     args = p.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGHUP):  # a terminal's signals are for phpo up, not for us
         signal.signal(sig, signal.SIG_IGN)

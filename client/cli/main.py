@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from .. import Client
 from ..errors import PhpoError
-from . import commands
+from . import commands, pictures
 from .upstream import CliError, add_submit_options
 
 COMMANDS: dict[str, str] = {
@@ -34,14 +34,23 @@ COMMANDS: dict[str, str] = {
     "wait": "follow a task live until it ends; exit 0 when it finished with evaluated points",
     "run-local": "run the payload once here, on a sample point, as an agent would (before submitting)",
     "workflow": "DAG workflows: submit, show, list, cancel, wait (phpo workflow --help)",
+    "plot": "a plot of a task (history, parallel, importance, intermediate, pareto, segments) as .html or .png",
+    "ui": "the link to the web view of your tasks and workflows (it logs in with your token)",
     "dashboard": "the MLflow runs table of a task, best points first (--open: open it, --json: as an object)",
-    "up": "run the embedded stack (server on SQLite + one local agent + MLflow) until Ctrl-C (--detach)",
+    "up": "run the embedded stack (server on SQLite + one local agent + MLflow + phpo serve) until Ctrl-C (--detach)",
     "down": "stop the embedded stack `phpo up --detach` (or another shell's phpo up) started",
     "demo": "run a real HPO on the embedded stack and show the result",
     "server": "the phpo server (phpo server --help)",
     "agent": "an evaluation agent (phpo agent --help)",
+    "data": "HEP data streaming: specs, read, train (MLaaS4HEP's reader and workflow; phpo data --help)",
+    "serve": "serve registered models over HTTP (phpo serve --help)",
 }
-PASSTHROUGH = {"server": ("phpo.server.cli", "server"), "agent": ("phpo.evaluation_container.cli", "agent")}
+PASSTHROUGH = {
+    "server": ("phpo.server.cli", "server"),
+    "agent": ("phpo.evaluation_container.cli", "agent"),
+    "data": ("phpo.data.cli", "data"),
+    "serve": ("phpo.serving.cli", "serving"),
+}
 
 EPILOG = (
     "commands:\n"
@@ -99,8 +108,11 @@ def command_parser() -> argparse.ArgumentParser:
     s = cmd("show")
     s.add_argument("id", type=int)
     s.add_argument(
-        "--points", type=int, default=20, metavar="N",
-        help="list N points, best first (default 20; 0: none); with --json they go under \"points\"",
+        "--points",
+        type=int,
+        default=20,
+        metavar="N",
+        help='list N points, best first (default 20; 0: none); with --json they go under "points"',
     )
     s.add_argument("--offset", type=int, default=0, metavar="N", help="skip the N best points (paging)")
     _connection(s, 'print the task as JSON, with one page of points ("points", "points_page")')
@@ -111,10 +123,16 @@ def command_parser() -> argparse.ArgumentParser:
         "payload's metrics. --csv and --json export them.",
     )
     s.add_argument("id", type=int)
-    s.add_argument("--state", help="only points in this state (ready, leased, evaluated, failed, cancelled)")
+    s.add_argument(
+        "--state", help="only points in this state (ready, leased, evaluated, failed, cancelled, pruned)"
+    )
     s.add_argument("--segment", help="only the points of this segment (its id or name)")
-    s.add_argument("--sort", metavar="KEY", help="id (default), serial, loss, created_at or evaluated_at; "
-                   "-KEY descending; points without a loss last")
+    s.add_argument(
+        "--sort",
+        metavar="KEY",
+        help="id (default), serial, loss, created_at or evaluated_at; "
+        "-KEY descending; points without a loss last",
+    )
     s.add_argument("--csv", action="store_true", help="print CSV (one column per parameter and per metric)")
     _connection(s, "print a list of points as JSON")
 
@@ -142,6 +160,12 @@ def command_parser() -> argparse.ArgumentParser:
     s.add_argument("id", type=int)
     s.add_argument("--segments", action="store_true", help="the best point of each segment")
     s.add_argument("--csv", action="store_true", help="print CSV (point, loss, one column per parameter)")
+    s.add_argument(
+        "--model",
+        action="store_true",
+        help="where the best point's model is in MLflow's model registry (name, version, models:/ URI; "
+        "each segment's with --segments); exit 4 while it is not registered yet",
+    )
     _connection(s, 'print {"loss": ..., "params": {...}} (with --segments a list, each with its segment)')
 
     for name in ("kill", "pause", "resume"):
@@ -174,19 +198,27 @@ def command_parser() -> argparse.ArgumentParser:
     )
     add_submit_options(s)
     g = s.add_argument_group("run-local")
-    g.add_argument("--point", metavar="JSON", help="the point to run (default: the middle of the search space)")
-    g.add_argument("--segment", metavar="NAME", help="segmented HPO: run as this segment (default: the first)")
+    g.add_argument(
+        "--point", metavar="JSON", help="the point to run (default: the middle of the search space)"
+    )
+    g.add_argument(
+        "--segment", metavar="NAME", help="segmented HPO: run as this segment (default: the first)"
+    )
     g.add_argument("--workdir", metavar="DIR", help="use this (new or empty) directory; it is kept")
     g.add_argument("--keep", action="store_true", help="keep the job directory also when the point works")
-    g.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the payload after this long "
-                   "(default evaluationTimeout)")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop the payload after this long (default evaluationTimeout)",
+    )
     g.add_argument("--quiet", action="store_true", help="do not show the payload's output as it runs")
     g.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
 
     s = cmd(
         "up",
         description="Run the embedded stack in the foreground until Ctrl-C, SIGTERM, SIGHUP or `phpo down` "
-        "(with --detach: in the background): a server on SQLite, one local agent and MLflow. Its "
+        "(with --detach: in the background): a server on SQLite, one local agent, MLflow and phpo serve. Its "
         "children end with it, also when it is killed. It writes the URL and a user token to the "
         "client config so that `phpo ...` in another shell just works.",
     )
@@ -199,10 +231,28 @@ def command_parser() -> argparse.ArgumentParser:
     s.add_argument("--slots", type=int, default=None, help="jobs the local agent runs at a time (default 2)")
     s.add_argument("--no-config", action="store_true", help="do not write the client config file")
     s.add_argument("--no-mlflow", action="store_true", help="do not start an MLflow tracking server")
-    s.add_argument("--mlflow-port", type=int, default=None,
-                   help="MLflow's port (default: the one this data directory had last time, else a free one)")
-    s.add_argument("--detach", action="store_true",
-                   help="run in the background (output in DATA_DIR/logs/up.log) until `phpo down`")
+    s.add_argument(
+        "--mlflow-port",
+        type=int,
+        default=None,
+        help="MLflow's port (default: the one this data directory had last time, else a free one)",
+    )
+    s.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="do not start phpo serve (the inference service for registered models; needs MLflow)",
+    )
+    s.add_argument(
+        "--serve-port",
+        type=int,
+        default=None,
+        help="phpo serve's port on 127.0.0.1 (default: a free one; phpo up prints it)",
+    )
+    s.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background (output in DATA_DIR/logs/up.log) until `phpo down`",
+    )
 
     s = cmd(
         "down",
@@ -210,13 +260,45 @@ def command_parser() -> argparse.ArgumentParser:
         "another shell): the agent first, then the server and MLflow, as Ctrl-C does.",
     )
     s.add_argument("--data-dir", help="the data directory of that phpo up (default $XDG_DATA_HOME/phpo)")
-    s.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS",
-                   help="give up waiting after this long (exit 3; default 90)")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=90.0,
+        metavar="SECONDS",
+        help="give up waiting after this long (exit 3; default 90)",
+    )
+
+    s = cmd(
+        "plot",
+        description="Draw a plot of a task from the server's data (plotly, Optuna's figures): history (loss "
+        "of each point and the best so far), parallel (parallel coordinates), importance (fANOVA "
+        "parameter importance), intermediate (learning curves), pareto (multi-objective), segments "
+        "(best loss per segment). --out FILE.html is interactive and works offline; .png/.svg/.pdf "
+        "need kaleido (phpo[plots]).",
+    )
+    s.add_argument("id", type=int)
+    s.add_argument(
+        "kind", choices=["history", "parallel", "importance", "intermediate", "pareto", "segments"]
+    )
+    s.add_argument("--out", metavar="FILE", help="where to write it (default taskID-KIND.html)")
+    s.add_argument("--segment", help="a segmented task's segment to draw (its id or name; default the first)")
+    _connection(s, "print the plotly figure as JSON instead of writing a file")
+
+    s = cmd(
+        "ui",
+        description="Print the address of the web view (/ui/) with your token in it: opening it "
+        "logs you in, and the page then drops the token from the address bar.",
+    )
+    s.add_argument("--open", action="store_true", help="open it in a browser")
+    _connection(s)
 
     s = cmd("dashboard")
     s.add_argument("id", type=int)
-    s.add_argument("--mlflow-uri", help="MLflow tracking server (default PHPO_MLFLOW_URI, MLFLOW_TRACKING_URI "
-                                        "or the one `phpo up` started)")
+    s.add_argument(
+        "--mlflow-uri",
+        help="MLflow tracking server (default PHPO_MLFLOW_URI, MLFLOW_TRACKING_URI "
+        "or the one `phpo up` started)",
+    )
     s.add_argument("--open", action="store_true", help="open the URL in a browser")
     _connection(s)
 
@@ -292,6 +374,8 @@ HANDLERS: dict[str, Callable] = {
     "logs": commands.cmd_logs,
     "points": commands.cmd_points,
     "wait": commands.cmd_wait,
+    "plot": pictures.cmd_plot,
+    "ui": pictures.cmd_ui,
 }
 
 
@@ -346,8 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 run_local = importlib.import_module("phpo.evaluation_container.run_local")
             except ImportError as e:
-                raise CliError(f"`phpo run-local` runs the payload as the agent would and needs it ({e}); "
-                               "install phpo[agent], e.g. pip install 'phpo[agent]'") from None
+                raise CliError(
+                    f"`phpo run-local` runs the payload as the agent would and needs it ({e}); "
+                    "install phpo[agent], e.g. pip install 'phpo[agent]'"
+                ) from None
             return run_local.cmd_run_local(args)
         if args.command == "down":
             from .stack import cmd_down
@@ -372,7 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PhpoError as e:
         print(f"error: {e}", file=sys.stderr)
         # submit: 1 for every failure, as upstream phpo; the other commands tell the causes apart
-        return commands.EXIT_FAILED if word in (None, "submit") or word.startswith("-") else commands.exit_code_for(e)
+        return (
+            commands.EXIT_FAILED
+            if word in (None, "submit") or word.startswith("-")
+            else commands.exit_code_for(e)
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

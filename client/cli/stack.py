@@ -28,6 +28,7 @@ from urllib.parse import urlencode
 
 import httpx
 import tomli_w
+from phpo.schemas.payload import experiment_name
 
 from ..config import config_path, save_config
 from .upstream import CliError
@@ -125,6 +126,7 @@ class Stack:
         agent_args: list[str] | None = None,
         mlflow: bool = False,
         mlflow_port: int | None = None,
+        serve_port: int | None = None,
     ):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
@@ -144,6 +146,10 @@ class Stack:
         self.agent_token: str | None = None
         self.user_name = _user_name()
         self.keeper: subprocess.Popen | None = None
+        # phpo serve (with MLflow only: it serves the registry's models)
+        self.serve: subprocess.Popen | None = None
+        self.serve_url = f"http://127.0.0.1:{serve_port}" if serve_port and mlflow else None
+        self.serve_port = serve_port if self.serve_url else None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -163,9 +169,17 @@ class Stack:
                 f"port {self.port} on 127.0.0.1 is in use (another `phpo up`?); choose one with --port",
                 code=1,
             )
+        if self.serve_port and port_in_use(self.serve_port):
+            raise CliError(
+                f"the phpo serve port {self.serve_port} on 127.0.0.1 is in use; choose one with "
+                "--serve-port (or --no-serve)",
+                code=1,
+            )
         if self.mlflow_port and port_in_use(self.mlflow_port):
-            raise CliError(f"the MLflow port {self.mlflow_port} on 127.0.0.1 is in use; choose one with "
-                           "--mlflow-port", code=1)
+            raise CliError(
+                f"the MLflow port {self.mlflow_port} on 127.0.0.1 is in use; choose one with --mlflow-port",
+                code=1,
+            )
         try:
             self.start_keeper()
             if self.mlflow_url:
@@ -176,6 +190,9 @@ class Stack:
             self.ensure_tokens()
             self.start_agent()
             self.announce("agent", self.agent)
+            if self.serve_url:
+                self.start_serve()
+                self.announce("serve", self.serve)
         except BaseException:
             self.stop()
             raise
@@ -185,8 +202,11 @@ class Stack:
         :mod:`phpo.client.cli.keeper`)."""
         with open(self.log_dir / "keeper.log", "ab") as log:
             self.keeper = subprocess.Popen(
-                [self.python, "-m", "phpo.client.cli.keeper"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                stderr=log, start_new_session=True,
+                [self.python, "-m", "phpo.client.cli.keeper"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
             )
 
     def announce(self, name: str, proc: subprocess.Popen | None) -> None:
@@ -214,10 +234,26 @@ class Stack:
         d.mkdir(exist_ok=True)
         log = open(self.log_dir / "mlflow.log", "ab")  # noqa: SIM115 - the child keeps it
         self.mlflow = subprocess.Popen(
-            [self.python, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
-             "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.mlflow_port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                self.python,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{d / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(d / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.mlflow_port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         log.close()
@@ -365,9 +401,40 @@ class Stack:
                 code=1,
             )
 
+    def start_serve(self) -> None:
+        """``phpo serve`` for the registry's models: it starts with none and serves what users
+        name (``POST /v1/models``) or upload; tokens are this server's."""
+        log = open(self.log_dir / "serve.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.serve = subprocess.Popen(
+            [
+                self.python,
+                "-m",
+                "phpo.serving",
+                "--url",
+                self.url,
+                "--mlflow-uri",
+                str(self.mlflow_url),
+                "--port",
+                str(self.serve_port),
+                "--state-dir",
+                str(self.data_dir / "serve"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "PHPO_TOKEN"},
+        )
+        log.close()
+
     def dead(self) -> str | None:
         """A sentence naming a child that exited on its own (with its log's end), else None."""
-        for name, proc in (("agent", self.agent), ("server", self.server), ("mlflow", self.mlflow)):
+        for name, proc in (
+            ("agent", self.agent),
+            ("server", self.server),
+            ("mlflow", self.mlflow),
+            ("serve", self.serve),
+        ):
             if proc is not None and proc.poll() is not None:
                 log = self.log_dir / f"{name}.log"
                 return f"the {name} exited with code {proc.returncode}; {log} ends with:\n{_tail(log)}"
@@ -390,7 +457,7 @@ class Stack:
                     self.keeper.wait()
 
     def _stop_children(self, grace: float) -> None:
-        for proc in (self.agent, self.server, self.mlflow):
+        for proc in (self.agent, self.serve, self.server, self.mlflow):
             if proc is None or proc.poll() is not None:
                 continue
             try:
@@ -457,9 +524,16 @@ def running_up(data_dir: Path) -> dict | None:
 
 def _write_up_file(stack: Stack, config: Path | None) -> Path:
     path = stack.data_dir / UP_FILE
-    info = {"pid": os.getpid(), "started": _process_started(os.getpid()), "url": stack.url,
-            "mlflow_url": stack.mlflow_url, "data_dir": str(stack.data_dir), "config": str(config or ""),
-            "logs": str(stack.log_dir)}
+    info = {
+        "pid": os.getpid(),
+        "started": _process_started(os.getpid()),
+        "url": stack.url,
+        "mlflow_url": stack.mlflow_url,
+        "serve_url": stack.serve_url,
+        "data_dir": str(stack.data_dir),
+        "config": str(config or ""),
+        "logs": str(stack.log_dir),
+    }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     tmp.replace(path)
@@ -479,13 +553,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     other = running_up(data_dir)
     if other:
-        raise CliError(f"phpo up already runs for {data_dir} (pid {other['pid']}, server {other['url']}); "
-                       "`phpo down` stops it", code=1)
+        raise CliError(
+            f"phpo up already runs for {data_dir} (pid {other['pid']}, server {other['url']}); "
+            "`phpo down` stops it",
+            code=1,
+        )
     if getattr(args, "detach", False):
         return _detach(args, data_dir)
     mlflow = not getattr(args, "no_mlflow", False) and importlib.util.find_spec("mlflow") is not None
-    stack = Stack(data_dir, port=args.port or DEFAULT_PORT, slots=args.slots or DEFAULT_SLOTS, mlflow=mlflow,
-                  mlflow_port=getattr(args, "mlflow_port", None))
+    serve = (
+        mlflow
+        and not getattr(args, "no_serve", False)
+        and importlib.util.find_spec("prometheus_client") is not None
+        and importlib.util.find_spec("phpo.serving") is not None
+    )
+    stack = Stack(
+        data_dir,
+        port=args.port or DEFAULT_PORT,
+        slots=args.slots or DEFAULT_SLOTS,
+        mlflow=mlflow,
+        mlflow_port=getattr(args, "mlflow_port", None),
+        serve_port=(getattr(args, "serve_port", None) or free_port()) if serve else None,
+    )
     out, err = out_console(), err_console()
     # explicit for SIGINT too: a process started in the background by a script inherits SIGINT
     # ignored, and `kill -INT` must still stop the stack cleanly; SIGHUP: the terminal closed
@@ -504,8 +593,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"          log {stack.log_dir / 'server.log'}\n"
             f"  agent   site '{stack.site}', {stack.slots} slots, work dirs in {stack.agent_dir}\n"
             f"          log {stack.log_dir / 'agent.log'}\n"
-            + (f"  mlflow  {stack.mlflow_url}   every point is a run; phpo dashboard ID\n"
-               f"          log {stack.log_dir / 'mlflow.log'}\n" if stack.mlflow_url else "")
+            + (
+                f"  mlflow  {stack.mlflow_url}   every point is a run; phpo dashboard ID\n"
+                f"          log {stack.log_dir / 'mlflow.log'}\n"
+                if stack.mlflow_url
+                else ""
+            )
+            + (
+                f"  serve   {stack.serve_url}   registered models over HTTP (docs/serving.md)\n"
+                f"          log {stack.log_dir / 'serve.log'}\n"
+                if stack.serve_url
+                else ""
+            )
             + f"  user    '{stack.user_name}'"
             + (f"; url + token written to {config}" if config else f"; token {stack.user_token}")
             + "\n"
@@ -540,17 +639,30 @@ def _detach(args: argparse.Namespace, data_dir: Path, timeout: float = 120.0) ->
     from .commands import out_console
 
     argv = [sys.executable, "-m", "phpo.client.cli.main", "up", "--data-dir", str(data_dir)]
-    for flag, value in (("--port", args.port), ("--slots", args.slots),
-                        ("--mlflow-port", getattr(args, "mlflow_port", None))):
+    for flag, value in (
+        ("--port", args.port),
+        ("--slots", args.slots),
+        ("--mlflow-port", getattr(args, "mlflow_port", None)),
+        ("--serve-port", getattr(args, "serve_port", None)),
+    ):
         if value:
             argv += [flag, str(value)]
-    argv += [f for f, on in (("--no-config", args.no_config), ("--no-mlflow", args.no_mlflow)) if on]
+    argv += [
+        f
+        for f, on in (
+            ("--no-config", args.no_config),
+            ("--no-mlflow", args.no_mlflow),
+            ("--no-serve", getattr(args, "no_serve", False)),
+        )
+        if on
+    ]
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "up.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = running_up(data_dir)
@@ -561,12 +673,16 @@ def _detach(args: argparse.Namespace, data_dir: Path, timeout: float = 120.0) ->
                 + (f"  mlflow  {info['mlflow_url']}\n" if info.get("mlflow_url") else "")
                 + (f"  url + token written to {info['config']}\n" if info.get("config") else "")
                 + f"  logs    {log_dir} (this stack's own output: {log_path})\n"
-                + "phpo down" + (f" --data-dir {data_dir}" if args.data_dir else "") + " stops it."
+                + "phpo down"
+                + (f" --data-dir {data_dir}" if args.data_dir else "")
+                + " stops it."
             )
             return 0
         if proc.poll() is not None:
-            raise CliError(f"phpo up exited with code {proc.returncode}; {log_path} ends with:\n"
-                           f"{_tail(log_path)}", code=1)
+            raise CliError(
+                f"phpo up exited with code {proc.returncode}; {log_path} ends with:\n{_tail(log_path)}",
+                code=1,
+            )
         time.sleep(0.2)
     proc.terminate()
     raise CliError(f"phpo up was not up within {timeout:g} s; see {log_path}", code=1)
@@ -592,8 +708,10 @@ def cmd_down(args: argparse.Namespace) -> int:
             err.print("stopped.")
             return 0
         time.sleep(0.2)
-    err.print(f"[yellow]phpo up (pid {pid}) is still stopping after {args.timeout:g} s[/]; "
-              f"its log: {data_dir / 'logs'}")
+    err.print(
+        f"[yellow]phpo up (pid {pid}) is still stopping after {args.timeout:g} s[/]; "
+        f"its log: {data_dir / 'logs'}"
+    )
     return EXIT_TIMEOUT
 
 
@@ -636,8 +754,11 @@ def runs_view(url: str, experiment_id: str, directions: list[str] | None, segmen
     base = f"{url}/#/experiments/{experiment_id}/runs"
     point_runs = "tags.`phpo.point_id` LIKE '%'"
     try:
-        found = httpx.post(f"{api}/runs/search", timeout=10, json={
-            "experiment_ids": [experiment_id], "filter": point_runs, "max_results": 200})
+        found = httpx.post(
+            f"{api}/runs/search",
+            timeout=10,
+            json={"experiment_ids": [experiment_id], "filter": point_runs, "max_results": 200},
+        )
         runs = found.json().get("runs", []) if found.status_code == 200 else []
         params: dict[str, None] = {}
         losses: dict[str, None] = {"loss": None}
@@ -652,8 +773,15 @@ def runs_view(url: str, experiment_id: str, directions: list[str] | None, segmen
         if segmented:
             state["searchFilter"] = point_runs
             state["selectedColumns"] = ["tags.`phpo.segment`", *columns]
-        put = httpx.post(f"{api}/experiments/set-experiment-tag", timeout=10, json={
-            "experiment_id": experiment_id, "key": f"mlflow.sharedViewState.{VIEW_KEY}", "value": json.dumps(state)})
+        put = httpx.post(
+            f"{api}/experiments/set-experiment-tag",
+            timeout=10,
+            json={
+                "experiment_id": experiment_id,
+                "key": f"mlflow.sharedViewState.{VIEW_KEY}",
+                "value": json.dumps(state),
+            },
+        )
         if put.status_code == 200:
             return f"{base}?viewStateShareKey={VIEW_KEY}"
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
@@ -665,28 +793,41 @@ def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
     """``phpo dashboard ID``: the MLflow runs table of task ID (its experiment is named after its outDS)."""
     url = mlflow_url(args.mlflow_uri)
     if not url or not url.startswith(("http://", "https://")):
-        raise CliError("no MLflow tracking server known: start the stack with `phpo up`, or give "
-                       "--mlflow-uri / PHPO_MLFLOW_URI (an http(s) URL)")
+        raise CliError(
+            "no MLflow tracking server known: start the stack with `phpo up`, or give "
+            "--mlflow-uri / PHPO_MLFLOW_URI (an http(s) URL)"
+        )
     with make_client() as client:
         task = client.task(args.id)
-    name = getattr(task.spec, "outDS", None) or f"task-{args.id}"
+    name = experiment_name(args.id, task.spec)
     try:
-        r = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name},
-                      timeout=10)
+        r = httpx.get(
+            f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name}, timeout=10
+        )
     except httpx.TransportError as e:
         raise CliError(f"MLflow at {url} does not answer: {e}", code=5) from None  # unreachable
     if r.status_code != 200:
-        raise CliError(f"no MLflow experiment {name!r} at {url} yet (the server creates it with the "
-                       "task's first point)", code=4)  # nothing to show yet
+        raise CliError(
+            f"no MLflow experiment {name!r} at {url} yet (the server creates it with the task's first point)",
+            code=4,
+        )  # nothing to show yet
     # the runs table: MLflow 3's default experiment page is the GenAI overview, which lists no runs
     experiment_id = r.json()["experiment"]["experiment_id"]
-    link = runs_view(url, experiment_id, getattr(task.spec, "directions", None),
-                     bool(getattr(task.spec, "segments", None)))
+    link = runs_view(
+        url, experiment_id, getattr(task.spec, "directions", None), bool(getattr(task.spec, "segments", None))
+    )
     if getattr(args, "json", False):  # one object, like every other --json
         from .commands import print_json
 
-        print_json({"task_id": task.id, "experiment": name, "experiment_id": experiment_id,
-                    "mlflow_url": url, "url": link})
+        print_json(
+            {
+                "task_id": task.id,
+                "experiment": name,
+                "experiment_id": experiment_id,
+                "mlflow_url": url,
+                "url": link,
+            }
+        )
     else:
         print(link)
     if args.open:
@@ -696,5 +837,13 @@ def cmd_dashboard(args: argparse.Namespace, make_client) -> int:
     return 0
 
 
-__all__ = ["Stack", "check_installed", "cmd_down", "cmd_up", "config_path", "default_data_dir", "free_port",
-           "running_up"]
+__all__ = [
+    "Stack",
+    "check_installed",
+    "cmd_down",
+    "cmd_up",
+    "config_path",
+    "default_data_dir",
+    "free_port",
+    "running_up",
+]

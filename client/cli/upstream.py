@@ -206,14 +206,87 @@ OPTIONS: tuple[Opt, ...] = (
         "phpo",
         "phpo",
     ),
-    Opt("maxAttempts", "int", "N", "tries per point before it is recorded as failed (default 3)", "phpo", "phpo"),
+    Opt(
+        "maxAttempts",
+        "int",
+        "N",
+        "tries per point before it is recorded as failed (default 3)",
+        "phpo",
+        "phpo",
+    ),
     Opt("evaluationTimeout", "float", "SECONDS", "wall-clock limit of one payload run", "phpo", "phpo"),
-    Opt("nProcessesPerPoint", "int", "N",
+    Opt(
+        "nProcessesPerPoint",
+        "int",
+        "N",
         "processes (ranks) that train one point together on one agent, started by --launcher (default 1)",
-        "phpo", "phpo"),
-    Opt("launcher", "str", "NAME",
-        "how the agent starts a point's processes: none (default) or torchrun (PyTorch DDP, rendezvous on "
-        "loopback, one GPU of the slot per rank)", "phpo", "phpo"),
+        "phpo",
+        "phpo",
+    ),
+    Opt(
+        "nNodesPerPoint",
+        "str",
+        "M|MIN:MAX",
+        "agents that train one point together (torchrun across agents, gang leasing; default 1; elastic "
+        "MIN:MAX with MIN < MAX is not supported yet)",
+        "phpo",
+        "phpo",
+    ),
+    Opt(
+        "gangTimeout",
+        "float",
+        "SECONDS",
+        "how long the agents that joined a point of several agents wait for the rest before their slots are "
+        "given back (default 300)",
+        "phpo",
+        "phpo",
+    ),
+    Opt(
+        "launcher",
+        "str",
+        "NAME",
+        "how the agent starts a point's processes: none (default), torchrun (PyTorch DDP, rendezvous on "
+        "loopback, one GPU of the slot per rank), horovodrun (where Horovod is installed) or dask (a Dask "
+        "cluster of --nProcessesPerPoint workers on loopback for the point, DASK_SCHEDULER_ADDRESS set)",
+        "phpo",
+        "phpo",
+    ),
+    Opt(
+        "pruner",
+        "str",
+        "NAME",
+        "stop hopeless points early on their intermediate values: none (default), median, percentile, "
+        "asha, hyperband or wilcoxon (Optuna's pruners; see docs/pruning.md)",
+        "phpo",
+        "phpo",
+    ),
+    Opt(
+        "prunerOptions",
+        "json",
+        "JSON",
+        "options of the pruner as a JSON object, e.g. '{\"n_warmup_steps\": 5}'",
+        "phpo",
+        "phpo",
+    ),
+    Opt(
+        "prunerObjective",
+        "str",
+        "INDEX|NAME",
+        "multi-objective tasks: the objective the pruner watches (an index or a name of --objectiveNames)",
+        "phpo",
+        "phpo",
+    ),
+    Opt(
+        "objectiveNames", "list", "LIST", "comma-separated names of the objectives, in order", "phpo", "phpo"
+    ),
+    Opt(
+        "intermediateMetric",
+        "str",
+        "NAME",
+        "the payload's own MLflow metric whose values per step are its intermediate values (e.g. val_loss)",
+        "phpo",
+        "phpo",
+    ),
     Opt(
         "sandboxFiles",
         "str",
@@ -233,6 +306,7 @@ OPTIONS: tuple[Opt, ...] = (
     ),
 )
 
+
 @dataclass(frozen=True)
 class UpstreamOnly:
     """An upstream option phpo accepts without giving it a meaning of its own."""
@@ -245,15 +319,22 @@ class UpstreamOnly:
 
 
 UPSTREAM_ONLY: tuple[UpstreamOnly, ...] = (
-    UpstreamOnly(("-v",), "verbose", None, "verbose: print the task, the sandbox and the steering command", "config"),
-    UpstreamOnly(("--official",), "official", None, "produce an official dataset (no effect in phpo)", "output"),
+    UpstreamOnly(
+        ("-v",), "verbose", None, "verbose: print the task, the sandbox and the steering command", "config"
+    ),
+    UpstreamOnly(
+        ("--official",), "official", None, "produce an official dataset (no effect in phpo)", "output"
+    ),
     UpstreamOnly(("--workingGroup",), "workingGroup", "GROUP", "working group (no effect in phpo)", "submit"),
     UpstreamOnly(("-3",), "python3", None, "use python3 (no effect in phpo: it always is)", "submit"),
     UpstreamOnly(("--voms",), "vomsRoles", "ROLES", "grid proxy roles (no effect in phpo: tokens)", "submit"),
     UpstreamOnly(("--noEmail",), "noEmail", None, "no email notification (no effect in phpo)", "submit"),
     UpstreamOnly(("--intrSrv",), "intrSrv", None, "developers' server (no effect in phpo)", "expert"),
     UpstreamOnly(
-        ("--alrbArgs",), "alrbArgs", "ARGS", "ALRB arguments for the evaluation container (no effect in phpo)",
+        ("--alrbArgs",),
+        "alrbArgs",
+        "ARGS",
+        "ALRB arguments for the evaluation container (no effect in phpo)",
         "config",
     ),
 )
@@ -291,19 +372,31 @@ def help_group_text(group: str) -> str:
     every group), named and explained as in ``--help``."""
     wanted = [g for g in HELP_GROUPS if group.lower() in (g, "all")]
     if not wanted:
-        raise CliError(f"--helpGroup: unknown group {group!r}; use one of "
-                       f"{', '.join(g.upper() for g in HELP_GROUPS)} or ALL")
+        raise CliError(
+            f"--helpGroup: unknown group {group!r}; use one of "
+            f"{', '.join(g.upper() for g in HELP_GROUPS)} or ALL"
+        )
     lines: list[str] = []
     for g in wanted:
         lines.append(f"{g.upper()}: {HELP_GROUPS[g]}")
-        rows = [(f"--{o.name}" + (f" {o.metavar}" if o.metavar else ""), o.help.replace("%%", "%"))
-                for o in OPTIONS if o.help_group == g]
-        rows += [(", ".join(u.flags) + (f" {u.metavar}" if u.metavar else ""), u.help)
-                 for u in UPSTREAM_ONLY if u.help_group == g]
+        rows = [
+            (f"--{o.name}" + (f" {o.metavar}" if o.metavar else ""), o.help.replace("%%", "%"))
+            for o in OPTIONS
+            if o.help_group == g
+        ]
+        rows += [
+            (", ".join(u.flags) + (f" {u.metavar}" if u.metavar else ""), u.help)
+            for u in UPSTREAM_ONLY
+            if u.help_group == g
+        ]
         if g == "config":
             rows.append(("--version", "print phpo's version"))
-            rows.append(("--helpGroup GROUP", "print the options of one group (INPUT, OUTPUT, CONFIG, SUBMIT, "
-                                              "EXPERT, PHPO) or ALL"))
+            rows.append(
+                (
+                    "--helpGroup GROUP",
+                    "print the options of one group (INPUT, OUTPUT, CONFIG, SUBMIT, EXPERT, PHPO) or ALL",
+                )
+            )
         for flag, text in rows:
             lines.append(f"  {flag}\n      {text}")
         lines.append("")
@@ -347,8 +440,12 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
         "upstream options without effect in phpo",
         "Accepted so that upstream command lines and --loadJson files work unchanged; named in one notice.",
     )
-    g.add_argument("--helpGroup", metavar="GROUP", action=_HelpGroup,
-                   help="print the options of one group (INPUT, OUTPUT, CONFIG, SUBMIT, EXPERT, PHPO) or ALL")
+    g.add_argument(
+        "--helpGroup",
+        metavar="GROUP",
+        action=_HelpGroup,
+        help="print the options of one group (INPUT, OUTPUT, CONFIG, SUBMIT, EXPERT, PHPO) or ALL",
+    )
     for u in UPSTREAM_ONLY:
         if u.metavar is None:
             g.add_argument(*u.flags, dest=u.dest, action="store_true", default=argparse.SUPPRESS, help=u.help)
@@ -374,7 +471,9 @@ def load_json_options(path: str | Path, warn: Callable[[str], None] = lambda m: 
     unknown: list[str] = []
     for k, v in data.items():
         if k in JSON_KEYS or k in UPSTREAM_ONLY_BY_DEST:
-            if v is not None and not (v is False and (k in UPSTREAM_ONLY_BY_DEST or BY_NAME[k].kind == "flag")):
+            if v is not None and not (
+                v is False and (k in UPSTREAM_ONLY_BY_DEST or BY_NAME[k].kind == "flag")
+            ):
                 out[k] = v
         elif k not in DUMPED_CLI_OPTIONS:
             unknown.append(k)
@@ -384,8 +483,10 @@ def load_json_options(path: str | Path, warn: Callable[[str], None] = lambda m: 
             close = difflib.get_close_matches(k, sorted(JSON_KEYS), n=1) if k not in DUMP_OUTCOME else []
             hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         outcome = " (the outcome of an earlier submission)" if set(unknown) <= set(DUMP_OUTCOME) else ""
-        warn(f"--loadJson {p}: ignored {len(unknown)} key{'s' if len(unknown) > 1 else ''} that "
-             f"{'are' if len(unknown) > 1 else 'is'} not an option{outcome}: " + ", ".join(hints))
+        warn(
+            f"--loadJson {p}: ignored {len(unknown)} key{'s' if len(unknown) > 1 else ''} that "
+            f"{'are' if len(unknown) > 1 else 'is'} not an option{outcome}: " + ", ".join(hints)
+        )
     return out
 
 
@@ -424,15 +525,17 @@ def build_spec(
     """The :class:`TaskSpec` the options describe: files read, values normalized, validated."""
     base = Path(base or os.getcwd())
     data: dict[str, Any] = {k: v for k, v in options.items() if k not in CLI_ONLY}
-    if isinstance(data.get("optimizerOptions"), str):
-        try:
-            data["optimizerOptions"] = json.loads(data["optimizerOptions"])
-        except json.JSONDecodeError as e:
-            raise CliError(
-                f"--optimizerOptions: not valid JSON ({e}); give an object such as '{{\"seed\": 1}}'"
-            ) from None
-    if isinstance(data.get("directions"), str):
-        data["directions"] = [x.strip() for x in data["directions"].split(",") if x.strip()]
+    for name, example in (("optimizerOptions", '{"seed": 1}'), ("prunerOptions", '{"n_warmup_steps": 5}')):
+        if isinstance(data.get(name), str):
+            try:
+                data[name] = json.loads(data[name])
+            except json.JSONDecodeError as e:
+                raise CliError(
+                    f"--{name}: not valid JSON ({e}); give an object such as '{example}'"
+                ) from None
+    for name in ("directions", "objectiveNames"):
+        if isinstance(data.get(name), str):
+            data[name] = [x.strip() for x in data[name].split(",") if x.strip()]
     if isinstance(data.get("checkPointInterval"), str):
         try:
             data["checkPointInterval"] = float(data["checkPointInterval"])
@@ -463,8 +566,9 @@ def dump_options(
         else:
             d = defaults.get(o.name)
             out[o.name] = d if isinstance(d, (int, float, str, type(None))) else None
-    if out.get("optimizerOptions") is None:
-        out["optimizerOptions"] = {}
+    for name in ("optimizerOptions", "prunerOptions"):
+        if out.get(name) is None:
+            out[name] = {}
     out.update(returnCode=return_code, returnOut=return_out, jediTaskID=task_id, taskID=task_id)
     return out
 
@@ -488,11 +592,15 @@ def submission_notes(spec: TaskSpec, options: dict[str, Any]) -> list[str]:
         n = min(spec.nPointsPerIteration, spec.maxPoints)
         line = steering_command_line(spec.steeringExec, spec.steeringContainer, n, spec.total_max_points)
         form = steering_form(spec.steeringExec, spec.steeringContainer)
-        where = {"shell": "a shell command on the agent",
-                 "docker-args": "docker's arguments, run with the agent's container runtime",
-                 "container": f"in the container {spec.steeringContainer}, run with the agent's container runtime"}
-        notes.append(f"steering ({where[form]}), first iteration, in its working directory holding "
-                     f"{STEERING_IN}: {line}")
+        where = {
+            "shell": "a shell command on the agent",
+            "docker-args": "docker's arguments, run with the agent's container runtime",
+            "container": f"in the container {spec.steeringContainer}, run with the agent's container runtime",
+        }
+        notes.append(
+            f"steering ({where[form]}), first iteration, in its working directory holding "
+            f"{STEERING_IN}: {line}"
+        )
     if options.get("verbose"):
         notes.append("task: " + json.dumps(spec.model_dump(mode="json", exclude_unset=True), default=str))
     return notes

@@ -42,8 +42,16 @@ COMMANDS = {
     "wait": "follow a workflow until it ends; exit 0 when it succeeded",
 }
 
-STATE_STYLE = {"done": "green", "succeeded": "green", "running": "cyan", "waiting": "dim", "ready": "dim",
-               "failed": "red", "cancelled": "yellow", "skipped": "yellow"}
+STATE_STYLE = {
+    "done": "green",
+    "succeeded": "green",
+    "running": "cyan",
+    "waiting": "dim",
+    "ready": "dim",
+    "failed": "red",
+    "cancelled": "yellow",
+    "skipped": "yellow",
+}
 
 
 def _connection(p: argparse.ArgumentParser, json_help: str) -> None:
@@ -57,11 +65,20 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="phpo workflow", description="DAG workflows: " + ", ".join(COMMANDS))
     sub = p.add_subparsers(dest="action", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("submit", help=COMMANDS["submit"], description=COMMANDS["submit"] + ". The *.json *.py "
-                       "*.sh *.yaml files of the definition's folder are uploaded as the sandbox of every node.")
+    s = sub.add_parser(
+        "submit",
+        help=COMMANDS["submit"],
+        description=COMMANDS["submit"] + ". The *.json *.py "
+        "*.sh *.yaml files of the definition's folder are uploaded as the sandbox of every node.",
+    )
     s.add_argument("file", help="the definition (YAML, or JSON with a .json suffix)")
-    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter; VALUE is read as YAML (3, 0.5, [1, 2], true); repeatable")
+    s.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter; VALUE is read as YAML (3, 0.5, [1, 2], true); repeatable",
+    )
     s.add_argument("--no-sandbox", action="store_true", help="do not upload the definition's folder")
     s.add_argument("--wait", action="store_true", help="then follow it, as `phpo workflow wait`")
     _connection(s, "print the new workflow as JSON")
@@ -83,7 +100,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("wait", help=COMMANDS["wait"], description=COMMANDS["wait"])
     s.add_argument("id", type=int)
     s.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (exit 3)")
-    s.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help="seconds between checks (default 1)")
+    s.add_argument(
+        "--poll", type=float, default=1.0, metavar="SECONDS", help="seconds between checks (default 1)"
+    )
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     _connection(s, "print the final workflow as JSON")
     return p
@@ -139,8 +158,14 @@ def _workflows_table(items: list[Workflow]) -> RichTable:
         t.add_column(col, justify="right" if col == "id" else "left")
     for wf in items:
         nodes = ", ".join(f"{v} {k}" for k, v in sorted(wf.counts.items()))
-        t.add_row(str(wf.id), escape(wf.name), _state(wf.state.value), nodes,
-                  wf.created_at.strftime("%Y-%m-%d %H:%M:%S"), escape((wf.message or "")[:80]))
+        t.add_row(
+            str(wf.id),
+            escape(wf.name),
+            _state(wf.state.value),
+            nodes,
+            wf.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            escape((wf.message or "")[:80]),
+        )
     return t
 
 
@@ -164,8 +189,9 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
         print_json(wf.model_dump(mode="json"))
     else:
         out_console().print(f"submitted workflow {wf.id} '{escape(wf.name)}'")
-        err_console().print(f"follow it with: phpo workflow wait {wf.id}   (or phpo workflow show {wf.id})",
-                            style="dim")
+        err_console().print(
+            f"follow it with: phpo workflow wait {wf.id}   (or phpo workflow show {wf.id})", style="dim"
+        )
     return EXIT_OK
 
 
@@ -200,8 +226,9 @@ def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
-def _wait(client: Client, wid: int, args: argparse.Namespace, *, timeout: float | None, poll: float,
-          quiet: bool) -> int:
+def _wait(
+    client: Client, wid: int, args: argparse.Namespace, *, timeout: float | None, poll: float, quiet: bool
+) -> int:
     try:
         wf = client.wait_workflow(wid, progress=not quiet, poll=poll, timeout=timeout, console=err_console())
     except TimeoutError as e:

@@ -61,7 +61,9 @@ class PayloadUser:
         elif pw is not None:
             gid = pw.pw_gid
         else:
-            raise ValueError(f"--payload-user {text}: uid {uid} has no account here; give its group as UID:GID")
+            raise ValueError(
+                f"--payload-user {text}: uid {uid} has no account here; give its group as UID:GID"
+            )
         return cls(uid=uid, gid=gid, name=pw.pw_name if pw else None, home=pw.pw_dir if pw else None)
 
 

@@ -49,8 +49,16 @@ def _read(var: Any) -> Any:
         return None
 
 
-def run_on_worker(command: str, cwd: str, env_extra: dict[str, str], gpus: list[int] | None,
-                  stdout: str, stderr: str, key: str, poll_s: float = 0.5) -> int:
+def run_on_worker(
+    command: str,
+    cwd: str,
+    env_extra: dict[str, str],
+    gpus: list[int] | None,
+    stdout: str,
+    stderr: str,
+    key: str,
+    poll_s: float = 0.5,
+) -> int:
     """Runs on a Dask worker: the command in ``cwd`` as the subprocess executor runs it there,
     polling ``key``'s stop variable."""
     from distributed import get_worker
@@ -62,8 +70,16 @@ def run_on_worker(command: str, cwd: str, env_extra: dict[str, str], gpus: list[
     if not os.path.isdir(cwd):
         return NOT_VISIBLE
     stop = _variable(f"{key}-stop")
-    handle = SubprocessExecutor().start(RunSpec(command=command, workdir=Path(cwd), stdout_path=Path(stdout),
-                                                stderr_path=Path(stderr), env=env_extra, gpus=gpus))
+    handle = SubprocessExecutor().start(
+        RunSpec(
+            command=command,
+            workdir=Path(cwd),
+            stdout_path=Path(stdout),
+            stderr_path=Path(stderr),
+            env=env_extra,
+            gpus=gpus,
+        )
+    )
     try:
         while (rc := handle.wait(timeout=poll_s)) is None:
             grace = _read(stop)
@@ -99,11 +115,17 @@ class DaskHandle(RunHandle):
             except Exception as e:  # noqa: BLE001 - KilledWorker, a cancelled future, ...
                 return self._end(LOST, f"the Dask task ended without an exit status: {type(e).__name__}: {e}")
             if rc == RESTARTED:
-                return self._end(LOST, "the Dask worker running this attempt was lost (Dask started it again "
-                                       "elsewhere; the attempt is failed and the point retried instead)")
+                return self._end(
+                    LOST,
+                    "the Dask worker running this attempt was lost (Dask started it again "
+                    "elsewhere; the attempt is failed and the point retried instead)",
+                )
             if rc == NOT_VISIBLE:
-                return self._end(rc, f"the job directory {self.spec.workdir} is not visible on the Dask worker: "
-                                     "the Dask executor needs it on a filesystem the workers share")
+                return self._end(
+                    rc,
+                    f"the job directory {self.spec.workdir} is not visible on the Dask worker: "
+                    "the Dask executor needs it on a filesystem the workers share",
+                )
             return self._end(rc)
         now = time.monotonic()
         if now - self._checked >= 1.0:  # a lost worker: the scheduler no longer lists it
@@ -141,13 +163,15 @@ class DaskExecutor(Executor):
         try:
             from distributed import Client
         except ImportError as e:
-            raise ExecutorError("--executor dask needs the dask extra: pip install 'phpo[dask]'",
-                                retryable=False) from e
+            raise ExecutorError(
+                "--executor dask needs the dask extra: pip install 'phpo[dask]'", retryable=False
+            ) from e
         try:
             self.client = Client(scheduler, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
-            raise ExecutorError(f"--executor dask: no Dask scheduler answers at {scheduler}: {e}",
-                                retryable=False) from e
+            raise ExecutorError(
+                f"--executor dask: no Dask scheduler answers at {scheduler}: {e}", retryable=False
+            ) from e
         self.scheduler = scheduler
 
     def variable(self, name: str) -> Any:
@@ -161,14 +185,27 @@ class DaskExecutor(Executor):
 
     def start(self, spec: RunSpec) -> DaskHandle:
         if spec.user is not None:
-            raise ExecutorError("--payload-user is not available with --executor dask (the workers' "
-                                "account runs the payloads)", retryable=False)
+            raise ExecutorError(
+                "--payload-user is not available with --executor dask (the workers' "
+                "account runs the payloads)",
+                retryable=False,
+            )
         spec.stdout_path.parent.mkdir(parents=True, exist_ok=True)
         spec.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         key = f"phpo-{uuid.uuid4().hex}"
         future = self.client.submit(
-            run_on_worker, spec.command, str(spec.workdir), dict(spec.env), spec.gpus,
-            str(spec.stdout_path), str(spec.stderr_path), key, key=key, pure=False, retries=0)
+            run_on_worker,
+            spec.command,
+            str(spec.workdir),
+            dict(spec.env),
+            spec.gpus,
+            str(spec.stdout_path),
+            str(spec.stderr_path),
+            key,
+            key=key,
+            pure=False,
+            retries=0,
+        )
         return DaskHandle(self, future, key, spec)
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """Run a command in a container through the Docker Engine API (the ``docker`` SDK).
 
-The same code drives a Docker engine and podman's Docker-compatible service (CONTAINERS.md):
+The same code drives a Docker engine and podman's Docker-compatible service (README, Containers):
 only the socket differs. The job's working directory is mounted read-write at
 ``/srv/workDir`` and is the only writable place besides a tmpfs ``/tmp``: the image's root
 filesystem is read-only, so a payload cannot leave state behind in the image. Networking is off
@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from phpo.schemas.payload import ENV_GPUS
 from phpo.schemas.upstream import container_image
 
 from .base import CONTAINER_WORKDIR, Executor, ExecutorError, RunHandle, RunSpec
@@ -32,7 +33,7 @@ def container_env(spec: RunSpec) -> dict[str, str]:
     env = {k: v for k, v in spec.env.items() if k != "CUDA_VISIBLE_DEVICES"}
     env.setdefault("HOME", "/tmp")
     if spec.gpus is not None:
-        env["PHPO_GPUS"] = ",".join(str(g) for g in spec.gpus)
+        env[ENV_GPUS] = ",".join(str(g) for g in spec.gpus)
     return env
 
 
@@ -74,7 +75,9 @@ def _docker_run_kwargs(spec: RunSpec, labels: dict[str, str] | None) -> dict[str
     kw: dict[str, Any] = {
         "image": container_image(spec.image or ""),
         "command": list(spec.argv or []),
-        "volumes": {str(Path(h).resolve()): {"bind": c, "mode": "rw"} for h, c in (spec.mounts or {}).items()},
+        "volumes": {
+            str(Path(h).resolve()): {"bind": c, "mode": "rw"} for h, c in (spec.mounts or {}).items()
+        },
         "environment": container_env(spec),
         "tmpfs": {"/tmp": "rw,exec"},
         "network_mode": spec.network,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 log = logging.getLogger("phpo.agent.podman")
 
-# What CONTAINERS.md found necessary on these machines (crun fails on setrlimit / hybrid cgroups)
+# What podman needs on machines where crun fails on setrlimit / hybrid cgroups (README, Containers)
 CONTAINERS_CONF = """[containers]
 default_ulimits = []
 [engine]
@@ -57,7 +57,10 @@ class PodmanService:
         with open(log_path, "ab") as logf:
             self.proc = subprocess.Popen(
                 [exe, "system", "service", "--time=0", self.base_url],
-                env=self.env(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env(),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout

@@ -65,8 +65,15 @@ def _setpriv() -> str | None:
     if exe is None:
         return None
     try:
-        ok = subprocess.run([exe, "--pdeathsig", "KILL", "--", "true"], stdin=subprocess.DEVNULL,
-                            capture_output=True, timeout=10).returncode == 0
+        ok = (
+            subprocess.run(
+                [exe, "--pdeathsig", "KILL", "--", "true"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         ok = False
     return exe if ok else None
@@ -80,8 +87,13 @@ def command_env(spec: RunSpec, base: dict[str, str] | None = None) -> dict[str, 
         if name in SECRET_ENV or name.startswith("PHPO_TOKEN"):
             del env[name]
     if spec.user is not None:
-        env.update({k: v for k, v in (("HOME", spec.user.home), ("USER", spec.user.name),
-                                      ("LOGNAME", spec.user.name)) if v})
+        env.update(
+            {
+                k: v
+                for k, v in (("HOME", spec.user.home), ("USER", spec.user.name), ("LOGNAME", spec.user.name))
+                if v
+            }
+        )
     env.update(spec.env)
     if spec.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
@@ -102,7 +114,7 @@ def live_group_members(pgid: int) -> list[int] | None:
         except OSError:
             continue
         # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         if len(fields) >= 3 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
             out.append(int(d.name))
     return out
@@ -117,8 +129,11 @@ def _setpriv_user(user: PayloadUser | None) -> list[str]:
     if user is None:
         return []
     groups = _groups(user)
-    return [f"--reuid={user.uid}", f"--regid={user.gid}",
-            f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"]
+    return [
+        f"--reuid={user.uid}",
+        f"--regid={user.gid}",
+        f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+    ]
 
 
 class _Fd:

@@ -28,19 +28,33 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` of a route whose JSON body is ``model``."""
     if model not in BODY_MODELS:
         BODY_MODELS.append(model)
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
 
 
 def _validate(model: type[M], body: bytes) -> M:
     try:
         data = json.loads(body) if body else None
     except ValueError as e:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
-                                       "input": {}, "ctx": {"error": str(e)}}]) from None
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body",),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": str(e)},
+                }
+            ]
+        ) from None
     if data is None:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "a JSON body is required",
-                                       "input": None}])
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "a JSON body is required", "input": None}]
+        )
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -23,17 +23,25 @@ Ctx = Annotated[AppContext, Depends(get_ctx)]
 
 # declares the scheme in the OpenAPI document; the header is read below, so that a missing or
 # malformed one gets this server's 401 body
-_bearer = HTTPBearer(scheme_name="bearer", auto_error=False,
-                     description="a token made by `phpo server create-token` (roles user, agent, admin)")
+_bearer = HTTPBearer(
+    scheme_name="bearer",
+    auto_error=False,
+    description="a token made by `phpo server create-token` (roles user, agent, admin)",
+)
 
 
-def current_caller(request: Request, ctx: Ctx,
-                   _declared: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
+def current_caller(
+    request: Request,
+    ctx: Ctx,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("this call needs 'Authorization: Bearer <token>' (phpo server create-token makes one)",
-                           field="Authorization")
+        raise Unauthorized(
+            "this call needs 'Authorization: Bearer <token>' (phpo server create-token makes one)",
+            field="Authorization",
+        )
     # looked up on every request, never cached: a revoked token is refused from the very next
     # request, by every server process on the database (one indexed read; see benchmarks/)
     with ctx.db.read() as s:
@@ -49,8 +57,10 @@ CurrentCaller = Annotated[Caller, Depends(current_caller)]
 def _need(*roles: Role):
     def dep(caller: CurrentCaller) -> Caller:
         if caller.role not in roles:
-            raise Forbidden(f"this call is for {' or '.join(r.value for r in roles)} tokens; "
-                            f"'{caller.name}' has role '{caller.role.value}'")
+            raise Forbidden(
+                f"this call is for {' or '.join(r.value for r in roles)} tokens; "
+                f"'{caller.name}' has role '{caller.role.value}'"
+            )
         return caller
 
     return dep

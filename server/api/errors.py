@@ -19,31 +19,57 @@ log = logging.getLogger(__name__)
 
 _LOC_ROOTS = {"body", "query", "path", "header", "cookie"}
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): ")
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-               422: "validation_error"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+}
 
 
-_BOUND_TYPES = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "int_parsing",
-                "int_from_float", "finite_number", "float_parsing", "string_too_long", "too_long"}
+_BOUND_TYPES = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "int_parsing",
+    "int_from_float",
+    "finite_number",
+    "float_parsing",
+    "string_too_long",
+    "too_long",
+}
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, (str, list, dict)) or len(repr(value)) <= 60 else (
-        f"a {type(value).__name__} of length {len(value)}")
+    text = (
+        repr(value)
+        if not isinstance(value, (str, list, dict)) or len(repr(value)) <= 60
+        else (f"a {type(value).__name__} of length {len(value)}")
+    )
     return text
 
 
-def _body(status: int, code: str, message: str, field: str | None = None,
-          details: list[dict] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content=ErrorBody(code=code, message=message, field=field,
-                                                              details=details).model_dump(mode="json"))
+def _body(
+    status: int, code: str, message: str, field: str | None = None, details: list[dict] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content=ErrorBody(code=code, message=message, field=field, details=details).model_dump(mode="json"),
+    )
 
 
 def _field_and_message(err: dict[str, Any]) -> tuple[str | None, str]:
     loc = [str(x) for x in err.get("loc", ()) if not (isinstance(x, str) and x in _LOC_ROOTS)]
     # discriminated unions and function validators add their tag to the loc: keep field names only
-    loc = [x for x in loc if not x.startswith("function-") and x not in ("dict[str,any]", "list[dict[str,any]]")]
+    loc = [
+        x for x in loc if not x.startswith("function-") and x not in ("dict[str,any]", "list[dict[str,any]]")
+    ]
     msg = str(err.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
     if err.get("type") == "json_invalid":
@@ -74,8 +100,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
         errors = list(e.errors())
         field, message = _field_and_message(errors[0]) if errors else (None, "invalid request")
-        details = [{"loc": [str(x) for x in er.get("loc", ())], "msg": str(er.get("msg")),
-                    "type": str(er.get("type"))} for er in errors]
+        details = [
+            {
+                "loc": [str(x) for x in er.get("loc", ())],
+                "msg": str(er.get("msg")),
+                "type": str(er.get("type")),
+            }
+            for er in errors
+        ]
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         return _body(422, "validation_error", message, field, details)

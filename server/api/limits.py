@@ -31,8 +31,10 @@ MAX_JSON_DEPTH = 64
 _THREAD_ABOVE = 64 * 1024  # bytes; smaller bodies are checked inline (a thread hop costs more)
 
 # routes whose body is a raw upload, not JSON: their own limit, counted by the route as it streams
-UPLOAD_ROUTES = [("PUT", re.compile(rf"^{re.escape(API_PREFIX)}/sandboxes/?$")),
-                 ("PUT", re.compile(rf"^{re.escape(API_PREFIX)}/jobs/[^/]+/artifacts/[^/]+/?$"))]
+UPLOAD_ROUTES = [
+    ("PUT", re.compile(rf"^{re.escape(API_PREFIX)}/sandboxes/?$")),
+    ("PUT", re.compile(rf"^{re.escape(API_PREFIX)}/jobs/[^/]+/artifacts/[^/]+/?$")),
+]
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -63,8 +65,12 @@ def _may_be_non_finite(stripped: bytes) -> bool:
     """``NaN``, ``Infinity``, an exponent of three digits or more, or 300 digits in a row (the
     only ways JSON text becomes a non-finite double); fast substring searches, digits as 0."""
     t = stripped.translate(_DIGITS_AS_ZERO)
-    return (b"NaN" in t or b"Infinity" in t or b"0" * 300 in t
-            or any(e in t for e in (b"e000", b"E000", b"e+000", b"E+000")))
+    return (
+        b"NaN" in t
+        or b"Infinity" in t
+        or b"0" * 300 in t
+        or any(e in t for e in (b"e000", b"E000", b"e+000", b"E+000"))
+    )
 
 
 def _path_of_non_finite(value: Any) -> tuple[str, str] | None:
@@ -93,8 +99,9 @@ def json_problem(body: bytes) -> tuple[str, str] | None:
     stripped = _STRING.sub(b"", body)
     depth = json_depth(stripped)
     if depth > MAX_JSON_DEPTH:
-        return "body", (f"the JSON body is nested {depth} levels deep; at most {MAX_JSON_DEPTH} levels "
-                        "are accepted")
+        return "body", (
+            f"the JSON body is nested {depth} levels deep; at most {MAX_JSON_DEPTH} levels are accepted"
+        )
     if not _may_be_non_finite(stripped):
         return None
     try:
@@ -105,22 +112,28 @@ def json_problem(body: bytes) -> tuple[str, str] | None:
     if found is None:
         return None
     field, text = found
-    return field, (f"{field}: {text} is not a finite number; JSON has no NaN or Infinity, and the "
-                   "server stores only finite numbers (send null instead)")
+    return field, (
+        f"{field}: {text} is not a finite number; JSON has no NaN or Infinity, and the "
+        "server stores only finite numbers (send null instead)"
+    )
 
 
 def _error(status: int, code: str, message: str, field: str) -> tuple[dict[str, Any], bytes]:
     body = ErrorBody(code=code, message=message, field=field).model_dump_json().encode()
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
     return start, body
 
 
 class BodyLimits:
     """See the module docstring. ``json_limit``/``upload_limit`` in bytes."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, json_limit: int,
-                 upload_limit: int):
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, json_limit: int, upload_limit: int
+    ):
         self.app = app
         self.json_limit = json_limit
         self.upload_limit = upload_limit
@@ -137,12 +150,19 @@ class BodyLimits:
             return
         method, path = scope["method"], scope["path"]
         limit, upload, option = self.limit_for(method, path)
-        too_large = (f"the request body of {method} {path} is larger than the server's limit of "
-                     f"{limit:,} bytes ({limit / 1048576:g} MB; phpo server {option})")
+        too_large = (
+            f"the request body of {method} {path} is larger than the server's limit of "
+            f"{limit:,} bytes ({limit / 1048576:g} MB; phpo server {option})"
+        )
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await self._answer(send, 413, "too_large", too_large.replace(
-                "the request body", f"the request body ({int(declared):,} bytes)"), "body")
+            await self._answer(
+                send,
+                413,
+                "too_large",
+                too_large.replace("the request body", f"the request body ({int(declared):,} bytes)"),
+                "body",
+            )
             return
         if upload:
             await self.app(scope, receive, send)  # streamed and counted by the upload route
@@ -163,7 +183,11 @@ class BodyLimits:
                 break
         body = b"".join(chunks)
         if body and _is_json(scope):
-            problem = await run_in_threadpool(json_problem, body) if len(body) > _THREAD_ABOVE else json_problem(body)
+            problem = (
+                await run_in_threadpool(json_problem, body)
+                if len(body) > _THREAD_ABOVE
+                else json_problem(body)
+            )
             if problem is not None:
                 await self._answer(send, 422, "validation_error", problem[1], problem[0])
                 return

@@ -61,7 +61,10 @@ def declare_errors(schema: dict[str, Any]) -> dict[str, Any]:
         for method, op in ops.items():
             responses = op.setdefault("responses", {})
             for code in _codes(path, method, op):
-                responses[code] = {"description": ERRORS[code], "content": {"application/json": {"schema": _REF}}}
+                responses[code] = {
+                    "description": ERRORS[code],
+                    "content": {"application/json": {"schema": _REF}},
+                }
     used = str(schema.get("paths"))
     for name in ("HTTPValidationError", "ValidationError"):
         if f"/{name}'" not in used:
@@ -72,9 +75,16 @@ def declare_errors(schema: dict[str, Any]) -> dict[str, Any]:
 def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = declare_errors(get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes,
-                tags=app.openapi_tags, servers=app.servers))
+            app.openapi_schema = declare_errors(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                    tags=app.openapi_tags,
+                    servers=app.servers,
+                )
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -14,10 +14,20 @@ Id = Annotated[int, Path(ge=1, le=MAX_INT64, description="a record's id (1 to 2^
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"items per page (1 to {MAX_PAGE})")]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT64, description="items to skip (0 to 2^63-1)")]
 OptionalId = Annotated[int | None, Query(ge=1, le=MAX_INT64, description="a record's id (1 to 2^63-1)")]
-SegmentIndex = Annotated[int | None, Query(ge=0, le=MAX_INT32, description="0-based segment index (0 to 2^31-1)")]
+SegmentIndex = Annotated[
+    int | None, Query(ge=0, le=MAX_INT32, description="0-based segment index (0 to 2^31-1)")
+]
 # the bounds are checked by check_artifact_name (whose message names the offending character) and
 # declared in the spec
-ArtifactName = Annotated[str, Query(description="the file name downloads get: 1 to 255 printable characters",
-                                    json_schema_extra={"minLength": 1, "maxLength": MAX_ARTIFACT_NAME,
-                                                       "pattern": r"^[^\x00-\x1f\x7f-\x9f]+$"}),
-                         AfterValidator(check_artifact_name)]
+ArtifactName = Annotated[
+    str,
+    Query(
+        description="the file name downloads get: 1 to 255 printable characters",
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": MAX_ARTIFACT_NAME,
+            "pattern": r"^[^\x00-\x1f\x7f-\x9f]+$",
+        },
+    ),
+    AfterValidator(check_artifact_name),
+]

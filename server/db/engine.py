@@ -40,9 +40,9 @@ def aware(dt: datetime | None) -> datetime | None:
 def normalize_url(url: str) -> str:
     """Accept ``postgresql://`` and ``postgres://`` for PostgreSQL: we use the psycopg 3 driver."""
     if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
 
 
@@ -114,6 +114,14 @@ class Database:
         self.engine.dispose()
 
 
+def lock_conflict(exc: BaseException) -> bool:
+    """A PostgreSQL deadlock or serialization failure (SQLSTATE 40P01 / 40001): the database
+    aborted this transaction, nothing of it was written, and the same work may simply be asked
+    again."""
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return state in ("40P01", "40001")
+
+
 def _alembic_config():
     from alembic.config import Config
 
@@ -140,7 +148,7 @@ def head_revision() -> str | None:
     return next(iter(heads)) if len(heads) == 1 else None
 
 
-def _current_revisions(engine: Engine) -> list[str] | None:
+def current_revisions(engine: Engine) -> list[str] | None:
     try:
         with engine.connect() as conn:
             return list(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
@@ -153,7 +161,7 @@ def migrate(engine: Engine) -> None:
     An up-to-date database is recognized without importing Alembic (``create-token`` and
     server start stay fast)."""
     head = head_revision()
-    if head is not None and _current_revisions(engine) == [head]:
+    if head is not None and current_revisions(engine) == [head]:
         return
     from alembic import command
 

@@ -187,6 +187,26 @@ class MlflowArtifactRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class MlflowModelRow(Base):
+    """The best model of a segment, registered in MLflow's model registry (one row per segment,
+    written once the segment has ended and its best point's run holds everything the payload
+    logged). ``status``: registered (``name``/``version`` set) | no_model (the best point's run
+    holds no ``model/``: the payload saved none) | error (``detail`` says why)."""
+
+    __tablename__ = "mlflow_models"
+    segment_id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=False)
+    task_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), index=True)
+    segment_idx: Mapped[int] = mapped_column(Integer)
+    point_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    run_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(250))
+    version: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class MlflowSegmentRunRow(Base):
     """The parent run of a segment of a segmented task (its points' runs are nested under it):
     ``synced`` 'open' until the segment has ended and the run is terminated, then 'done'."""

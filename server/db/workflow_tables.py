@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from phpo.schemas.states import TERMINAL_NODE_STATES, TERMINAL_WORKFLOW_STATES
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -49,7 +50,7 @@ class WorkflowRow(_Stamps, Base):
     __tablename__ = "workflows"
     __table_args__ = (Index("ix_workflows_owner_parent", "owner", "parent_node_id"),)
     STATE_KIND = "workflow"
-    TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+    TERMINAL = TERMINAL_WORKFLOW_STATES
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
@@ -73,24 +74,33 @@ class WorkflowNodeRow(_Stamps, Base):
         Index("ix_workflow_nodes_task", "task_id"),
     )
     STATE_KIND = "node"
-    TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
+    TERMINAL = TERMINAL_NODE_STATES
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     workflow_id: Mapped[int] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"))
-    parent_id: Mapped[int | None] = mapped_column(_ID, doc="the loop (body nodes) or fan-out node (instances)")
+    parent_id: Mapped[int | None] = mapped_column(
+        _ID, doc="the loop (body nodes) or fan-out node (instances)"
+    )
     name: Mapped[str] = mapped_column(String(100))
-    path: Mapped[str] = mapped_column(String(1000), doc="unique in the workflow, e.g. rounds#2.search, train[1]")
+    path: Mapped[str] = mapped_column(
+        String(1000), doc="unique in the workflow, e.g. rounds#2.search, train[1]"
+    )
     kind: Mapped[str] = mapped_column(String(16))
-    fan_out: Mapped[bool] = mapped_column(Boolean, default=False, doc="a for_each node (its instances below it)")
-    iteration: Mapped[int] = mapped_column(Integer, default=0,
-                                           doc="body nodes: their loop iteration (1-based); loops: iterations started")
+    fan_out: Mapped[bool] = mapped_column(
+        Boolean, default=False, doc="a for_each node (its instances below it)"
+    )
+    iteration: Mapped[int] = mapped_column(
+        Integer, default=0, doc="body nodes: their loop iteration (1-based); loops: iterations started"
+    )
     item_index: Mapped[int | None] = mapped_column(Integer)
     item: Mapped[Any] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[int | None] = mapped_column(_ID)
     child_workflow_id: Mapped[int | None] = mapped_column(_ID)
-    inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, doc="what was launched, resolved")
+    inputs: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, nullable=True, doc="what was launched, resolved"
+    )
     results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -29,7 +29,10 @@ def order_by(stmt: Select, sort: str | None, columns: dict[str, Any], default: s
     desc = key.startswith("-")
     name = key.lstrip("-+")
     if name not in columns:
-        raise InvalidInput(f"cannot sort by {name!r}; use one of {sorted(columns)} (prefix '-' for descending)",
-                           field="sort")
+        raise InvalidInput(
+            f"cannot sort by {name!r}; use one of {sorted(columns)} (prefix '-' for descending)", field="sort"
+        )
     col = columns[name]
-    return stmt.order_by(col.desc().nulls_last() if desc else col.asc().nulls_last(), *columns.get("_tiebreak", ()))
+    return stmt.order_by(
+        col.desc().nulls_last() if desc else col.asc().nulls_last(), *columns.get("_tiebreak", ())
+    )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from phpo.schemas.segments import Segment
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..db.tables import PointRow, SegmentRow, TaskRow
@@ -35,6 +35,7 @@ SORT_KEYS: dict[str, Callable[[Segment], Any]] = {
     "best_loss": lambda g: _first(g.best_loss),
     "evaluated": lambda g: g.n_evaluated,
     "failed": lambda g: g.n_failed,
+    "pruned": lambda g: g.n_pruned,
     "running": lambda g: g.n_leased,
     "leased": lambda g: g.n_leased,
     "ready": lambda g: g.n_ready,
@@ -48,8 +49,11 @@ def parse_sort(sort: str | None) -> tuple[str, bool]:
     key = sort or "id"
     name = key.lstrip("-+")
     if name not in SORT_KEYS:
-        raise InvalidInput(f"cannot sort segments by {name!r}; use one of {', '.join(SORT_KEYS)} "
-                           "(prefix '-' for descending)", field="sort")
+        raise InvalidInput(
+            f"cannot sort segments by {name!r}; use one of {', '.join(SORT_KEYS)} "
+            "(prefix '-' for descending)",
+            field="sort",
+        )
     return name, key.startswith("-")
 
 
@@ -67,34 +71,96 @@ def sort_segments(segments: list[Segment], sort: str | None) -> list[Segment]:
 
 def summarize(s: Session, task: TaskRow) -> list[Segment]:
     """Every segment of the task with its counts and best point, in id order."""
-    rows = list(s.execute(select(SegmentRow).where(SegmentRow.task_id == task.id)
-                          .order_by(SegmentRow.idx)).scalars())
+    rows = list(
+        s.execute(select(SegmentRow).where(SegmentRow.task_id == task.id).order_by(SegmentRow.idx)).scalars()
+    )
     counts: dict[tuple[int, str], int] = {}
-    for idx, state, n in s.execute(select(PointRow.segment_idx, PointRow.state, func.count()).where(
-            PointRow.task_id == task.id).group_by(PointRow.segment_idx, PointRow.state)):
+    for idx, state, n in s.execute(
+        select(PointRow.segment_idx, PointRow.state, func.count())
+        .where(PointRow.task_id == task.id)
+        .group_by(PointRow.segment_idx, PointRow.state)
+    ):
         counts[(idx, state)] = n
     # the evaluated points of all segments at once (only the columns the best point needs)
     evaluated: dict[int, list[Any]] = defaultdict(list)
     cols = (PointRow.id, PointRow.serial, PointRow.segment_idx, PointRow.loss, PointRow.params)
-    for p in s.execute(select(*cols).where(PointRow.task_id == task.id, PointRow.state == "evaluated",
-                                           PointRow.loss.is_not(None))):
+    for p in s.execute(
+        select(*cols).where(
+            PointRow.task_id == task.id, PointRow.state == "evaluated", PointRow.loss.is_not(None)
+        )
+    ):
         evaluated[p.segment_idx].append(p)
     directions = directions_of(task.spec)
     out = []
     for r in rows:
         b = _best_of(evaluated.get(r.idx, []), directions, r.idx, r.name)
-        out.append(Segment(
-            id=r.idx, task_id=task.id, name=r.name, files=list(r.files or []), finished=r.finished,
-            n_ready=counts.get((r.idx, "ready"), 0), n_leased=counts.get((r.idx, "leased"), 0),
-            n_evaluated=counts.get((r.idx, "evaluated"), 0), n_failed=counts.get((r.idx, "failed"), 0),
-            n_jobs=r.n_jobs, best_loss=b.loss, best_params=b.params,
-        ))
+        out.append(
+            Segment(
+                id=r.idx,
+                task_id=task.id,
+                name=r.name,
+                files=list(r.files or []),
+                finished=r.finished,
+                n_ready=counts.get((r.idx, "ready"), 0),
+                n_leased=counts.get((r.idx, "leased"), 0),
+                n_evaluated=counts.get((r.idx, "evaluated"), 0),
+                n_failed=counts.get((r.idx, "failed"), 0),
+                n_pruned=counts.get((r.idx, "pruned"), 0),
+                n_jobs=r.n_jobs,
+                best_loss=b.loss,
+                best_params=b.params,
+            )
+        )
     return out
 
 
-def list_segments(s: Session, task: TaskRow, *, limit: int, offset: int,
-                  sort: str | None) -> tuple[list[Segment], int]:
+def list_segments(
+    s: Session, task: TaskRow, *, limit: int, offset: int, sort: str | None
+) -> tuple[list[Segment], int]:
     check_page(limit, offset)
     parse_sort(sort)  # a bad key is refused before any query
     segments = summarize(s, task)
-    return sort_segments(segments, sort)[offset:offset + limit], len(segments)
+    return sort_segments(segments, sort)[offset : offset + limit], len(segments)
+
+
+# --- used by the HPO manager
+
+
+def open_segments(
+    s: Session, *, task_ids: list[int], only: dict[int, set[int]] | None = None
+) -> list[SegmentRow]:
+    """The unfinished segments of the tasks ``task_ids``, by task and index; with ``only`` (task
+    id -> segment indexes) just those segments of each task."""
+    where = (
+        SegmentRow.task_id.in_(task_ids)
+        if only is None
+        else or_(*(and_(SegmentRow.task_id == t, SegmentRow.idx.in_(sorted(only[t]))) for t in task_ids))
+    )
+    return list(
+        s.execute(
+            select(SegmentRow)
+            .where(where, SegmentRow.finished.is_(False))
+            .order_by(SegmentRow.task_id, SegmentRow.idx)
+        ).scalars()
+    )
+
+
+def unfinished_segments(s: Session, *, task_id: int) -> list[SegmentRow]:
+    """The unfinished segments of one task (in no particular order)."""
+    return list(
+        s.execute(
+            select(SegmentRow).where(SegmentRow.task_id == task_id, SegmentRow.finished.is_(False))
+        ).scalars()
+    )
+
+
+def locked_segment(s: Session, *, task_id: int, idx: int) -> SegmentRow:
+    """One segment, locked ``FOR UPDATE`` (after its task: see ``tasks.locked_task``)."""
+    return s.execute(
+        select(SegmentRow).where(SegmentRow.task_id == task_id, SegmentRow.idx == idx).with_for_update()
+    ).scalar_one()
+
+
+def segments_of_task(s: Session, *, task_id: int) -> list[SegmentRow]:
+    """Every segment of one task (in no particular order)."""
+    return list(s.execute(select(SegmentRow).where(SegmentRow.task_id == task_id)).scalars())

@@ -49,7 +49,9 @@ class ArtifactStore:
                 if size > limit:
                     raise TooLarge(
                         f"the upload is larger than the server's limit of {limit / 1048576:g} MB "
-                        "(phpo server --max-upload-mb)", field="body")
+                        "(phpo server --max-upload-mb)",
+                        field="body",
+                    )
                 h.update(chunk)
                 f.write(chunk)
             f.close()

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from ..db.engine import Database
+from ..repositories.health import ping
 from .artifact_store import ArtifactStore
 
 
@@ -29,15 +29,18 @@ def _ident(path: Path | None) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _still_there(path: Path, seen: tuple[int, int] | None, what: str,
-                 if_removed: str) -> tuple[tuple[int, int] | None, list[str]]:
+def _still_there(
+    path: Path, seen: tuple[int, int] | None, what: str, if_removed: str
+) -> tuple[tuple[int, int] | None, list[str]]:
     """(what ``path`` is to be from now on, the problem when it is gone or another file now)."""
     now = _ident(path)
     seen = seen or now  # the database file is made by the first migration, after the probe
     if now is None:
         return seen, [f"{what} was removed while the server runs: {if_removed}"]
     if now != seen:
-        return seen, [f"{what} was replaced while the server runs (the server still uses the old one); restart it"]
+        return seen, [
+            f"{what} was replaced while the server runs (the server still uses the old one); restart it"
+        ]
     return seen, []
 
 
@@ -56,25 +59,35 @@ class HealthProbe:
         out: list[str] = []
         try:
             with self.db.read() as s:
-                s.execute(text("SELECT 1"))
+                ping(s)
         except Exception as e:  # noqa: BLE001 - whatever it is, the database is not usable
             out.append(f"the database does not answer: {type(e).__name__}: {str(e)[:300]}")
         if self.db_file is not None:
             self.db_ident, problem = _still_there(
-                self.db_file, self.db_ident, f"the SQLite database file {self.db_file}",
-                "what it writes now is lost when it stops; restore the data directory and restart the server")
+                self.db_file,
+                self.db_ident,
+                f"the SQLite database file {self.db_file}",
+                "what it writes now is lost when it stops; restore the data directory and restart the server",
+            )
             out += problem
         if self.store_dir is not None:
-            self.store_ident, problem = _still_there(self.store_dir, self.store_ident,
-                                                     f"the artifact directory {self.store_dir}",
-                                                     "uploads fail or are lost; restore it and restart the server")
+            self.store_ident, problem = _still_there(
+                self.store_dir,
+                self.store_ident,
+                f"the artifact directory {self.store_dir}",
+                "uploads fail or are lost; restore it and restart the server",
+            )
             out += problem
             if not problem and not os.access(self.store_dir, os.W_OK | os.X_OK):
                 out.append(f"the artifact directory {self.store_dir} is not writable by the server")
         else:
             try:
                 if not self.store.fs.exists(self.store.root):
-                    out.append(f"the artifact store {self.store.url} has no root {self.store.root!r} any more")
+                    out.append(
+                        f"the artifact store {self.store.url} has no root {self.store.root!r} any more"
+                    )
             except Exception as e:  # noqa: BLE001
-                out.append(f"the artifact store {self.store.url} does not answer: {type(e).__name__}: {str(e)[:300]}")
+                out.append(
+                    f"the artifact store {self.store.url} does not answer: {type(e).__name__}: {str(e)[:300]}"
+                )
         return out

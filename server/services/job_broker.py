@@ -17,7 +17,7 @@ ago (``last_acquired_at``, never-served first) goes first, so one big task canno
 others. Within a segment, points go out in serial order.
 
 ``%SEGMENT_NAME`` in ``evaluationExec`` is substituted here, on the server, as plain text as
-upstream does (:func:`phpo.schemas.upstream.substitute_placeholders`), so the agent runs
+upstream does (:func:`phpo.schemas.upstream.evaluation_command`), so the agent runs
 ``evaluation.exec`` as is.
 """
 
@@ -46,24 +46,28 @@ from phpo.schemas.jobs import (
     PointResult,
     SteeringSettings,
 )
-from phpo.schemas.states import check_transition
+from phpo.schemas.states import TERMINAL_TASK_STATES, JobState, PointState, TaskState
 from phpo.schemas.tasks import TaskSpec
-from phpo.schemas.upstream import needs_container_runtime, substitute_placeholders
-from sqlalchemy import bindparam, exists, select, update
+from phpo.schemas.upstream import needs_container_runtime, evaluation_command
+from sqlalchemy import bindparam
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, defer
 
 from ..auth.identity import Caller
-from ..db.engine import Database, aware, utcnow
-from ..db.tables import JobRow, PointRow, SegmentRow, TaskRow
+from ..db.engine import Database, aware, lock_conflict, utcnow
+from ..db.tables import JobRow, PointRow, TaskRow
 from ..errors import Forbidden, InvalidInput, LeaseLost, NotFound
-from ..orchestration.transitions import set_state
+from ..orchestration.point_rules import AttemptEnded
+from ..orchestration.transitions import set_state, set_states
+from ..repositories import jobs as repo
 from ..settings import Settings
-from .architecture import Requirement, parse_architecture, parse_sites
-from .work_signal import WorkSignal
+from .resource_requirements import Requirement, parse_architecture, parse_sites
+from .gangs import Gangs
+from .pruning import PruningDecider, prune_job_points
+from .work_signal import ReadyWork
 
 log = logging.getLogger(__name__)
 
-TERMINAL_TASK = ("finished", "failed", "cancelled")
 CANDIDATE_PAGE = 64  # segments an acquire reads at a time (round-robin order)
 MAX_CANDIDATES = 512  # and at most: the rest wait for the next acquire
 
@@ -71,9 +75,21 @@ MAX_CANDIDATES = 512  # and at most: the rest wait for the next acquire
 class SteeringHandler(Protocol):
     """What the HPO manager does when a steering job ends (inside the broker's transaction)."""
 
-    def steering_succeeded(self, s: Session, job: JobRow, task: TaskRow, output: list[Any] | None) -> None: ...
+    def steering_succeeded(
+        self, s: Session, job: JobRow, task: TaskRow, output: list[Any] | None
+    ) -> None: ...
 
     def steering_failed(self, s: Session, job: JobRow, task: TaskRow, error: str) -> None: ...
+
+
+class MlflowRuns(Protocol):
+    """What the broker reads of the MLflow bridge (when ``--mlflow-uri`` is set): the tracking URI
+    and the runs of points that exist already. A point never waits for its run: the payload logs
+    into its own working directory and the bridge imports it."""
+
+    uri: str
+
+    def run_ids(self, s: Session, point_ids: list[int]) -> dict[int, str]: ...
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,11 @@ class TaskInfo:
 
     def can_evaluate(self, site: str, resources: AgentResources) -> bool:
         """Whether an agent at ``site`` with ``resources`` can run this task's evaluations."""
-        return (self.site_ok(site) and self.requirement.matches(resources)
-                and (not self.eval_needs_runtime or bool(resources.container_runtimes)))
+        return (
+            self.site_ok(site)
+            and self.requirement.matches(resources)
+            and (not self.eval_needs_runtime or bool(resources.container_runtimes))
+        )
 
     def can_steer(self, resources: AgentResources) -> bool:
         """Whether an agent can run this task's steering command: ``--site`` never applies (upstream
@@ -118,20 +137,28 @@ class SeenAgent:
 
 
 class JobBroker:
-    def __init__(self, db: Database, settings: Settings,
-                 on_change: Callable[[list[tuple[int, int]] | None], None] = lambda segments: None):
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        on_change: Callable[[list[tuple[int, int]] | None], None] = lambda segments: None,
+        *,
+        steering: SteeringHandler | None = None,
+        mlflow: MlflowRuns | None = None,
+        ready: ReadyWork | None = None,
+    ):
         self.db = db
         self.settings = settings
-        self.on_change = on_change
-        self.steering: SteeringHandler | None = None
-        # MlflowBridge when --mlflow-uri is set; only its table is read here, and a point never
-        # waits for its run: the payload logs into its own working directory, the bridge imports it
-        self.mlflow: Any = None
-        self.work = WorkSignal()  # wakes long-polling acquires (see work_signal.py)
-        self._tl = threading.local()  # .ready: points this thread's transaction made ready again
+        self.on_change = on_change  # after a commit: the HPO manager steers
+        self.steering = steering
+        self.mlflow = mlflow
+        self.ready = ready or ReadyWork()
+        self.work = self.ready.signal  # wakes long-polling acquires (see work_signal.py)
         self._infos: dict[int, TaskInfo] = {}
         self._infos_lock = threading.Lock()
         self._seen: dict[str, SeenAgent] = {}  # agent name -> its last acquire (see unmet_requirement)
+        self.gangs = Gangs(self)  # points trained by several agents (nNodesPerPoint)
+        self.pruning = PruningDecider()  # decisions come from the database (see pruning.py)
 
     # ---------------------------------------------------------------- helpers
 
@@ -141,13 +168,19 @@ class JobBroker:
         if got is not None:
             return got
         if spec is None:
-            spec = s.execute(select(TaskRow.spec).where(TaskRow.id == task_id)).scalar_one()
+            spec = repo.task_spec(s, task_id=task_id)
         ts = TaskSpec.model_validate(spec)
-        got = TaskInfo(spec=ts, sites=parse_sites(ts.site), requirement=parse_architecture(ts.architecture),
-                       max_jobs=ts.max_evaluation_jobs, per_job=ts.maxPointsPerEvaluationJob,
-                       max_attempts=ts.maxAttempts, n_objectives=ts.n_objectives,
-                       eval_needs_runtime=bool(ts.evaluationContainer),
-                       steer_needs_runtime=needs_container_runtime(ts.steeringExec, ts.steeringContainer))
+        got = TaskInfo(
+            spec=ts,
+            sites=parse_sites(ts.site),
+            requirement=parse_architecture(ts.architecture),
+            max_jobs=ts.max_evaluation_jobs,
+            per_job=1 if ts.nodes[1] > 1 else ts.maxPointsPerEvaluationJob,
+            max_attempts=ts.maxAttempts,
+            n_objectives=ts.n_objectives,
+            eval_needs_runtime=bool(ts.evaluationContainer),
+            steer_needs_runtime=needs_container_runtime(ts.steeringExec, ts.steeringContainer),
+        )
         with self._infos_lock:
             self._infos[task_id] = got
         return got
@@ -155,7 +188,7 @@ class JobBroker:
     def mark_ready(self, n: int = 1) -> None:
         """Called inside a broker transaction that makes ``n`` points ready (e.g. a steering
         job's output): as many waiting agents are woken after the commit."""
-        self._tl.ready = getattr(self._tl, "ready", 0) + n
+        self.ready.mark_ready(n)
 
     def _changed(self, job: JobRow | None = None) -> None:
         """After a commit: the manager steers (only ``job``'s segment when it has one; a full
@@ -164,10 +197,7 @@ class JobBroker:
         every waiter per result cost each of them an acquire)."""
         seg = None if job is None or job.segment_idx is None else job.segment_idx
         self.on_change(None if seg is None else [(job.task_id, seg)])
-        n = getattr(self._tl, "ready", 0)
-        if n:
-            self._tl.ready = 0
-            self.work.notify(n)
+        self.ready.flush()
 
     @staticmethod
     def _task(s: Session, task_id: int) -> TaskRow | None:
@@ -183,7 +213,7 @@ class JobBroker:
         return utcnow() + timedelta(seconds=self.settings.lease_seconds)
 
     def _job_row(self, s: Session, caller: Caller, job_id: int) -> JobRow:
-        job = s.execute(select(JobRow).where(JobRow.id == job_id).with_for_update()).scalar_one_or_none()
+        job = repo.job_for_update(s, job_id=job_id)
         if job is None or not (caller.is_admin or job.holder == caller.holder):
             raise NotFound(f"job {job_id} does not exist (or was not leased with this token)", field="job_id")
         return job
@@ -191,18 +221,29 @@ class JobBroker:
     def evaluation_settings(self, info: TaskInfo, seg: Any) -> EvaluationSettings:
         """``seg``: a segment (row or ORM object) with ``name`` and ``files``."""
         spec = info.spec
-        exec_ = spec.evaluationExec
-        if spec.segments:
-            exec_ = substitute_placeholders(exec_, {"%SEGMENT_NAME": seg.name})
-        ckpt = [x.strip() for x in spec.checkPointToSave.split(",") if x.strip()] if spec.checkPointToSave else []
+        exec_ = evaluation_command(spec.evaluationExec, seg.name)
+        ckpt = (
+            [x.strip() for x in spec.checkPointToSave.split(",") if x.strip()]
+            if spec.checkPointToSave
+            else []
+        )
         return EvaluationSettings(
-            container=spec.evaluationContainer, exec=exec_, input=spec.evaluationInput,
-            training_data=spec.evaluationTrainingData, output=spec.evaluationOutput, meta=spec.evaluationMeta,
-            metrics=spec.evaluationMetrics, checkpoint_to_save=ckpt, checkpoint_to_load=spec.checkPointToLoad,
-            checkpoint_interval_s=spec.checkpoint_interval_seconds, timeout_s=spec.evaluationTimeout,
+            container=spec.evaluationContainer,
+            exec=exec_,
+            input=spec.evaluationInput,
+            training_data=spec.evaluationTrainingData,
+            output=spec.evaluationOutput,
+            meta=spec.evaluationMeta,
+            metrics=spec.evaluationMetrics,
+            checkpoint_to_save=ckpt,
+            checkpoint_to_load=spec.checkPointToLoad,
+            checkpoint_interval_s=spec.checkpoint_interval_seconds,
+            timeout_s=spec.evaluationTimeout,
             training_files=list(seg.files or []) or list(spec.trainingFiles),
             sandbox_artifact=int(spec.sandbox) if spec.sandbox else None,
-            processes=spec.nProcessesPerPoint, launcher=spec.launcher,
+            processes=spec.nProcessesPerPoint,
+            launcher=spec.launcher,
+            intermediate_metric=spec.intermediateMetric,
         )
 
     # ---------------------------------------------------------------- acquire
@@ -211,8 +252,11 @@ class JobBroker:
     def check_site(caller: Caller, req: AcquireRequest) -> None:
         """403 for an agent token asking for jobs of a site it was not made for."""
         if not caller.site_ok(req.site):
-            raise Forbidden(f"this agent token ('{caller.name}') is for site(s) {', '.join(sorted(caller.sites or ()))}; "
-                            f"it cannot take jobs for site {req.site!r}", field="site")
+            raise Forbidden(
+                f"this agent token ('{caller.name}') is for site(s) {', '.join(sorted(caller.sites or ()))}; "
+                f"it cannot take jobs for site {req.site!r}",
+                field="site",
+            )
 
     def acquire(self, caller: Caller, req: AcquireRequest) -> Job | None:
         self.check_site(caller, req)
@@ -223,31 +267,44 @@ class JobBroker:
             if job is not None:
                 return job
         if JobKind.evaluation in req.kinds:
-            return self._acquire_evaluation(caller, req)
+            try:
+                return self.gangs.join(caller, req) or self._acquire_evaluation(caller, req)
+            except OperationalError as e:
+                # PostgreSQL: two acquires (of two replicas, or two threads) that lock segments
+                # in different orders can deadlock; the database aborts one of them. Nothing was
+                # written: that agent is answered "no job" and asks again.
+                if not lock_conflict(e):
+                    raise
+                log.info(
+                    "acquire for agent %s lost a lock race (%s): answered no job",
+                    req.agent,
+                    type(e.orig).__name__,
+                )
         return None
 
     def _acquire_steering(self, caller: Caller, req: AcquireRequest) -> Job | None:
         # queued steering jobs are rare: a read answers "none" without taking the write lock
         with self.db.read() as r:
-            if r.execute(select(JobRow.id).where(JobRow.kind == "steering", JobRow.state == "queued")
-                         .limit(1)).first() is None:
+            if not repo.queued_steering_exists(r):
                 return None
         with self.db.write() as s:
-            stmt = (select(JobRow).join(TaskRow, TaskRow.id == JobRow.task_id)
-                    .where(JobRow.kind == "steering", JobRow.state == "queued", TaskRow.state == "running")
-                    .order_by(JobRow.id).limit(50))
-            if self._pg:
-                stmt = stmt.with_for_update(skip_locked=True, of=JobRow)
-            for job in s.execute(stmt).scalars():
+            for job in repo.queued_steering_jobs(s, limit=50, skip_locked=self._pg):
                 if not self.info(s, job.task_id).can_steer(req.resources):
                     continue
-                set_state(job, "running")
+                set_state(job, JobState.running)
                 job.agent, job.holder, job.site = req.agent, caller.holder, req.site
                 job.lease_expires_at = self._lease_until()
                 payload = dict(job.payload or {})
-                return Job(id=job.id, kind=JobKind.steering, task_id=job.task_id, segment_id=job.segment_idx or 0,
-                           state="running", lease_seconds=self.settings.lease_seconds,
-                           lease_expires_at=aware(job.lease_expires_at), steering=SteeringSettings(**payload))
+                return Job(
+                    id=job.id,
+                    kind=JobKind.steering,
+                    task_id=job.task_id,
+                    segment_id=job.segment_idx or 0,
+                    state="running",
+                    lease_seconds=self.settings.lease_seconds,
+                    lease_expires_at=aware(job.lease_expires_at),
+                    steering=SteeringSettings(**payload),
+                )
         return None
 
     def _acquire_evaluation(self, caller: Caller, req: AcquireRequest) -> Job | None:
@@ -258,20 +315,12 @@ class JobBroker:
         # Candidates come in pages of CANDIDATE_PAGE, longest-unserved first, until one page
         # holds a segment this agent may run: an acquire looks at O(1) segments, not all S.
         with self.db.read() as r:
-            ready = exists().where(PointRow.task_id == SegmentRow.task_id, PointRow.segment_idx == SegmentRow.idx,
-                                   PointRow.state == "ready")
             matching = []
             for offset in range(0, MAX_CANDIDATES, CANDIDATE_PAGE):
-                cands = r.execute(
-                    select(SegmentRow.id, SegmentRow.task_id)
-                    .join(TaskRow, TaskRow.id == SegmentRow.task_id)
-                    .where(TaskRow.state == "running", SegmentRow.finished.is_(False), ready)
-                    .order_by(SegmentRow.last_acquired_at.asc().nulls_first(), SegmentRow.id)
-                    .offset(offset).limit(CANDIDATE_PAGE)
-                ).all()
+                cands = repo.candidate_segments(r, offset=offset, limit=CANDIDATE_PAGE)
                 for sid, tid in cands:
                     info = self.info(r, tid)
-                    if info.can_evaluate(req.site, req.resources):
+                    if info.can_evaluate(req.site, req.resources) and self.gangs.may_lead(info, req):
                         matching.append((sid, info))
                 if matching or len(cands) < CANDIDATE_PAGE:
                     break
@@ -279,29 +328,20 @@ class JobBroker:
             return None
         with self.db.write() as s:
             # PostgreSQL: first take any segment nobody else holds; if all are held, wait for one
-            for blocking in ((False, True) if self._pg else (True,)):
+            for blocking in (False, True) if self._pg else (True,):
                 skipped = False
                 for sid, info in matching:
                     # columns, not an ORM object (the acquire is the hottest write)
-                    stmt = select(SegmentRow.id, SegmentRow.task_id, SegmentRow.idx, SegmentRow.name,
-                                  SegmentRow.files, SegmentRow.finished, SegmentRow.n_jobs).where(SegmentRow.id == sid)
-                    if self._pg:
-                        stmt = stmt.with_for_update(skip_locked=not blocking)
-                    seg = s.execute(stmt).one_or_none()
+                    seg = repo.segment_for_lease(s, segment_id=sid, lock=self._pg, skip_locked=not blocking)
                     if seg is None:
                         skipped = True
                         continue
                     if seg.finished or seg.n_jobs >= info.max_jobs:
                         continue
                     # plain columns, not ORM objects: a job of k points is one SELECT and one UPDATE
-                    pstmt = (select(PointRow.id, PointRow.serial, PointRow.params, PointRow.attempts,
-                                    PointRow.checkpoint_artifact_id)
-                             .where(PointRow.task_id == seg.task_id, PointRow.segment_idx == seg.idx,
-                                    PointRow.state == "ready")
-                             .order_by(PointRow.serial).limit(info.per_job))
-                    if self._pg:
-                        pstmt = pstmt.with_for_update(skip_locked=True)
-                    points = list(s.execute(pstmt).all())
+                    points = repo.ready_points(
+                        s, task_id=seg.task_id, segment_idx=seg.idx, limit=info.per_job, skip_locked=self._pg
+                    )
                     if not points:
                         continue
                     return self._make_job(s, caller, req, info, seg, points)
@@ -309,37 +349,69 @@ class JobBroker:
                     break
         return None
 
-    def _make_job(self, s: Session, caller: Caller, req: AcquireRequest, info: TaskInfo, seg: Any,
-                  points: list[Any]) -> Job:
+    def _make_job(
+        self, s: Session, caller: Caller, req: AcquireRequest, info: TaskInfo, seg: Any, points: list[Any]
+    ) -> Job:
         """``seg``: a locked segment row (id, task_id, idx, name, files, ...); ``points``: (id,
         serial, params, attempts, checkpoint_artifact_id) rows, ready and locked."""
         now = utcnow()
         ids = [p.id for p in points]
-        job = JobRow(kind="evaluation", task_id=seg.task_id, segment_idx=seg.idx, agent=req.agent,
-                     holder=caller.holder, site=req.site, state="running", lease_expires_at=self._lease_until(),
-                     point_ids=ids, results={}, created_at=now, started_at=now)
+        job = JobRow(
+            kind="evaluation",
+            task_id=seg.task_id,
+            segment_idx=seg.idx,
+            agent=req.agent,
+            holder=caller.holder,
+            site=req.site,
+            state="running",
+            lease_expires_at=self._lease_until(),
+            point_ids=ids,
+            results={},
+            created_at=now,
+            started_at=now,
+        )
         s.add(job)
         s.flush()
-        check_transition("point", "ready", "leased")
-        t = PointRow.__table__
-        for i in range(0, len(ids), 1000):
-            s.execute(update(t).where(t.c.id.in_(ids[i:i + 1000]), t.c.state == "ready")
-                      .values(state="leased", job_id=job.id, site=req.site, updated_at=now))
-        s.execute(update(SegmentRow).where(SegmentRow.id == seg.id)
-                  .values(n_jobs=SegmentRow.n_jobs + 1, last_acquired_at=now))
+        set_states(
+            s,
+            "point",
+            PointState.leased,
+            from_state=PointState.ready,
+            ids=ids,
+            values={"job_id": job.id, "site": req.site},
+        )
+        repo.count_job_in_segment(s, segment_id=seg.id, now=now)
         runs: dict[int, str] = {}
         if self.mlflow is not None:
-            from .mlflow_bridge import run_ids
-
-            runs = run_ids(s, [p.id for p in points])
-        return Job(
-            id=job.id, kind=JobKind.evaluation, task_id=seg.task_id, segment_id=seg.idx, segment=seg.name,
-            state="running", lease_seconds=self.settings.lease_seconds, lease_expires_at=aware(job.lease_expires_at),
-            points=[JobPoint(point_id=p.id, serial=p.serial, params=p.params, attempt=p.attempts + 1,
-                             checkpoint_artifact=p.checkpoint_artifact_id, mlflow_run_id=runs.get(p.id))
-                    for p in points],
-            evaluation=self.evaluation_settings(info, seg),
-            mlflow_tracking_uri=self.mlflow.uri if self.mlflow is not None else None,
+            runs = self.mlflow.run_ids(s, [p.id for p in points])
+        return self.gangs.lead(
+            s,
+            job,
+            req,
+            info,
+            Job(
+                id=job.id,
+                kind=JobKind.evaluation,
+                task_id=seg.task_id,
+                segment_id=seg.idx,
+                segment=seg.name,
+                state="running",
+                lease_seconds=self.settings.lease_seconds,
+                lease_expires_at=aware(job.lease_expires_at),
+                points=[
+                    JobPoint(
+                        point_id=p.id,
+                        serial=p.serial,
+                        params=p.params,
+                        attempt=p.attempts + 1,
+                        checkpoint_artifact=p.checkpoint_artifact_id,
+                        mlflow_run_id=runs.get(p.id),
+                    )
+                    for p in points
+                ],
+                evaluation=self.evaluation_settings(info, seg),
+                mlflow_tracking_uri=self.mlflow.uri if self.mlflow is not None else None,
+            ),
         )
 
     # ---------------------------------------------------------------- unmet requirements
@@ -354,15 +426,17 @@ class JobBroker:
         now = time.monotonic()
         seen = [a for a in list(self._seen.values()) if now - a.at <= SEEN_WINDOW_S]
         info = self.info(s, task_id)
-        steering_waits = info.spec.optimizer_name == "external" and s.execute(
-            select(JobRow.id).where(JobRow.task_id == task_id, JobRow.kind == "steering",
-                                    JobRow.state == "queued").limit(1)).first() is not None
+        steering_waits = info.spec.optimizer_name == "external" and repo.queued_steering_exists(
+            s, task_id=task_id
+        )
         evaluation_waits = ready > 0 and leased == 0
         if not (steering_waits or evaluation_waits):
             return None
         if not seen:
-            return (f"no agent has asked this server for work in the last {SEEN_WINDOW_S:.0f} s; start one "
-                    "(phpo agent --server URL --token TOKEN --site SITE)")
+            return (
+                f"no agent has asked this server for work in the last {SEEN_WINDOW_S:.0f} s; start one "
+                "(phpo agent --server URL --token TOKEN --site SITE)"
+            )
         why = []
         if steering_waits:
             why += _unmet_steering(info, seen)
@@ -375,43 +449,60 @@ class JobBroker:
     def heartbeat(self, caller: Caller, job_id: int, req: HeartbeatRequest) -> HeartbeatResponse:
         with self.db.write() as s:
             job = self._job_row(s, caller, job_id)
-            if job.state != "running":
-                raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone; stop working on it",
-                                field="job_id")
+            if job.state != JobState.running:
+                raise LeaseLost(
+                    f"job {job_id} is {job.state}: its lease is gone; stop working on it", field="job_id"
+                )
             job.lease_expires_at = self._lease_until()
             if req.message is not None:
                 job.message = req.message
+            rows, reported = None, set()
             if req.intermediate:
                 ids = set(job.point_ids or [])
                 bad = [r.point_id for r in req.intermediate if r.point_id not in ids]
                 if bad:
                     raise InvalidInput(f"point {bad[0]} is not part of job {job_id}", field="intermediate")
-                rows = {p.id: p for p in s.execute(select(PointRow).where(PointRow.id.in_(ids))).scalars()}
+                rows = {p.id: p for p in repo.points_by_id(s, ids=ids)}
                 for r in req.intermediate:
                     p = rows[r.point_id]
-                    if p.state == "leased" and p.job_id == job.id:
+                    if p.state == PointState.leased and p.job_id == job.id:
                         p.intermediate = [*(p.intermediate or []), {"step": r.step, "value": r.value}]
-            task_state = s.execute(select(TaskRow.state).where(TaskRow.id == job.task_id)).scalar_one()
+                        p.updated_at = utcnow()  # the pruning decider's cache key
+                        reported.add(p.id)
+            task_state = repo.task_state(s, task_id=job.task_id)
+            stop = prune_job_points(self.pruning, s, job, self.info(s, job.task_id).spec, rows, reported)
+            gang = self.gangs.heartbeat(s, job)
+            if job.state != JobState.running:  # its gang dissolved just now
+                return HeartbeatResponse(lease_expires_at=aware(utcnow()), cancel=True, gang=gang)
             # a paused task's running work goes on (pause only stops new work); an ended one's stops
-            return HeartbeatResponse(lease_expires_at=aware(job.lease_expires_at), cancel=task_state in TERMINAL_TASK,
-                                     pause=task_state == "paused")
+            return HeartbeatResponse(
+                lease_expires_at=aware(job.lease_expires_at),
+                cancel=task_state in TERMINAL_TASK_STATES,
+                pause=task_state == TaskState.paused,
+                stop_points=stop,
+                gang=gang,
+            )
 
     # ---------------------------------------------------------------- results
 
     def point_result(self, caller: Caller, job_id: int, point_id: int, result: PointResult) -> JobAck:
         if result.point_id != point_id:
-            raise InvalidInput(f"point_id {result.point_id} in the body differs from {point_id} in the path",
-                               field="point_id")
+            raise InvalidInput(
+                f"point_id {result.point_id} in the body differs from {point_id} in the path",
+                field="point_id",
+            )
         with self.db.write() as s:
             job = self._job_row(s, caller, job_id)
             if point_id not in (job.point_ids or []):
                 raise NotFound(f"point {point_id} is not part of job {job_id}", field="point_id")
             if str(point_id) in (job.results or {}):
                 return JobAck(job_id=job.id, state=job.state, duplicate=True)
-            if job.state != "running":
+            if job.state != JobState.running:
                 if not self._accept_late(s, job, [result]):
-                    raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the result is not taken",
-                                    field="job_id")
+                    raise LeaseLost(
+                        f"job {job_id} is {job.state}: its lease is gone, the result is not taken",
+                        field="job_id",
+                    )
                 ack = JobAck(job_id=job.id, state=job.state)
                 self._changed(job)
                 return ack
@@ -425,17 +516,17 @@ class JobBroker:
         longer than the lease) still count for points nobody else has taken since: the work was
         done, throwing it away would only re-run it. Returns whether any was taken."""
         task = self._task(s, job.task_id)
-        if task is None or task.state != "running":
+        if task is None or task.state != TaskState.running:
             return False
         taken = False
         ids = set(job.point_ids or [])
         for r in results:
             if r.status != 0 or r.point_id not in ids or str(r.point_id) in (job.results or {}):
                 continue
-            p = s.execute(select(PointRow).where(PointRow.id == r.point_id).with_for_update()).scalar_one()
-            if p.state != "ready":
+            p = repo.point_for_update(s, point_id=r.point_id)
+            if p.state != PointState.ready:
                 continue  # re-leased to another job (or ended): that job's result will count
-            set_state(p, "leased")
+            set_state(p, PointState.leased)
             p.job_id = job.id
             taken = self._apply_result(s, job, r) or taken
         return taken
@@ -453,14 +544,8 @@ class JobBroker:
             return set()
         info = self.info(s, job.task_id)
         ids = sorted({r.point_id for r in results})
-        held: set[int] = set()  # points this job holds now (leased to it)
-        for i in range(0, len(ids), 1000):
-            held.update(s.execute(
-                select(PointRow.id).where(PointRow.id.in_(ids[i:i + 1000]), PointRow.state == "leased",
-                                          PointRow.job_id == job.id).order_by(PointRow.id).with_for_update()
-            ).scalars())
+        held = repo.held_point_ids(s, ids=ids, job_id=job.id)  # points this job holds now (leased to it)
         recorded = dict(job.results or {})
-        now = utcnow()
         good: dict[int, dict[str, Any]] = {}
         bad: dict[int, str] = {}
         for r in results:
@@ -470,22 +555,31 @@ class JobBroker:
             held.discard(r.point_id)  # a second result for the same point in one call: the first counts
             loss, error = self._check_result(info, r)
             if error is None:
-                good[r.point_id] = {"pid": r.point_id, "loss": loss, "loss_value": loss[0] if isinstance(loss, list)
-                                    else loss, "metrics": r.metrics}
+                good[r.point_id] = {
+                    "pid": r.point_id,
+                    "loss": loss,
+                    "loss_value": loss[0] if isinstance(loss, list) else loss,
+                    "metrics": r.metrics,
+                }
             else:
                 bad[r.point_id] = error
         if good:
-            check_transition("point", "leased", "evaluated")
-            s.execute(
-                update(PointRow.__table__)
-                .where(PointRow.__table__.c.id == bindparam("pid"))
-                .values(state="evaluated", loss=bindparam("loss"), loss_value=bindparam("loss_value"),
-                        metrics=bindparam("metrics"), error=None, updated_at=now, evaluated_at=now),
-                list(good.values()),
+            set_states(
+                s,
+                "point",
+                PointState.evaluated,
+                from_state=PointState.leased,
+                rows=list(good.values()),
+                values={
+                    "loss": bindparam("loss"),
+                    "loss_value": bindparam("loss_value"),
+                    "metrics": bindparam("metrics"),
+                    "error": None,
+                },
             )
         if bad:
             task = self._task(s, job.task_id)
-            for p in s.execute(select(PointRow).where(PointRow.id.in_(sorted(bad)))).scalars():
+            for p in repo.points_by_id(s, ids=sorted(bad)):
                 self._give_back(p, task, info, error=bad[p.id])
         job.results = recorded
         return set(good)
@@ -508,45 +602,51 @@ class JobBroker:
             return loss, None
         return None, problem or (r.message or f"the evaluation exited with status {r.status}")
 
-    def _give_back(self, p: PointRow, task: TaskRow, info: TaskInfo, *, error: str, spend: bool = True,
-                   final: bool = False) -> None:
+    def _give_back(
+        self,
+        p: PointRow,
+        task: TaskRow,
+        info: TaskInfo,
+        *,
+        error: str,
+        spend: bool = True,
+        final: bool = False,
+    ) -> None:
         """A leased point whose attempt ended without a result: ready again (an attempt spent) or
         failed when its attempts are used up; cancelled when its task has ended; ready without
-        spending an attempt when its task is paused (the stop was ours)."""
-        if task.state in TERMINAL_TASK:
-            set_state(p, "cancelled", message=error)
-            return
-        if task.state != "running":
-            set_state(p, "ready")
-            p.job_id = None
-            self.mark_ready()
-            return
-        if spend:
-            p.attempts += 1
-        p.error = error
-        if final or p.attempts >= info.max_attempts:
-            set_state(p, "failed")
-        else:
-            set_state(p, "ready")
-            p.job_id = None
-            self.mark_ready()
+        spending an attempt when its task is paused (the stop was ours): the rules of
+        :mod:`phpo.server.orchestration.point_rules` decide."""
+        set_state(
+            p,
+            PointState.failed,
+            message=error,
+            context=AttemptEnded(
+                task_state=task.state,
+                max_attempts=info.max_attempts,
+                spend=spend,
+                final=final,
+                on_ready=self.mark_ready,
+            ),
+        )
 
-    def _release_job_points(self, s: Session, job: JobRow, task: TaskRow, *, error: str, final: bool = False) -> None:
+    def _release_job_points(
+        self, s: Session, job: JobRow, task: TaskRow, *, error: str, final: bool = False
+    ) -> None:
         info = self.info(s, job.task_id)
-        rows = s.execute(select(PointRow).where(PointRow.id.in_(job.point_ids or []), PointRow.job_id == job.id,
-                                                PointRow.state == "leased").with_for_update()).scalars()
-        for p in rows:
+        for p in repo.leased_points_for_update(s, job=job):
             self._give_back(p, task, info, error=error, final=final)
 
     def complete(self, caller: Caller, job_id: int, req: CompleteRequest) -> JobAck:
         with self.db.write() as s:
             job = self._job_row(s, caller, job_id)
-            if job.state == "succeeded":
+            if job.state == JobState.succeeded:
                 return JobAck(job_id=job.id, state=job.state, duplicate=True)
-            if job.state != "running":
+            if job.state != JobState.running:
                 if job.kind != "evaluation" or not self._accept_late(s, job, req.results):
-                    raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone, the results are not taken",
-                                    field="job_id")
+                    raise LeaseLost(
+                        f"job {job_id} is {job.state}: its lease is gone, the results are not taken",
+                        field="job_id",
+                    )
                 ack = JobAck(job_id=job.id, state=job.state)
                 self._changed(job)
                 return ack
@@ -556,13 +656,16 @@ class JobBroker:
                 for r in req.results:
                     if r.point_id not in ids:
                         raise InvalidInput(f"point {r.point_id} is not part of job {job_id}", field="results")
-                self._apply_results(s, job, [r for r in req.results if str(r.point_id) not in (job.results or {})])
-                self._release_job_points(s, job, task, error=req.message or
-                                         "the job ended without a result for this point")
+                self._apply_results(
+                    s, job, [r for r in req.results if str(r.point_id) not in (job.results or {})]
+                )
+                self._release_job_points(
+                    s, job, task, error=req.message or "the job ended without a result for this point"
+                )
                 job.message = req.message or job.message
-                set_state(job, "succeeded")
+                set_state(job, JobState.succeeded)
             else:
-                set_state(job, "succeeded")
+                set_state(job, JobState.succeeded)
                 job.message = req.message
                 if self.steering is not None:
                     self.steering.steering_succeeded(s, job, task, req.steering_output)
@@ -573,14 +676,15 @@ class JobBroker:
     def fail(self, caller: Caller, job_id: int, req: FailRequest) -> JobAck:
         with self.db.write() as s:
             job = self._job_row(s, caller, job_id)
-            if job.state == "failed":
+            if job.state == JobState.failed:
                 return JobAck(job_id=job.id, state=job.state, duplicate=True)
-            if job.state != "running":
+            if job.state != JobState.running:
                 raise LeaseLost(f"job {job_id} is {job.state}: its lease is gone", field="job_id")
             task = s.get(TaskRow, job.task_id)
-            set_state(job, "failed", message=req.error)
+            set_state(job, JobState.failed, message=req.error)
             if job.kind == "evaluation":
                 self._release_job_points(s, job, task, error=req.error, final=not req.retry)
+                self.gangs.ended(s, job, req.error)
             elif self.steering is not None:
                 self.steering.steering_failed(s, job, task, req.error)
             ack = JobAck(job_id=job.id, state=job.state)
@@ -589,30 +693,30 @@ class JobBroker:
 
     # ---------------------------------------------------------------- reaper
 
-    def reap(self) -> int:
-        """Expired leases: job -> lost, its leased points back to ready with one attempt spent
-        (or failed, with their last error, when their attempts are used up)."""
-        now = utcnow()
-        n = 0
-        with self.db.write() as s:
-            stmt = (select(JobRow).where(JobRow.state == "running", JobRow.lease_expires_at < now)
-                    .order_by(JobRow.id).limit(200))
-            if self._pg:
-                stmt = stmt.with_for_update(skip_locked=True)
-            for job in s.execute(stmt).scalars():
-                task = s.get(TaskRow, job.task_id)
-                msg = (f"lease lost: no heartbeat from agent {job.agent!r} at site {job.site!r} within "
-                       f"{self.settings.lease_seconds:g} s")
-                set_state(job, "lost", message=msg)
-                if job.kind == "evaluation":
-                    self._release_job_points(s, job, task, error=msg)
-                elif self.steering is not None:
-                    self.steering.steering_failed(s, job, task, msg)
-                n += 1
-        if n:
-            log.info("reaper: %d expired lease(s) taken back", n)
-            self._changed()
-        return n
+    def lose_job(self, s: Session, job: JobRow, message: str) -> bool:
+        """The lease reaper's verdict on ``job`` (its lease expired): lost, its leased points
+        back to ready with one attempt spent (or failed, with their last error, when their
+        attempts are used up), a steering job's failure counted, the other jobs of its gang
+        ended. False when the job already ended earlier in the same pass (with its gang). The
+        caller calls :meth:`changed` after the commit."""
+        if job.state != JobState.running:
+            return False
+        task = s.get(TaskRow, job.task_id)
+        set_state(job, JobState.lost, message=message)
+        if job.kind == "evaluation":
+            self._release_job_points(s, job, task, error=message)
+            self.gangs.ended(s, job, message)
+        elif self.steering is not None:
+            self.steering.steering_failed(s, job, task, message)
+        return True
+
+    def expire_gangs(self, s: Session) -> int:
+        """Gangs still forming past their gangTimeout: dissolved, their slots given back."""
+        return self.gangs.expire(s)
+
+    def changed(self) -> None:
+        """After a commit that changed jobs of several tasks: a full manager pass, waiters woken."""
+        self._changed()
 
 
 def _resources_text(a: SeenAgent) -> str:
@@ -624,13 +728,20 @@ def _resources_text(a: SeenAgent) -> str:
 def _unmet_steering(info: TaskInfo, seen: list[SeenAgent]) -> list[str]:
     steerers = [a for a in seen if JobKind.steering in a.kinds]
     if not steerers:
-        return [f"its steering waits: none of the {len(seen)} agent(s) seen takes steering jobs "
-                "(all run with --no-steering)"]
+        return [
+            f"its steering waits: none of the {len(seen)} agent(s) seen takes steering jobs "
+            "(all run with --no-steering)"
+        ]
     if not any(info.can_steer(a.resources) for a in steerers):
-        what = (f"--steeringContainer {info.spec.steeringContainer}" if info.spec.steeringContainer
-                else "a docker-style steeringExec ('run ... IMAGE ...')")
-        return [f"its steering waits: {what} needs a container runtime and none of the {len(steerers)} "
-                "agent(s) seen that take steering jobs has one (start one with --executor podman|docker)"]
+        what = (
+            f"--steeringContainer {info.spec.steeringContainer}"
+            if info.spec.steeringContainer
+            else "a docker-style steeringExec ('run ... IMAGE ...')"
+        )
+        return [
+            f"its steering waits: {what} needs a container runtime and none of the {len(steerers)} "
+            "agent(s) seen that take steering jobs has one (start one with --executor podman|docker)"
+        ]
     return []
 
 
@@ -638,20 +749,25 @@ def _unmet_evaluation(info: TaskInfo, seen: list[SeenAgent]) -> list[str]:
     evaluators = [a for a in seen if JobKind.evaluation in a.kinds]
     if not evaluators:
         return [f"its evaluations wait: none of the {len(seen)} agent(s) seen takes evaluation jobs"]
-    if any(info.can_evaluate(a.site, a.resources) for a in evaluators):
-        return []
+    capable = [a for a in evaluators if info.can_evaluate(a.site, a.resources)]
+    if capable:
+        return Gangs.unmet(info, capable)
     spec = info.spec
     unmet = []
     if not any(info.site_ok(a.site) for a in evaluators):
         sites = ", ".join(sorted({a.site for a in evaluators}))
-        unmet.append(f"--site {spec.site}: no agent is at that site (the {len(evaluators)} agent(s) seen are at "
-                     f"{sites})")
+        unmet.append(
+            f"--site {spec.site}: no agent is at that site (the {len(evaluators)} agent(s) seen are at "
+            f"{sites})"
+        )
     if not any(info.requirement.matches(a.resources) for a in evaluators):
         offers = "; ".join(sorted({_resources_text(a) for a in evaluators}))
         unmet.append(f"--architecture {spec.architecture}: no agent offers it (seen: {offers})")
     if info.eval_needs_runtime and not any(a.resources.container_runtimes for a in evaluators):
-        unmet.append(f"--evaluationContainer {spec.evaluationContainer}: no agent has a container runtime "
-                     "(start one with --executor podman|docker)")
+        unmet.append(
+            f"--evaluationContainer {spec.evaluationContainer}: no agent has a container runtime "
+            "(start one with --executor podman|docker)"
+        )
     if not unmet:
         unmet.append("no single agent meets --site, --architecture and the container runtime together")
     return ["its evaluations wait: " + "; ".join(unmet)]

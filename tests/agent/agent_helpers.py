@@ -59,7 +59,9 @@ class AgentProc:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"agent did not exit within {timeout} s; log:\n{self.log()[-6000:]}") from None
+            raise AssertionError(
+                f"agent did not exit within {timeout} s; log:\n{self.log()[-6000:]}"
+            ) from None
 
     def stop(self) -> None:
         """SIGTERM (drain), a second SIGTERM (no grace) if it lingers, then SIGKILL."""
@@ -114,7 +116,9 @@ def get_artifacts(server, task_id: int, kind: str | None = None) -> list[dict]:
         return r.json()["items"]
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, on_fail: Callable[[], str] = lambda: "") -> Any:
+def wait_until(
+    cond: Callable[[], Any], timeout: float, what: str, on_fail: Callable[[], str] = lambda: ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = cond()
@@ -124,8 +128,13 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, on_fail: Call
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{on_fail()}")
 
 
-def wait_task(server, task_id: int, states=("finished", "failed", "cancelled"), timeout: float = 60,
-              agents: tuple[AgentProc, ...] = ()) -> dict:
+def wait_task(
+    server,
+    task_id: int,
+    states=("finished", "failed", "cancelled"),
+    timeout: float = 60,
+    agents: tuple[AgentProc, ...] = (),
+) -> dict:
     def diag() -> str:
         t = get_task(server, task_id)
         out = [f"task: {t['state']} {t['counts']} {t.get('message')}"]
@@ -134,8 +143,12 @@ def wait_task(server, task_id: int, states=("finished", "failed", "cancelled"), 
         out.append(f"--- server log ---\n{server.log()[-3000:]}")
         return "\n".join(out)
 
-    return wait_until(lambda: (t := get_task(server, task_id))["state"] in states and t, timeout,
-                      f"task {task_id} to reach {states}", diag)
+    return wait_until(
+        lambda: (t := get_task(server, task_id))["state"] in states and t,
+        timeout,
+        f"task {task_id} to reach {states}",
+        diag,
+    )
 
 
 def sandbox_upload(server, files: dict[str, str]) -> int:
@@ -154,8 +167,13 @@ def sandbox_upload(server, files: dict[str, str]) -> int:
 
 
 def base_spec(exec_: str, **kw: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"evaluationExec": exec_, "optimizer": "grid", "searchSpace": GRID_X, "maxPoints": 4,
-                            "nParallelEvaluation": 1}
+    spec: dict[str, Any] = {
+        "evaluationExec": exec_,
+        "optimizer": "grid",
+        "searchSpace": GRID_X,
+        "maxPoints": 4,
+        "nParallelEvaluation": 1,
+    }
     spec.update(kw)
     return spec
 
@@ -185,7 +203,9 @@ def podman_usable() -> str | None:
     return None
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, kind: str = "file", target: str = "", data: bytes = b"") -> None:
+def _tar_add(
+    tar: tarfile.TarFile, name: str, kind: str = "file", target: str = "", data: bytes = b""
+) -> None:
     info = tarfile.TarInfo(name)
     info.mode = 0o755 if kind == "dir" else 0o644
     if kind == "dir":

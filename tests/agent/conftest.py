@@ -19,8 +19,15 @@ from .agent_helpers import PY, AgentProc, podman_usable
 def start_agent(tmp_path):
     agents: list[AgentProc] = []
 
-    def _start(server, *args: str, site: str = "local", workdir: Path | None = None,
-               token: str | None = None, env: dict | None = None, token_file: Path | None = None) -> AgentProc:
+    def _start(
+        server,
+        *args: str,
+        site: str = "local",
+        workdir: Path | None = None,
+        token: str | None = None,
+        env: dict | None = None,
+        token_file: Path | None = None,
+    ) -> AgentProc:
         n = len(agents)
         wd = workdir or tmp_path / f"agent{n}"
         wd.mkdir(parents=True, exist_ok=True)
@@ -29,12 +36,32 @@ def start_agent(tmp_path):
             token_file = tmp_path / f"agent{n}.token"
             token_file.write_text(token or server.agent_token)
             token_file.chmod(0o600)
-        full = [PY, "-m", "phpo.evaluation_container", "--server", server.url,
-                "--token-file", str(token_file), "--site", site, "--workdir", str(wd),
-                "--poll-interval", "0.3", "--name", f"test-agent-{n}", *args]
+        full = [
+            PY,
+            "-m",
+            "phpo.evaluation_container",
+            "--server",
+            server.url,
+            "--token-file",
+            str(token_file),
+            "--site",
+            site,
+            "--workdir",
+            str(wd),
+            "--poll-interval",
+            "0.3",
+            "--name",
+            f"test-agent-{n}",
+            *args,
+        ]
         with open(log_path, "w") as logf:
-            proc = subprocess.Popen(full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **(env or {})})
+            proc = subprocess.Popen(
+                full,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         a = AgentProc(proc, log_path, wd, full)
         agents.append(a)
         return a
@@ -42,7 +69,6 @@ def start_agent(tmp_path):
     yield _start
     for a in agents:
         a.stop()
-
 
 
 TEST_IMAGE = "localhost/phpo-agent-test:latest"
@@ -58,7 +84,7 @@ class PodmanEnv:
 @pytest.fixture(scope="session")
 def podman_service(tmp_path_factory):
     """A real ``podman system service`` on a socket in a temp dir, with a busybox image built
-    without any registry (CONTAINERS.md). Skipped, loudly, where podman cannot run here."""
+    without any registry (README, Containers). Skipped, loudly, where podman cannot run here."""
     reason = podman_usable()
     if reason:
         msg = f"SKIPPING CONTAINER TESTS: {reason}"
@@ -77,7 +103,14 @@ def podman_service(tmp_path_factory):
     for tool in ("sh", "echo", "cat", "sleep", "ls", "touch", "sed", "id", "env", "grep"):
         (rootfs / "bin" / tool).symlink_to("busybox")
     tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
-    p = subprocess.run(["podman", "import", "-", TEST_IMAGE], input=tar, capture_output=True, env=env, timeout=120, check=False)
+    p = subprocess.run(
+        ["podman", "import", "-", TEST_IMAGE],
+        input=tar,
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     if p.returncode != 0:
         msg = f"SKIPPING CONTAINER TESTS: podman import failed: {p.stderr.decode()[-1000:]}"
         print("\n" + msg, file=sys.stderr)

@@ -39,8 +39,9 @@ def test_job_calls_round_trip(live_server, tmp_path):
         job = acquire_job(api)
         assert job.task_id == tid and job.kind == JobKind.evaluation and len(job.points) == 1
         pid = job.points[0].point_id
-        hb = api.heartbeat(job.id, HeartbeatRequest(intermediate=[IntermediateReport(point_id=pid, step=1,
-                                                                                      value=0.5)]))
+        hb = api.heartbeat(
+            job.id, HeartbeatRequest(intermediate=[IntermediateReport(point_id=pid, step=1, value=0.5)])
+        )
         assert hb.cancel is False
         # a streamed upload, and a download that checks the server's sha256
         log_file = tmp_path / "big.log"
@@ -52,7 +53,9 @@ def test_job_calls_round_trip(live_server, tmp_path):
         assert [a["name"] for a in get_artifacts(live_server, tid, "log")] == ["big.log"]
         ack = api.report_point(job.id, PointResult(point_id=pid, loss=0.0))
         assert not ack.duplicate
-        assert api.report_point(job.id, PointResult(point_id=pid, loss=0.0)).duplicate  # a resend changes nothing
+        assert api.report_point(
+            job.id, PointResult(point_id=pid, loss=0.0)
+        ).duplicate  # a resend changes nothing
         assert api.complete(job.id, CompleteRequest()).state == "succeeded"
         assert api.complete(job.id, CompleteRequest()).duplicate
         with pytest.raises(Conflict):

@@ -1,4 +1,4 @@
-"""The Docker executor for real, against podman's Docker-compatible service (CONTAINERS.md):
+"""The Docker executor for real, against podman's Docker-compatible service (README, Containers):
 there is no Docker engine on these machines, podman serves the same API. Skipped with a
 visible reason where podman cannot run."""
 
@@ -16,17 +16,27 @@ from .agent_helpers import base_spec, get_points, sandbox_upload, submit, wait_t
 def _spec(tmp_path, command: str, image: str, **kw) -> RunSpec:
     wd = tmp_path / "wd"
     wd.mkdir(exist_ok=True)
-    return RunSpec(command=command, workdir=wd, stdout_path=tmp_path / "out.txt", stderr_path=tmp_path / "err.txt",
-                   image=image, **kw)
+    return RunSpec(
+        command=command,
+        workdir=wd,
+        stdout_path=tmp_path / "out.txt",
+        stderr_path=tmp_path / "err.txt",
+        image=image,
+        **kw,
+    )
 
 
 def test_container_runs_in_the_mounted_workdir(podman_service, tmp_path):
     ex = DockerExecutor(podman_service.base_url, name="podman")
     try:
-        spec = _spec(tmp_path, "cat input.json; echo; echo done > output.txt; echo to-stderr >&2; "
-                               "touch /oops 2>/dev/null || echo root-is-read-only; "
-                               "cat /proc/net/dev | grep -c : ; echo pid=$PHPO_POINT_ID; exit 4",
-                     podman_service.image, env={"PHPO_POINT_ID": "9"})
+        spec = _spec(
+            tmp_path,
+            "cat input.json; echo; echo done > output.txt; echo to-stderr >&2; "
+            "touch /oops 2>/dev/null || echo root-is-read-only; "
+            "cat /proc/net/dev | grep -c : ; echo pid=$PHPO_POINT_ID; exit 4",
+            podman_service.image,
+            env={"PHPO_POINT_ID": "9"},
+        )
         (spec.workdir / "input.json").write_text('{"x": 1}')
         h = ex.start(spec)
         assert h.wait(60) == 4
@@ -66,9 +76,13 @@ def test_agent_runs_container_tasks_with_its_own_podman(podman_service, live_ser
     """``--executor podman`` without a socket: the agent starts a podman service of its own under
     --workdir, runs the task's container, and stops the service when it exits."""
     sb = sandbox_upload(live_server, {"run.sh": RUN_SH})
-    tid = submit(live_server, base_spec("sh run.sh", evaluationContainer=podman_service.image, maxPoints=3,
-                                        sandbox=str(sb)))
-    agent = start_agent(live_server, "--executor", "podman", env={"CONTAINERS_CONF": str(podman_service.conf)})
+    tid = submit(
+        live_server,
+        base_spec("sh run.sh", evaluationContainer=podman_service.image, maxPoints=3, sandbox=str(sb)),
+    )
+    agent = start_agent(
+        live_server, "--executor", "podman", env={"CONTAINERS_CONF": str(podman_service.conf)}
+    )
     t = wait_task(live_server, tid, timeout=120, agents=(agent,))
     assert t["state"] == "finished", t
     pts = get_points(live_server, tid)

@@ -14,16 +14,28 @@ from pathlib import Path
 
 import pytest
 
-from .agent_helpers import (PY, base_spec, free_port, get_artifacts, get_points, pid_alive, submit, wait_task,
-                            wait_until, write_payload)
+from .agent_helpers import (
+    PY,
+    base_spec,
+    free_port,
+    get_artifacts,
+    get_points,
+    pid_alive,
+    submit,
+    wait_task,
+    wait_until,
+    write_payload,
+)
 from .test_agent_e2e import EPOCHS, expected_acc
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 DASK = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")
 
 # EPOCHS, and the pid of its parent: the Dask worker process that started it
-EPOCHS_ON_DASK = EPOCHS.replace('open(sys.argv[1], "a").write(f"{os.getpid()}\\n")',
-                                'open(sys.argv[1], "a").write(f"{p[\'x\']} {os.getpid()} {os.getppid()}\\n")')
+EPOCHS_ON_DASK = EPOCHS.replace(
+    'open(sys.argv[1], "a").write(f"{os.getpid()}\\n")',
+    'open(sys.argv[1], "a").write(f"{p[\'x\']} {os.getpid()} {os.getppid()}\\n")',
+)
 
 
 @pytest.fixture
@@ -42,8 +54,22 @@ def dask_cluster(tmp_path):
         return p
 
     start("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard", log="scheduler.log")
-    workers = [start("worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1",
-                     "--name", f"w{i}", log=f"worker{i}.log") for i in range(2)]
+    workers = [
+        start(
+            "worker",
+            address,
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--no-dashboard",
+            "--host",
+            "127.0.0.1",
+            "--name",
+            f"w{i}",
+            log=f"worker{i}.log",
+        )
+        for i in range(2)
+    ]
     from distributed import Client
 
     with Client(address, timeout=60) as c:
@@ -59,24 +85,41 @@ def dask_cluster(tmp_path):
             p.kill()
 
 
-def test_points_run_on_dask_workers_and_a_killed_worker_is_a_retried_attempt(live_server, start_agent, dask_cluster,
-                                                                              tmp_path):
+def test_points_run_on_dask_workers_and_a_killed_worker_is_a_retried_attempt(
+    live_server, start_agent, dask_cluster, tmp_path
+):
     address, workers = dask_cluster
     worker_pids = {w.pid for w in workers}
     script = write_payload(tmp_path / "epochs.py", EPOCHS_ON_DASK)
     runs = tmp_path / "runs.txt"
-    tid = submit(live_server, base_spec(f"{PY} {script} {runs}", maxPoints=2, nParallelEvaluation=2,
-                                        searchSpace={"params": {"x": {"type": "int", "low": 3, "high": 4}}},
-                                        checkPointToSave="ckpt", checkPointInterval="1s"))
+    tid = submit(
+        live_server,
+        base_spec(
+            f"{PY} {script} {runs}",
+            maxPoints=2,
+            nParallelEvaluation=2,
+            searchSpace={"params": {"x": {"type": "int", "low": 3, "high": 4}}},
+            checkPointToSave="ckpt",
+            checkPointInterval="1s",
+        ),
+    )
     agent = start_agent(live_server, "--executor", "dask", "--scheduler", address, "--slots", "2")
 
     def started() -> list[list[int]]:
-        return [list(map(int, line.split())) for line in runs.read_text().splitlines()] if runs.exists() else []
+        return (
+            [list(map(int, line.split())) for line in runs.read_text().splitlines()] if runs.exists() else []
+        )
 
     wait_until(lambda: len(started()) == 2, 90, "both points to start on the workers", agent.log)
-    assert {ppid for _, _, ppid in started()} == worker_pids  # one point per worker, not children of the agent
-    wait_until(lambda: {a["point_id"] for a in get_artifacts(live_server, tid, "checkpoint")}.__len__() == 2, 60,
-               "a checkpoint of each point", agent.log)
+    assert {
+        ppid for _, _, ppid in started()
+    } == worker_pids  # one point per worker, not children of the agent
+    wait_until(
+        lambda: {a["point_id"] for a in get_artifacts(live_server, tid, "checkpoint")}.__len__() == 2,
+        60,
+        "a checkpoint of each point",
+        agent.log,
+    )
     x, payload_pid, worker_pid = next(r for r in started() if r[0] == 3)
     os.kill(worker_pid, signal.SIGKILL)  # the worker running point x=3 is lost mid-point
     wait_until(lambda: not pid_alive(payload_pid), 10, "the payload to die with its worker")
@@ -90,8 +133,11 @@ def test_points_run_on_dask_workers_and_a_killed_worker_is_a_retried_attempt(liv
     # the second run of x=3 went to the surviving worker; Dask's own re-run was refused
     assert [r[0] for r in started()].count(3) == 2
     assert started()[-1][2] != worker_pid
-    (log,) = [a for a in get_artifacts(live_server, tid, "log")
-              if a["point_id"] == pts[3]["id"] and a["name"].endswith("a1.stderr.txt")]
+    (log,) = [
+        a
+        for a in get_artifacts(live_server, tid, "log")
+        if a["point_id"] == pts[3]["id"] and a["name"].endswith("a1.stderr.txt")
+    ]
     with live_server.client() as c:
         text = c.get(f"/artifacts/{log['id']}").text
     assert "the Dask worker" in text and "was lost" in text, text  # the failed attempt says why

@@ -47,9 +47,17 @@ sdk.report(float((p["x"] - 2) ** 2), metrics={"n_files": len(files), "cwd": os.g
 
 def test_task_completes_with_sandbox_files_and_artifacts(live_server, start_agent):
     sb = sandbox_upload(live_server, {"train.py": TRAIN})
-    tid = submit(live_server, base_spec(f"{PY} train.py", sandbox=str(sb), nParallelEvaluation=2,
-                                        trainingFiles=["/data/a.root", "/data/b.root"],
-                                        evaluationMeta="meta.json", evaluationMetrics="metrics.txt"))
+    tid = submit(
+        live_server,
+        base_spec(
+            f"{PY} train.py",
+            sandbox=str(sb),
+            nParallelEvaluation=2,
+            trainingFiles=["/data/a.root", "/data/b.root"],
+            evaluationMeta="meta.json",
+            evaluationMetrics="metrics.txt",
+        ),
+    )
     agent = start_agent(live_server, "--slots", "2", "--max-log-mb", "0.01")
     t = wait_task(live_server, tid, agents=(agent,))
     assert t["state"] == "finished", t
@@ -58,8 +66,11 @@ def test_task_completes_with_sandbox_files_and_artifacts(live_server, start_agen
     assert [p["loss"] for p in pts] == [float((p["params"]["x"] - 2) ** 2) for p in pts]  # 0.0 included
     assert all(p["metrics"]["n_files"] == 2 for p in pts)
     assert len({p["metrics"]["cwd"] for p in pts}) == 4  # a working directory per job
-    assert all([(v["step"], v["value"]) for v in p["intermediate"]] ==
-               [(1, p["params"]["x"]), (2, 2 * p["params"]["x"])] for p in pts)
+    assert all(
+        [(v["step"], v["value"]) for v in p["intermediate"]]
+        == [(1, p["params"]["x"]), (2, 2 * p["params"]["x"])]
+        for p in pts
+    )
     assert len(get_artifacts(live_server, tid, "meta")) == 4
     assert len(get_artifacts(live_server, tid, "metrics")) == 4
     logs = [a for a in get_artifacts(live_server, tid, "log") if a["name"].endswith("stdout.txt")]
@@ -93,9 +104,17 @@ json.dump({"status": 0, "loss": p["x"] + 0.5, "metrics": {"pid": os.getpid(), "c
 
 def test_several_points_in_one_job(live_server, start_agent, tmp_path):
     script = write_payload(tmp_path / "multi.py", MULTI)
-    tid = submit(live_server, base_spec(f"{PY} {script}", maxPoints=3, nParallelEvaluation=3,
-                                        nPointsPerIteration=3, maxPointsPerEvaluationJob=3,
-                                        checkPointToSave="ckpt"))
+    tid = submit(
+        live_server,
+        base_spec(
+            f"{PY} {script}",
+            maxPoints=3,
+            nParallelEvaluation=3,
+            nPointsPerIteration=3,
+            maxPointsPerEvaluationJob=3,
+            checkPointToSave="ckpt",
+        ),
+    )
     # start the agent once the three points exist, so one job takes all of them
     wait_until(lambda: len(get_points(live_server, tid)) == 3, 30, "3 points")
     agent = start_agent(live_server, "--once")
@@ -158,9 +177,15 @@ def test_bad_output_and_nonzero_status_are_visible(live_server, start_agent, tmp
     script = write_payload(tmp_path / "bad.py", BAD)
     tid = submit(live_server, base_spec(f"{PY} {script}", nParallelEvaluation=2, maxAttempts=1))
     agent = start_agent(live_server)
-    wait_until(lambda: all(p["state"] in ("evaluated", "failed") for p in get_points(live_server, tid))
-               and len(get_points(live_server, tid)) == 4, 60, "all points settled",
-               lambda: agent.log()[-4000:])
+    wait_until(
+        lambda: (
+            all(p["state"] in ("evaluated", "failed") for p in get_points(live_server, tid))
+            and len(get_points(live_server, tid)) == 4
+        ),
+        60,
+        "all points settled",
+        lambda: agent.log()[-4000:],
+    )
     pts = {p["params"]["x"]: p for p in get_points(live_server, tid)}
     assert [pts[x]["state"] for x in range(4)] == ["failed", "failed", "failed", "evaluated"]
     assert "not valid JSON" in pts[0]["error"] and "stderr line of point 0" in pts[0]["error"]
@@ -180,14 +205,19 @@ time.sleep(600)
 def test_timeout_kills_the_whole_process_group(live_server, start_agent, tmp_path):
     script = write_payload(tmp_path / "hang.py", SPAWN_AND_HANG)
     pidfile = tmp_path / "grandchild.pid"
-    tid = submit(live_server, base_spec(f"{PY} {script} {pidfile}", maxPoints=1, maxAttempts=1,
-                                        evaluationTimeout=2))
+    tid = submit(
+        live_server, base_spec(f"{PY} {script} {pidfile}", maxPoints=1, maxAttempts=1, evaluationTimeout=2)
+    )
     agent = start_agent(live_server)
     wait_until(pidfile.exists, 30, "the payload to start its grandchild", agent.log)
     grandchild = int(pidfile.read_text())
     assert pid_alive(grandchild)
-    p = wait_until(lambda: (p := get_points(live_server, tid)[0])["state"] == "failed" and p, 40,
-                   "the point to fail", agent.log)
+    p = wait_until(
+        lambda: (p := get_points(live_server, tid)[0])["state"] == "failed" and p,
+        40,
+        "the point to fail",
+        agent.log,
+    )
     assert "timed out after 2 s" in p["error"]
     wait_until(lambda: not pid_alive(grandchild), 10, "the grandchild to be gone")
 
@@ -195,11 +225,16 @@ def test_timeout_kills_the_whole_process_group(live_server, start_agent, tmp_pat
 def test_container_task_on_an_agent_without_runtime(live_server, start_agent):
     """An agent without a container runtime never takes a container task's point (it would
     only fail it); the task says which requirement no agent meets while it waits for one."""
-    tid = submit(live_server, base_spec("python train.py", evaluationContainer="example.org/train:1",
-                                        maxPoints=1))
+    tid = submit(
+        live_server, base_spec("python train.py", evaluationContainer="example.org/train:1", maxPoints=1)
+    )
     agent = start_agent(live_server, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    t = wait_until(lambda: "container" in ((t := get_task(live_server, tid)).get("waiting_for") or "") and t,
-                   40, "the task to name what it waits for", agent.log)
+    t = wait_until(
+        lambda: "container" in ((t := get_task(live_server, tid)).get("waiting_for") or "") and t,
+        40,
+        "the task to name what it waits for",
+        agent.log,
+    )
     assert "--evaluationContainer example.org/train:1" in t["waiting_for"]
     assert "no agent has a container runtime" in t["waiting_for"]
     p = get_points(live_server, tid)[0]
@@ -241,8 +276,16 @@ def test_kill9_agent_then_another_resumes_from_checkpoint(start_server, start_ag
     server = start_server(None, "--lease-seconds", "3", "--reaper-interval", "0.5")
     script = write_payload(tmp_path / "epochs.py", EPOCHS)
     pids = tmp_path / "payload.pids"
-    tid = submit(server, base_spec(f"{PY} {script} {pids}", maxPoints=1, searchSpace={
-        "params": {"x": {"type": "int", "low": 3, "high": 3}}}, checkPointToSave="ckpt", checkPointInterval="1s"))
+    tid = submit(
+        server,
+        base_spec(
+            f"{PY} {script} {pids}",
+            maxPoints=1,
+            searchSpace={"params": {"x": {"type": "int", "low": 3, "high": 3}}},
+            checkPointToSave="ckpt",
+            checkPointInterval="1s",
+        ),
+    )
     first = start_agent(server)
     wait_until(lambda: get_artifacts(server, tid, "checkpoint"), 30, "a checkpoint upload", first.log)
     first.signal(signal.SIGKILL)
@@ -288,8 +331,10 @@ def test_sigterm_lets_the_running_job_finish(live_server, start_agent, tmp_path)
 def test_sigterm_after_grace_hands_the_point_back_with_a_checkpoint(live_server, start_agent, tmp_path):
     script = write_payload(tmp_path / "epochs.py", EPOCHS.replace("N = 12", "N = 400"))
     pids = tmp_path / "payload.pids"
-    tid = submit(live_server, base_spec(f"{PY} {script} {pids}", maxPoints=1, checkPointToSave="ckpt",
-                                        checkPointInterval=600))
+    tid = submit(
+        live_server,
+        base_spec(f"{PY} {script} {pids}", maxPoints=1, checkPointToSave="ckpt", checkPointInterval=600),
+    )
     agent = start_agent(live_server, "--grace-seconds", "1")
     wait_until(pids.exists, 30, "the payload to start", agent.log)
     time.sleep(1.0)  # a few epochs: the checkpoint files exist (the interval is too long to upload them)
@@ -318,8 +363,14 @@ open(sys.argv[1], "w").write("done")
 def test_result_arrives_after_the_server_was_away(live_server, start_agent, tmp_path):
     script = write_payload(tmp_path / "late.py", REPORT_AFTER)
     mark = tmp_path / "mark"
-    tid = submit(live_server, base_spec(f"{PY} {script} {mark} 1.5", maxPoints=1, searchSpace={
-        "params": {"x": {"type": "int", "low": 2, "high": 2}}}))
+    tid = submit(
+        live_server,
+        base_spec(
+            f"{PY} {script} {mark} 1.5",
+            maxPoints=1,
+            searchSpace={"params": {"x": {"type": "int", "low": 2, "high": 2}}},
+        ),
+    )
     agent = start_agent(live_server, "--retry-seconds", "1", "--outbox-interval", "0.5")
     wait_until(lambda: mark.exists() and mark.read_text() == "started", 30, "the payload to start", agent.log)
     live_server.kill()
@@ -357,9 +408,13 @@ json.dump({"loss": p["x"] * 1.5}, open("output.json", "w"))
 def test_steering_jobs_run_on_a_steering_agent(live_server, start_agent, tmp_path):
     steer = write_payload(tmp_path / "steer.py", STEER)
     ev = write_payload(tmp_path / "ev.py", EVAL_X)
-    spec = base_spec(f"{PY} {ev}", maxPoints=3, nParallelEvaluation=2,
-                     steeringExec=f"{PY} {steer} %IN %OUT %NUM_POINTS %MAX_POINTS",
-                     searchSpace={"x": {"method": "uniformint", "dimension": {"low": 0, "high": 9}}})
+    spec = base_spec(
+        f"{PY} {ev}",
+        maxPoints=3,
+        nParallelEvaluation=2,
+        steeringExec=f"{PY} {steer} %IN %OUT %NUM_POINTS %MAX_POINTS",
+        searchSpace={"x": {"method": "uniformint", "dimension": {"low": 0, "high": 9}}},
+    )
     spec.pop("optimizer")
     tid = submit(live_server, spec)
     steering = start_agent(live_server, "--steering-only")
@@ -374,10 +429,16 @@ def test_steering_jobs_run_on_a_steering_agent(live_server, start_agent, tmp_pat
 
 
 def test_failed_steering_shows_its_stderr(live_server, start_agent, tmp_path):
-    steer = write_payload(tmp_path / "steer.py", "import sys\nprint('steer-broke: no module foo', "
-                                                 "file=sys.stderr)\nsys.exit(1)\n")
-    spec = base_spec("true", maxPoints=2, steeringExec=f"{PY} {steer} %IN %OUT",
-                     searchSpace={"x": {"method": "uniformint", "dimension": {"low": 0, "high": 9}}})
+    steer = write_payload(
+        tmp_path / "steer.py",
+        "import sys\nprint('steer-broke: no module foo', file=sys.stderr)\nsys.exit(1)\n",
+    )
+    spec = base_spec(
+        "true",
+        maxPoints=2,
+        steeringExec=f"{PY} {steer} %IN %OUT",
+        searchSpace={"x": {"method": "uniformint", "dimension": {"low": 0, "high": 9}}},
+    )
     spec.pop("optimizer")
     tid = submit(live_server, spec)
     agent = start_agent(live_server, "--steering-only")
@@ -405,11 +466,14 @@ def test_one_point_jobs_chain_through_complete(start_server, start_agent, tmp_pa
     next job: counted in the server's access log (debug level), a 4-point task on one slot
     needs no ``/result`` call and fewer ``acquire`` calls than jobs."""
     srv = start_server(None, "--log-level", "debug")
-    script = write_payload(tmp_path / "quick.py", """
+    script = write_payload(
+        tmp_path / "quick.py",
+        """
         import json
         p = json.load(open("input.json"))
         json.dump({"loss": float(p["x"])}, open("output.json", "w"))
-    """)
+    """,
+    )
     agent = start_agent(srv)
     wait_until(lambda: "agent test-agent-0 at site" in agent.log(), 30, "the agent to start")
     tid = submit(srv, base_spec(f"{PY} {script}", maxPoints=4, nParallelEvaluation=2))
@@ -439,6 +503,8 @@ def test_refill_latency(live_server, start_agent, tmp_path):
         runs = sorted((p["metrics"]["t_start"], p["metrics"]["t_end"]) for p in get_points(live_server, tid))
         gaps = [b[0] - a[1] for a, b in itertools.pairwise(runs)]
         assert all(g > 0 for g in gaps), gaps
-        report[f"nParallelEvaluation={n_par}"] = {"gaps_s": [round(g, 3) for g in gaps],
-                                                  "median_s": round(statistics.median(gaps), 3)}
+        report[f"nParallelEvaluation={n_par}"] = {
+            "gaps_s": [round(g, 3) for g in gaps],
+            "median_s": round(statistics.median(gaps), 3),
+        }
     print("\nREFILL LATENCY (payload end -> next payload start, one slot):", json.dumps(report))

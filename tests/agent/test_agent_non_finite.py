@@ -20,8 +20,9 @@ sdk.report(float(p["x"]), metrics={"acc": float("nan"), "curve": [1.0, float("-i
 """
 
 
-def test_nan_intermediates_and_metrics_are_sent_as_null_and_the_result_is_kept(db_url, start_server, start_agent,
-                                                                               tmp_path):
+def test_nan_intermediates_and_metrics_are_sent_as_null_and_the_result_is_kept(
+    db_url, start_server, start_agent, tmp_path
+):
     srv = start_server(db_url, "--lease-seconds", "2.5")
     script = write_payload(tmp_path / "nan.py", NAN_PAYLOAD)
     tid = submit(srv, base_spec(f"{PY} {script}", maxPoints=1, maxAttempts=1))

@@ -170,8 +170,9 @@ def _saver(tmp_path: Path, paths: list[str], uploads: list, max_bytes: int = 10*
         with tarfile.open(p) as tar:
             uploads.append(sorted(m.name for m in tar.getmembers() if m.isfile()))
 
-    return CheckpointSaver(tmp_path / "run", paths, max_bytes=max_bytes, scratch_dir=tmp_path / "scratch",
-                           upload=upload)
+    return CheckpointSaver(
+        tmp_path / "run", paths, max_bytes=max_bytes, scratch_dir=tmp_path / "scratch", upload=upload
+    )
 
 
 def test_checkpoint_uploaded_only_when_changed(tmp_path):
@@ -248,10 +249,18 @@ def test_unpacking_refuses_paths_outside(tmp_path):
 def sdk_env(tmp_path, monkeypatch):
     wd = tmp_path / "wd"
     (wd / ".phpo").mkdir(parents=True)
-    for k, v in {"PHPO_WORKDIR": str(wd), "PHPO_INPUT_FILE": "in.json", "PHPO_OUTPUT_FILE": "out.json",
-                 "PHPO_TRAINING_DATA_FILE": "ds.json", "PHPO_CHECKPOINT_TO_SAVE": "ckpt,model.pt",
-                 "PHPO_INTERMEDIATE_FILE": ".phpo/intermediate.jsonl", "PHPO_CONTROL_FILE": ".phpo/control.json",
-                 "PHPO_POINT_ID": "12", "PHPO_ATTEMPT": "2", "PHPO_RESUMED": "0"}.items():
+    for k, v in {
+        "PHPO_WORKDIR": str(wd),
+        "PHPO_INPUT_FILE": "in.json",
+        "PHPO_OUTPUT_FILE": "out.json",
+        "PHPO_TRAINING_DATA_FILE": "ds.json",
+        "PHPO_CHECKPOINT_TO_SAVE": "ckpt,model.pt",
+        "PHPO_INTERMEDIATE_FILE": ".phpo/intermediate.jsonl",
+        "PHPO_CONTROL_FILE": ".phpo/control.json",
+        "PHPO_POINT_ID": "12",
+        "PHPO_ATTEMPT": "2",
+        "PHPO_RESUMED": "0",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("PHPO_CHECKPOINT_TO_LOAD", raising=False)
     return wd
@@ -280,9 +289,17 @@ def test_sdk_latest_checkpoint_on_resume(sdk_env, monkeypatch):
 
 def test_sdk_report_writes_the_contract_file(sdk_env):
     sdk.report(0.0, metrics={"acc": 0.9})
-    assert json.loads((sdk_env / "out.json").read_text()) == {"status": 0, "loss": 0.0, "metrics": {"acc": 0.9}}
+    assert json.loads((sdk_env / "out.json").read_text()) == {
+        "status": 0,
+        "loss": 0.0,
+        "metrics": {"acc": 0.9},
+    }
     sdk.report(None, status=3, message="diverged")
-    assert json.loads((sdk_env / "out.json").read_text()) == {"status": 3, "loss": None, "message": "diverged"}
+    assert json.loads((sdk_env / "out.json").read_text()) == {
+        "status": 3,
+        "loss": None,
+        "message": "diverged",
+    }
     for bad in (None, float("nan"), [], "x"):
         with pytest.raises(ValueError, match="loss"):
             sdk.report(bad)
@@ -317,8 +334,9 @@ def test_sdk_defaults_without_agent(tmp_path, monkeypatch):
 def _spec(tmp_path: Path, command: str, **kw) -> RunSpec:
     wd = tmp_path / "wd"
     wd.mkdir(exist_ok=True)
-    return RunSpec(command=command, workdir=wd, stdout_path=tmp_path / "out.txt", stderr_path=tmp_path / "err.txt",
-                   **kw)
+    return RunSpec(
+        command=command, workdir=wd, stdout_path=tmp_path / "out.txt", stderr_path=tmp_path / "err.txt", **kw
+    )
 
 
 def test_subprocess_env_gpus_and_no_token(tmp_path, monkeypatch):
@@ -374,15 +392,17 @@ def test_payload_dies_with_a_killed_agent(tmp_path, via):
     from phpo.evaluation_container.runners import subprocess as sp
 
     if via == "setpriv" and sp._setpriv() is None:
-        pytest.skip("SKIPPED LOUDLY: no setpriv with --pdeathsig on this machine; the preexec_fn path is tested")
+        pytest.skip(
+            "SKIPPED LOUDLY: no setpriv with --pdeathsig on this machine; the preexec_fn path is tested"
+        )
     parent = tmp_path / "parent.py"
     parent.write_text(
         "import sys, time\nfrom pathlib import Path\n"
         "from phpo.evaluation_container.runners.base import RunSpec\n"
         "from phpo.evaluation_container.runners import subprocess as sp\n"
         "from phpo.evaluation_container.runners.subprocess import SubprocessExecutor\n"
-        + ("sp._setpriv = lambda: None\n" if via == "preexec_fn" else "assert sp._setpriv()\n") +
-        f"wd = Path({str(tmp_path)!r})\n"
+        + ("sp._setpriv = lambda: None\n" if via == "preexec_fn" else "assert sp._setpriv()\n")
+        + f"wd = Path({str(tmp_path)!r})\n"
         "h = SubprocessExecutor().start(RunSpec(command='echo $$ > child.pid; exec sleep 300', workdir=wd, "
         "stdout_path=wd / 'o', stderr_path=wd / 'e'))\n"
         "time.sleep(300)\n"
@@ -407,8 +427,13 @@ def test_payload_dies_with_a_killed_agent(tmp_path, via):
 
 def test_container_spec(tmp_path):
     # built without an engine: the same dict the Docker SDK receives
-    spec = _spec(tmp_path, "python train.py", image="reg/img:1", gpus=[1, 3],
-                 env={"PHPO_POINT_ID": "5", "CUDA_VISIBLE_DEVICES": "1,3"})
+    spec = _spec(
+        tmp_path,
+        "python train.py",
+        image="reg/img:1",
+        gpus=[1, 3],
+        env={"PHPO_POINT_ID": "5", "CUDA_VISIBLE_DEVICES": "1,3"},
+    )
     kw = container_kwargs(spec)
     assert kw["image"] == "reg/img:1"
     assert kw["entrypoint"] == ["/bin/sh", "-c"] and kw["command"] == ["python train.py"]
@@ -428,33 +453,126 @@ def test_container_spec(tmp_path):
 
 
 def test_cli_options_and_errors(tmp_path, monkeypatch):
-    a = build_parser().parse_args(["--site", "s", "--slots", "2", "--gpus", "0,1", "--share-gpus",
-                                   "--executor", "podman", "--steering-only", "--once"])
-    assert (a.slots, a.gpus, a.share_gpus, a.executor, a.steering_only, a.once) == (2, "0,1", True, "podman",
-                                                                                    True, True)
+    a = build_parser().parse_args(
+        [
+            "--site",
+            "s",
+            "--slots",
+            "2",
+            "--gpus",
+            "0,1",
+            "--share-gpus",
+            "--executor",
+            "podman",
+            "--steering-only",
+            "--once",
+        ]
+    )
+    assert (a.slots, a.gpus, a.share_gpus, a.executor, a.steering_only, a.once) == (
+        2,
+        "0,1",
+        True,
+        "podman",
+        True,
+        True,
+    )
     assert a.max_checkpoint_mb == 10240.0 and a.grace_seconds == 30.0
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHPO_")}
     env["XDG_CONFIG_HOME"] = str(tmp_path)  # no config file
-    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s"], capture_output=True, text=True,
-                       env=env, timeout=60, check=False)
+    p = subprocess.run(
+        [PY, "-m", "phpo.evaluation_container", "--site", "s"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 2 and "--server" in p.stderr
-    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--server", "http://127.0.0.1:9",
-                        "--gpus", "x,y"], capture_output=True, text=True, env={**env, "PHPO_TOKEN": "t"}, timeout=60,
-                       check=False)
+    p = subprocess.run(
+        [
+            PY,
+            "-m",
+            "phpo.evaluation_container",
+            "--site",
+            "s",
+            "--server",
+            "http://127.0.0.1:9",
+            "--gpus",
+            "x,y",
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "PHPO_TOKEN": "t"},
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 2 and "--gpus" in p.stderr
     # a token on the command line is refused, saying where to put it instead
-    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--server", "http://127.0.0.1:9",
-                        "--token", "t"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    p = subprocess.run(
+        [
+            PY,
+            "-m",
+            "phpo.evaluation_container",
+            "--site",
+            "s",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 2 and "/proc/PID/cmdline" in p.stderr and "--token-file" in p.stderr
     missing = tmp_path / "no-such-token"
-    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--server", "http://127.0.0.1:9",
-                        "--token-file", str(missing)], capture_output=True, text=True, env=env, timeout=60, check=False)
+    p = subprocess.run(
+        [
+            PY,
+            "-m",
+            "phpo.evaluation_container",
+            "--site",
+            "s",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token-file",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 2 and f"cannot read the token file {missing}" in p.stderr
-    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--server", "http://127.0.0.1:9",
-                        "--payload-user", "no-such-user-here"], capture_output=True, text=True,
-                       env={**env, "PHPO_TOKEN": "t"}, timeout=60, check=False)
+    p = subprocess.run(
+        [
+            PY,
+            "-m",
+            "phpo.evaluation_container",
+            "--site",
+            "s",
+            "--server",
+            "http://127.0.0.1:9",
+            "--payload-user",
+            "no-such-user-here",
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "PHPO_TOKEN": "t"},
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 2 and "no user 'no-such-user-here'" in p.stderr
-    p = subprocess.run([PY, "-m", "phpo.evaluation_container", "--site", "s", "--steering-only", "--no-steering"],
-                       capture_output=True, text=True, env=env, timeout=60, check=False)
+    p = subprocess.run(
+        [PY, "-m", "phpo.evaluation_container", "--site", "s", "--steering-only", "--no-steering"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 2 and "not allowed with" in p.stderr
     assert sys.executable  # the agent runs under the test's interpreter

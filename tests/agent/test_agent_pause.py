@@ -42,8 +42,12 @@ def test_pause_lets_the_running_point_finish_and_resume_goes_on(start_server, st
     (leased,) = [p for p in get_points(server, tid) if p["state"] == "leased"]
     assert "cancelled" not in agent.log()
     (marks / "release").touch()
-    (point,) = wait_until(lambda: [p for p in get_points(server, tid) if p["state"] == "evaluated"], 20,
-                          "the running point to finish while paused", agent.log)
+    (point,) = wait_until(
+        lambda: [p for p in get_points(server, tid) if p["state"] == "evaluated"],
+        20,
+        "the running point to finish while paused",
+        agent.log,
+    )
     assert point["id"] == leased["id"] and point["attempts"] == 1  # the same run, not a restart
     assert len(list(marks.glob("started-*"))) == 1
     # paused: nothing new starts

@@ -27,7 +27,7 @@ from .agent_helpers import (
 )
 
 ONE_POINT = {"params": {"x": {"type": "int", "low": 1, "high": 1}}}
-WRITE_OUTPUT = "echo '{\"status\": 0, \"loss\": 1.0}' > \"$PHPO_OUTPUT_FILE\""
+WRITE_OUTPUT = 'echo \'{"status": 0, "loss": 1.0}\' > "$PHPO_OUTPUT_FILE"'
 
 
 def _upload_sandbox_bytes(server, data: bytes) -> int:
@@ -46,18 +46,34 @@ def test_a_crafted_checkpoint_and_a_lost_sandbox_on_a_real_agent(live_server, st
     ``extractall(filter="data")`` (CVE-2025-4517) as its checkpoint and hands the point back; the
     real agent that resumes the point refuses the checkpoint, naming the member, and fails the
     point. The same agent gets a task whose sandbox file the server lost: reported as missing."""
-    tid = submit(live_server, base_spec(WRITE_OUTPUT, searchSpace=ONE_POINT, maxPoints=1, maxAttempts=2,
-                                        checkPointToSave="ckpt"))
+    tid = submit(
+        live_server,
+        base_spec(WRITE_OUTPUT, searchSpace=ONE_POINT, maxPoints=1, maxAttempts=2, checkPointToSave="ckpt"),
+    )
     with live_server.client(live_server.agent_token) as rogue:
-        job = wait_until(lambda: (r := rogue.post("/jobs/acquire", json={"agent": "rogue", "site": "local"}))
-                         .status_code == 200 and r.json(), 30, "the rogue's lease")
+        job = wait_until(
+            lambda: (
+                (r := rogue.post("/jobs/acquire", json={"agent": "rogue", "site": "local"})).status_code
+                == 200
+                and r.json()
+            ),
+            30,
+            "the rogue's lease",
+        )
         pid = job["points"][0]["point_id"]
         wd = tmp_path / "agent0"  # where start_agent puts the real agent; its job comes next
-        evil = escaping_tarball(tmp_path / "evil.tgz", _job_rundir(wd, job["id"] + 1), 4, "escaped.txt", b"owned")
-        r = rogue.put(f"/jobs/{job['id']}/artifacts/checkpoint", content=evil.read_bytes(),
-                      params={"point_id": pid, "name": "checkpoint.tar.gz"})
+        evil = escaping_tarball(
+            tmp_path / "evil.tgz", _job_rundir(wd, job["id"] + 1), 4, "escaped.txt", b"owned"
+        )
+        r = rogue.put(
+            f"/jobs/{job['id']}/artifacts/checkpoint",
+            content=evil.read_bytes(),
+            params={"point_id": pid, "name": "checkpoint.tar.gz"},
+        )
         assert r.status_code == 201, r.text
-        assert rogue.post(f"/jobs/{job['id']}/fail", json={"error": "rogue", "retry": True}).status_code == 200
+        assert (
+            rogue.post(f"/jobs/{job['id']}/fail", json={"error": "rogue", "retry": True}).status_code == 200
+        )
 
     def outside() -> set[str]:  # all but the agent's own files and the server's data directory
         names = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
@@ -76,7 +92,9 @@ def test_a_crafted_checkpoint_and_a_lost_sandbox_on_a_real_agent(live_server, st
     lost = sandbox_upload(live_server, {"run.sh": "true"})
     (f,) = (live_server.data_dir / "artifacts").rglob("*sandbox.tar.gz")
     f.unlink()
-    tid_lost = submit(live_server, base_spec(WRITE_OUTPUT, searchSpace=ONE_POINT, maxPoints=1, sandbox=str(lost)))
+    tid_lost = submit(
+        live_server, base_spec(WRITE_OUTPUT, searchSpace=ONE_POINT, maxPoints=1, sandbox=str(lost))
+    )
     wait_task(live_server, tid_lost, agents=(agent,))
     (p,) = get_points(live_server, tid_lost)
     assert p["state"] == "failed" and p["attempts"] == 1
@@ -102,8 +120,15 @@ def test_crafted_sandboxes_fail_their_job_naming_the_member(live_server, start_a
     tid2 = submit(live_server, base_spec(WRITE_OUTPUT, searchSpace=ONE_POINT, maxPoints=1, sandbox=str(sb2)))
     # and a sandbox with subdirectories (regular folders and files) still works
     ok = sandbox_upload(live_server, {"pkg/sub/value.txt": "2.5", "pkg/run.sh": "cat pkg/sub/value.txt"})
-    tid3 = submit(live_server, base_spec('echo "{\\"status\\": 0, \\"loss\\": $(bash pkg/run.sh)}" > output.json',
-                                         searchSpace=ONE_POINT, maxPoints=1, sandbox=str(ok)))
+    tid3 = submit(
+        live_server,
+        base_spec(
+            'echo "{\\"status\\": 0, \\"loss\\": $(bash pkg/run.sh)}" > output.json',
+            searchSpace=ONE_POINT,
+            maxPoints=1,
+            sandbox=str(ok),
+        ),
+    )
     agent = start_agent(live_server, "--slots", "2")
     for t in (tid, tid2):
         wait_task(live_server, t, agents=(agent,))
@@ -162,18 +187,30 @@ def test_a_payload_cannot_read_the_agents_token(live_server, start_agent, shared
     probe = shared_dir / "probe"
     probe.mkdir()
     probe.chmod(0o777)
-    grab = {"agent_cmdline": "/proc/$PPID/cmdline", "agent_environ": "/proc/$PPID/environ",
-            "agent_mem_maps": "/proc/$PPID/maps", "token_file": str(token_file)}
-    script = "; ".join([f"cat {src} > {probe}/{name} 2> {probe}/{name}.err" for name, src in grab.items()] + [
-        f"env > {probe}/own_env", f"id -u > {probe}/uid", f"cat /proc/[0-9]*/cmdline > {probe}/all_cmdlines 2>/dev/null",
-        f"cat /proc/[0-9]*/environ > {probe}/all_environs 2>/dev/null", WRITE_OUTPUT])
+    grab = {
+        "agent_cmdline": "/proc/$PPID/cmdline",
+        "agent_environ": "/proc/$PPID/environ",
+        "agent_mem_maps": "/proc/$PPID/maps",
+        "token_file": str(token_file),
+    }
+    script = "; ".join(
+        [f"cat {src} > {probe}/{name} 2> {probe}/{name}.err" for name, src in grab.items()]
+        + [
+            f"env > {probe}/own_env",
+            f"id -u > {probe}/uid",
+            f"cat /proc/[0-9]*/cmdline > {probe}/all_cmdlines 2>/dev/null",
+            f"cat /proc/[0-9]*/environ > {probe}/all_environs 2>/dev/null",
+            WRITE_OUTPUT,
+        ]
+    )
     tid = submit(live_server, base_spec(script, searchSpace=ONE_POINT, maxPoints=1))
     wd = shared_dir / "agent"
     wd.mkdir()
     # the token also in the agent's environment: removed from it, and its initial copy in
     # /proc/PID/environ unreadable to the payload
-    agent = start_agent(live_server, "--payload-user", NOBODY, token_file=token_file, workdir=wd,
-                        env={"PHPO_TOKEN": token})
+    agent = start_agent(
+        live_server, "--payload-user", NOBODY, token_file=token_file, workdir=wd, env={"PHPO_TOKEN": token}
+    )
     t = wait_task(live_server, tid, agents=(agent,))
     assert t["state"] == "finished", (t, agent.log()[-3000:])
     seen = {p.name: p.read_bytes() for p in probe.iterdir()}
@@ -201,19 +238,39 @@ def test_the_agent_hides_its_proc_files_from_payloads_of_its_own_uid(shared_dir)
     (shim / "evaluation_container").symlink_to(REPO / "evaluation_container")  # stdlib-only modules
     (shared_dir / "py").chmod(0o755)
     shim.chmod(0o755)
-    code = ("import os, subprocess, sys\n"
-            "if sys.argv[1] == 'protect':\n"
-            "    from phpo.evaluation_container.runners.subprocess import protect_process\n"
-            "    assert protect_process()\n"
-            "os.environ.pop('PHPO_TOKEN')\n"
-            "r = subprocess.run(['cat', f'/proc/{os.getpid()}/environ'], capture_output=True, env={})\n"
-            "print(r.returncode, b'secret-marker' in r.stdout, r.stderr.decode().strip())\n")
+    code = (
+        "import os, subprocess, sys\n"
+        "if sys.argv[1] == 'protect':\n"
+        "    from phpo.evaluation_container.runners.subprocess import protect_process\n"
+        "    assert protect_process()\n"
+        "os.environ.pop('PHPO_TOKEN')\n"
+        "r = subprocess.run(['cat', f'/proc/{os.getpid()}/environ'], capture_output=True, env={})\n"
+        "print(r.returncode, b'secret-marker' in r.stdout, r.stderr.decode().strip())\n"
+    )
     out = {}
     for mode in ("plain", "protect"):
-        p = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={pwd.getpwnam(NOBODY).pw_gid}",
-                            "--clear-groups", python, "-c", code, mode], capture_output=True, text=True, timeout=60,
-                           env={"PHPO_TOKEN": "secret-marker", "PYTHONPATH": str(shared_dir / "py"),
-                                "PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"}, check=False)
+        p = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={pwd.getpwnam(NOBODY).pw_gid}",
+                "--clear-groups",
+                python,
+                "-c",
+                code,
+                mode,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PHPO_TOKEN": "secret-marker",
+                "PYTHONPATH": str(shared_dir / "py"),
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "PATH": "/usr/bin:/bin",
+            },
+            check=False,
+        )
         assert p.returncode == 0, p.stderr
         out[mode] = p.stdout.split(maxsplit=2)
     assert out["plain"][:2] == ["0", "True"]  # removed from os.environ, still in /proc/PID/environ

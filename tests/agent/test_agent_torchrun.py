@@ -44,18 +44,39 @@ def listening(agent) -> list[str]:
     return addrs
 
 
-def test_two_ranks_rendezvous_on_loopback_and_a_killed_rank_resumes_from_the_checkpoint(live_server, start_agent):
-    space = {"params": {"lr": {"type": "float", "low": 0.04, "high": 0.06},
-                        "hidden": {"type": "int", "low": 32, "high": 32}, "epochs": {"type": "int", "low": 60, "high": 60}}}
-    tid = submit(live_server, base_spec(f"{PY} {DDP}", maxPoints=1, searchSpace=space, optimizer="random",
-                                        launcher="torchrun", nProcessesPerPoint=2, checkPointToSave="ckpt",
-                                        checkPointInterval="1s"))
+def test_two_ranks_rendezvous_on_loopback_and_a_killed_rank_resumes_from_the_checkpoint(
+    live_server, start_agent
+):
+    space = {
+        "params": {
+            "lr": {"type": "float", "low": 0.04, "high": 0.06},
+            "hidden": {"type": "int", "low": 32, "high": 32},
+            "epochs": {"type": "int", "low": 60, "high": 60},
+        }
+    }
+    tid = submit(
+        live_server,
+        base_spec(
+            f"{PY} {DDP}",
+            maxPoints=1,
+            searchSpace=space,
+            optimizer="random",
+            launcher="torchrun",
+            nProcessesPerPoint=2,
+            checkPointToSave="ckpt",
+            checkPointInterval="1s",
+        ),
+    )
     agent = start_agent(live_server, env={"OMP_NUM_THREADS": "1"})
     wait_until(lambda: set(ranks_of(agent)) == {"0", "1"}, 120, "both ranks to start", agent.log)
-    wait_until(lambda: get_artifacts(live_server, tid, "checkpoint"), 120, "rank 0's first checkpoint", agent.log)
+    wait_until(
+        lambda: get_artifacts(live_server, tid, "checkpoint"), 120, "rank 0's first checkpoint", agent.log
+    )
     addrs = listening(agent)
     assert addrs and set(addrs) <= {"127.0.0.1", "::1"}, addrs  # the rendezvous never on all interfaces
-    ranks_of(agent)["1"].send_signal(signal.SIGKILL)  # one rank dies: torchrun ends the other, the attempt fails
+    ranks_of(agent)["1"].send_signal(
+        signal.SIGKILL
+    )  # one rank dies: torchrun ends the other, the attempt fails
 
     t = wait_task(live_server, tid, timeout=240, agents=(agent,))
     assert t["state"] == "finished", t
@@ -80,9 +101,20 @@ def test_each_rank_gets_one_gpu_of_the_slot(tmp_path):
     from phpo.evaluation_container.launchers import torchrun_command
 
     out = tmp_path / "ranks.txt"
-    cmd = torchrun_command(f'echo "$RANK $LOCAL_RANK $WORLD_SIZE $CUDA_VISIBLE_DEVICES $MASTER_ADDR" >> {out}', 3,
-                           [4, 6])
-    r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = torchrun_command(
+        f'echo "$RANK $LOCAL_RANK $WORLD_SIZE $CUDA_VISIBLE_DEVICES $MASTER_ADDR" >> {out}', 3, [4, 6]
+    )
+    r = subprocess.run(
+        ["bash", "-c", cmd],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(out.read_text().splitlines()) == ["0 0 3 4 127.0.0.1", "1 1 3 6 127.0.0.1", "2 2 3 4 127.0.0.1"]
+    assert sorted(out.read_text().splitlines()) == [
+        "0 0 3 4 127.0.0.1",
+        "1 1 3 6 127.0.0.1",
+        "2 2 3 4 127.0.0.1",
+    ]

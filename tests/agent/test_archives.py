@@ -33,8 +33,9 @@ def tar(path: Path, members: list[tuple], mode: str = "w:gz") -> Path:
 def snapshot(root: Path) -> dict[str, bytes | str]:
     out: dict[str, bytes | str] = {}
     for p in sorted(root.rglob("*")):
-        out[str(p.relative_to(root))] = (f"-> {os.readlink(p)}" if p.is_symlink() else
-                                         p.read_bytes() if p.is_file() else "dir")
+        out[str(p.relative_to(root))] = (
+            f"-> {os.readlink(p)}" if p.is_symlink() else p.read_bytes() if p.is_file() else "dir"
+        )
     return out
 
 
@@ -52,14 +53,17 @@ def test_the_cve_2025_4517_tarball_writes_nothing_outside(tmp_path):
     assert not list(tmp_path.rglob("owned.txt"))
 
 
-@pytest.mark.parametrize("name,kind,target,needle", [
-    ("../x", "file", "", "it holds '..'"),
-    ("a/../../x", "file", "", "it holds '..'"),
-    ("/etc/x", "file", "", "it is absolute"),
-    ("a\\..\\x", "file", "", "backslash"),
-    ("l", "symlink", "/etc", "symbolic link (to '/etc')"),
-    ("h", "hardlink", "a/b", "hard link (to 'a/b')"),
-])
+@pytest.mark.parametrize(
+    "name,kind,target,needle",
+    [
+        ("../x", "file", "", "it holds '..'"),
+        ("a/../../x", "file", "", "it holds '..'"),
+        ("/etc/x", "file", "", "it is absolute"),
+        ("a\\..\\x", "file", "", "backslash"),
+        ("l", "symlink", "/etc", "symbolic link (to '/etc')"),
+        ("h", "hardlink", "a/b", "hard link (to 'a/b')"),
+    ],
+)
 def test_each_refused_member_is_named(tmp_path, name, kind, target, needle):
     dest = tmp_path / "d"
     dest.mkdir()
@@ -71,8 +75,11 @@ def test_each_refused_member_is_named(tmp_path, name, kind, target, needle):
 
 
 def test_devices_and_fifos_are_refused(tmp_path):
-    for typ, what in ((tarfile.CHRTYPE, "a device file"), (tarfile.BLKTYPE, "a device file"),
-                      (tarfile.FIFOTYPE, "a FIFO")):
+    for typ, what in (
+        (tarfile.CHRTYPE, "a device file"),
+        (tarfile.BLKTYPE, "a device file"),
+        (tarfile.FIFOTYPE, "a FIFO"),
+    ):
         tb = tmp_path / "dev.tar"
         with tarfile.open(tb, "w") as t:
             info = tarfile.TarInfo("zero")
@@ -89,8 +96,15 @@ def test_subdirectories_modes_and_every_compression(tmp_path):
     for mode in ("w", "w:gz", "w:bz2", "w:xz"):
         dest = tmp_path / mode.replace(":", "_")
         dest.mkdir()
-        tb = tar(tmp_path / "ok.tar", [("pkg/", "dir"), ("pkg/sub/mod.py", "file", "", b"X = 1"),
-                                       ("./run.sh", "file", "", b"#!/bin/sh")], mode)
+        tb = tar(
+            tmp_path / "ok.tar",
+            [
+                ("pkg/", "dir"),
+                ("pkg/sub/mod.py", "file", "", b"X = 1"),
+                ("./run.sh", "file", "", b"#!/bin/sh"),
+            ],
+            mode,
+        )
         done = extract(tb, dest)
         assert (done.files, done.bytes) == (2, len(b"X = 1#!/bin/sh"))
         assert (dest / "pkg" / "sub" / "mod.py").read_bytes() == b"X = 1"
@@ -115,16 +129,20 @@ def test_links_already_in_the_destination_are_not_followed(tmp_path):
     with pytest.raises(ArchiveError, match="'dirlink/victim': a symbolic link or a file is in its way"):
         extract(tar(tmp_path / "a.tgz", [("dirlink/victim", "file", "", b"owned")]), dest)
     # a link (or a hard link) at the file's own name is replaced, never written through
-    extract(tar(tmp_path / "b.tgz", [("filelink", "file", "", b"new"), ("hardlink", "file", "", b"new")]), dest)
+    extract(
+        tar(tmp_path / "b.tgz", [("filelink", "file", "", b"new"), ("hardlink", "file", "", b"new")]), dest
+    )
     assert (outside / "victim").read_text() == "original"
     assert not (dest / "filelink").is_symlink() and (dest / "filelink").read_text() == "new"
 
 
 def test_sizes_and_counts_are_bounded(tmp_path):
     big = tar(tmp_path / "big.tgz", [(f"m{i}", "file", "", b"0" * 1000) for i in range(5)])
-    for limits, needle in ((ArchiveLimits(max_total_bytes=3000), "unpacks to more than 3000 bytes"),
-                           (ArchiveLimits(max_members=4), "more than 4 members"),
-                           (ArchiveLimits(max_member_bytes=999), "'m0' is 1000 bytes, over the limit")):
+    for limits, needle in (
+        (ArchiveLimits(max_total_bytes=3000), "unpacks to more than 3000 bytes"),
+        (ArchiveLimits(max_members=4), "more than 4 members"),
+        (ArchiveLimits(max_member_bytes=999), "'m0' is 1000 bytes, over the limit"),
+    ):
         dest = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
         dest.mkdir()
         with pytest.raises(ArchiveError, match=needle):

@@ -66,9 +66,14 @@ def test_readme_python_example_verbatim_gives_a_best_point(start_server, start_a
     agent = start_agent(server, "--slots", "2", env=_env_with_python())
     d = _project(tmp_path / "work")
     (d / "example.py").write_text(readme_python_example())
-    p = subprocess.run([sys.executable, "example.py"], cwd=d, capture_output=True, text=True, timeout=180,
-                       env={**os.environ, **_env_with_python(), "PHPO_URL": server.url,
-                            "PHPO_TOKEN": server.user_token})
+    p = subprocess.run(
+        [sys.executable, "example.py"],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **_env_with_python(), "PHPO_URL": server.url, "PHPO_TOKEN": server.user_token},
+    )
     assert p.returncode == 0, p.stdout + p.stderr + agent.log()[-3000:]
     loss, params = p.stdout.strip().splitlines()[-1].split(" ", 1)
     assert loss != "None" and float(loss) >= 0 and "'lr'" in params, p.stdout
@@ -89,8 +94,17 @@ def test_cli_ships_named_files_lists_what_stayed_home_and_caps_the_size(start_se
     agent = start_agent(server, env=_env_with_python())
     d = _project(tmp_path / "work")
     env = {"PHPO_URL": server.url, "PHPO_TOKEN": server.user_token}
-    args = ["submit", "--evaluationExec", f"{sys.executable} train.py", "--searchSpaceFile", "search_space.json",
-            "--maxPoints", "2", "--optimizer", "random"]
+    args = [
+        "submit",
+        "--evaluationExec",
+        f"{sys.executable} train.py",
+        "--searchSpaceFile",
+        "search_space.json",
+        "--maxPoints",
+        "2",
+        "--optimizer",
+        "random",
+    ]
 
     dry = run_phpo(*args, "--noSubmit", cwd=d, env=env)
     assert "helpers/scale.py" in dry.stderr and "left out of the sandbox" in dry.stderr
@@ -98,7 +112,9 @@ def test_cli_ships_named_files_lists_what_stayed_home_and_caps_the_size(start_se
 
     # over the cap: a clear error naming the file, nothing stored
     (d / "data" / "big.bin").write_bytes(b"\0" * 300_000)
-    big = run_phpo(*args, "--sandboxFiles", "data/", cwd=d, env={**env, "PHPO_SANDBOX_MAX_MB": "0.2"}, check=False)
+    big = run_phpo(
+        *args, "--sandboxFiles", "data/", cwd=d, env={**env, "PHPO_SANDBOX_MAX_MB": "0.2"}, check=False
+    )
     assert big.returncode == 1 and "data/big.bin (0.3 MB)" in big.stderr and "0.2 MB limit" in big.stderr
     with Client(server.url, server.user_token) as c:
         assert c.tasks() == []

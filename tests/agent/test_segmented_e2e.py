@@ -33,10 +33,15 @@ def test_five_segments_each_find_their_own_optimum(live_server, start_agent, tmp
     start_agent(live_server, "--slots", "4")
     with Client(live_server.url, live_server.user_token) as c:
         task = c.submit(
-            evaluationExec=f"{PY} {payload} %SEGMENT_NAME", segments=segments,
+            evaluationExec=f"{PY} {payload} %SEGMENT_NAME",
+            segments=segments,
             searchSpace={"x": {"method": "uniform", "dimension": {"low": 0, "high": 5}}},
-            maxPoints=25, nParallelEvaluation=2, nPointsPerIteration=2, outDS="segmented.e2e",
-            optimizerOptions={"seed": 7}, directory=None,
+            maxPoints=25,
+            nParallelEvaluation=2,
+            nPointsPerIteration=2,
+            outDS="segmented.e2e",
+            optimizerOptions={"seed": 7},
+            directory=None,
         )
         done = c.wait(task.id, progress=False, timeout=240)
         assert done.state == "finished", done.message
@@ -60,8 +65,16 @@ def test_five_segments_each_find_their_own_optimum(live_server, start_agent, tmp
             assert best[name].loss < 0.1, (name, best[name].loss)
 
     # the table a physicist takes to the next step: every segment's best at once
-    out = run_phpo("best", str(task.id), "--segments", "--json", "--url", live_server.url,
-                   "--token", live_server.user_token)
+    out = run_phpo(
+        "best",
+        str(task.id),
+        "--segments",
+        "--json",
+        "--url",
+        live_server.url,
+        "--token",
+        live_server.user_token,
+    )
     rows = json.loads(out.stdout)
     assert sorted(r["segment"] for r in rows) == sorted(OPTIMA)
     assert all(set(r) >= {"segment", "loss", "params"} for r in rows)

@@ -39,8 +39,21 @@ json.dump({"status": 0, "loss": (p["x"] - 0.3) ** 2, "accuracy": 1 - p["x"], "me
 def _submit(env: dict, d: Path, low: float, high: float, *extra: str) -> int:
     (d / "payload.py").write_text(PAYLOAD)
     (d / "space.json").write_text(json.dumps({"x": [low, high]}))
-    p = run_phpo("submit", "--evaluationExec", f"{sys.executable} payload.py", "--searchSpaceFile", "space.json",
-                 "--optimizer", "random", "--nParallelEvaluation", "2", *extra, "--json", cwd=d, env=env)
+    p = run_phpo(
+        "submit",
+        "--evaluationExec",
+        f"{sys.executable} payload.py",
+        "--searchSpaceFile",
+        "space.json",
+        "--optimizer",
+        "random",
+        "--nParallelEvaluation",
+        "2",
+        *extra,
+        "--json",
+        cwd=d,
+        env=env,
+    )
     return json.loads(p.stdout)["id"]
 
 
@@ -57,8 +70,13 @@ def finished(server, agent, tmp_path_factory):  # noqa: F811
 
 def test_exit_codes_tell_the_causes_apart(server, agent, user, finished, tmp_path):  # noqa: F811
     tid, env = finished
-    for cmd in (["wait", str(tid)], ["show", str(tid)], ["best", str(tid)], ["logs", str(tid)],
-                ["points", str(tid)]):
+    for cmd in (
+        ["wait", str(tid)],
+        ["show", str(tid)],
+        ["best", str(tid)],
+        ["logs", str(tid)],
+        ["points", str(tid)],
+    ):
         assert run_phpo(*cmd, env=env, check=False).returncode == 0, cmd
 
     # a task whose every point failed: failed, and every command says so with exit 1
@@ -76,8 +94,9 @@ def test_exit_codes_tell_the_causes_apart(server, agent, user, finished, tmp_pat
     # nothing to show: a task with no evaluated point yet, no logs yet, no such task or point
     with Client(server.url, uenv["PHPO_TOKEN"]) as c:
         # a site no agent serves: nothing runs it, whatever the timing
-        idle = c.submit(evaluationExec="true", searchSpace={"x": [0.0, 1.0]}, maxPoints=100, sandbox=None,
-                        site="NOWHERE")
+        idle = c.submit(
+            evaluationExec="true", searchSpace={"x": [0.0, 1.0]}, maxPoints=100, sandbox=None, site="NOWHERE"
+        )
         c.pause(idle.id)
     assert run_phpo("best", str(idle.id), env=uenv, check=False).returncode == 4
     assert run_phpo("best", str(idle.id), "--json", env=uenv, check=False).returncode == 4
@@ -122,7 +141,9 @@ def test_show_json_pages_points_and_points_export_all(finished):
     # evaluated at the first try: one attempt, not zero
     assert all(p["attempts"] == 1 for p in everything)
     # output.json's own keys beyond status/loss/message/metrics are kept, next to its metrics
-    assert all(p["metrics"] == {"epochs": 3, "accuracy": pytest.approx(1 - p["params"]["x"])} for p in everything)
+    assert all(
+        p["metrics"] == {"epochs": 3, "accuracy": pytest.approx(1 - p["params"]["x"])} for p in everything
+    )
 
     rows = list(csv.DictReader(io.StringIO(run_phpo("points", str(tid), "--csv", env=env).stdout)))
     assert len(rows) == 5 and {"point", "state", "loss", "attempts", "x", "metric.accuracy"} <= set(rows[0])
@@ -135,7 +156,13 @@ def test_logs_into_head_ends_without_a_traceback(finished, tmp_path):
     tid, env = finished
     err = tmp_path / "err.txt"
     exe = Path(sys.executable).with_name("phpo")
-    p = subprocess.run(f"'{exe}' logs {tid} 2>'{err}' | head -n 1", shell=True, capture_output=True, text=True,
-                       env={**os.environ, **env}, timeout=60)
+    p = subprocess.run(
+        f"'{exe}' logs {tid} 2>'{err}' | head -n 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
     assert p.stdout.startswith("==> point ")
     assert "Traceback" not in err.read_text() and "BrokenPipe" not in err.read_text(), err.read_text()

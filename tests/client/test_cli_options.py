@@ -1,4 +1,4 @@
-"""The upstream submission options (CONTRACTS §1): names, --loadJson, --noSubmit, --dumpJson.
+"""The upstream submission options (docs/compatibility.md, The command line): names, --loadJson, --noSubmit, --dumpJson.
 
 These run the installed ``phpo`` command; none of them needs a server (``--noSubmit`` and bad
 input never reach one). Submissions to a real server are in test_cli_e2e.py.
@@ -24,7 +24,7 @@ from phpo.client.cli.upstream import (
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "upstream"
 
-# CONTRACTS §1, exactly as upstream spells them
+# docs/compatibility.md, exactly as upstream spells them
 UPSTREAM_OPTIONS = [
     "loadJson",
     "dumpJson",
@@ -54,8 +54,15 @@ UPSTREAM_OPTIONS = [
     "site",
     "noSubmit",
 ]
-EXTENSIONS = ["optimizer", "optimizerOptions", "directions", "maxAttempts", "evaluationTimeout", "nProcessesPerPoint",
-              "launcher"]
+EXTENSIONS = [
+    "optimizer",
+    "optimizerOptions",
+    "directions",
+    "maxAttempts",
+    "evaluationTimeout",
+    "nProcessesPerPoint",
+    "launcher",
+]
 
 NO_SERVER = {"PHPO_URL": "http://127.0.0.1:9", "PHPO_TOKEN": "unused"}
 

@@ -31,16 +31,26 @@ def project(tmp_path) -> Path:
     (d / "train.py").write_text(TRAIN)
     (d / "lib" / "model.py").write_text("import math\ndef loss(lr):\n    return (math.log10(lr) + 2) ** 2\n")
     (d / "data.csv").write_text("1.5\n")
-    (d / "space.json").write_text(json.dumps({
-        "lr": {"method": "loguniform", "dimension": {"low": 1e-4, "high": 1.0}},
-        "act": {"method": "categorical", "dimension": {"categories": ["relu", "crash"]}},
-    }))
+    (d / "space.json").write_text(
+        json.dumps(
+            {
+                "lr": {"method": "loguniform", "dimension": {"low": 1e-4, "high": 1.0}},
+                "act": {"method": "categorical", "dimension": {"categories": ["relu", "crash"]}},
+            }
+        )
+    )
     return d
 
 
 def _args(*extra: str) -> list[str]:
-    return ["run-local", "--evaluationExec", f"{sys.executable} train.py", "--searchSpaceFile", "space.json",
-            *extra]
+    return [
+        "run-local",
+        "--evaluationExec",
+        f"{sys.executable} train.py",
+        "--searchSpaceFile",
+        "space.json",
+        *extra,
+    ]
 
 
 def test_a_file_the_sandbox_leaves_out_shows_at_once_then_the_payload_works(project, tmp_path):
@@ -70,15 +80,36 @@ def test_a_file_the_sandbox_leaves_out_shows_at_once_then_the_payload_works(proj
 
 
 def test_a_crash_a_timeout_and_a_given_point(project, tmp_path):
-    crash = run_phpo(*_args("--sandboxFiles", "data.csv", "--point", '{"lr": 0.1, "act": "crash"}',
-                            "--workdir", str(tmp_path / "job1")), cwd=project, check=False)
+    crash = run_phpo(
+        *_args(
+            "--sandboxFiles",
+            "data.csv",
+            "--point",
+            '{"lr": 0.1, "act": "crash"}',
+            "--workdir",
+            str(tmp_path / "job1"),
+        ),
+        cwd=project,
+        check=False,
+    )
     assert crash.returncode == 1 and "would fail" in crash.stderr
     assert "exited with code 1" in crash.stderr and "the model diverged" in crash.stderr
 
     (project / "slow.py").write_text("import time\ntime.sleep(60)\n")
     t0 = time.monotonic()
-    slow = run_phpo("run-local", "--evaluationExec", f"{sys.executable} slow.py", "--searchSpaceFile",
-                    "space.json", "--timeout", "1", "--workdir", str(tmp_path / "job2"), cwd=project, check=False)
+    slow = run_phpo(
+        "run-local",
+        "--evaluationExec",
+        f"{sys.executable} slow.py",
+        "--searchSpaceFile",
+        "space.json",
+        "--timeout",
+        "1",
+        "--workdir",
+        str(tmp_path / "job2"),
+        cwd=project,
+        check=False,
+    )
     assert slow.returncode == 1 and "timed out after 1 s" in slow.stderr
     assert time.monotonic() - t0 < 20
 

@@ -33,11 +33,18 @@ SPACE = {"x": {"method": "uniform", "dimension": {"low": 0.0, "high": 1.0}}}
 
 
 def submit(c: httpx.Client, names: list[str], max_points: int) -> int:
-    r = c.post("/tasks", json={
-        "evaluationExec": "python train.py %SEGMENT_NAME", "searchSpace": SPACE, "optimizer": "random",
-        "maxPoints": max_points, "nParallelEvaluation": max_points, "outDS": "cli.segments",
-        "segments": [{"name": n, "files": []} for n in names],
-    })
+    r = c.post(
+        "/tasks",
+        json={
+            "evaluationExec": "python train.py %SEGMENT_NAME",
+            "searchSpace": SPACE,
+            "optimizer": "random",
+            "maxPoints": max_points,
+            "nParallelEvaluation": max_points,
+            "outDS": "cli.segments",
+            "segments": [{"name": n, "files": []} for n in names],
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -113,8 +120,11 @@ def test_cli_segments_csv_json_table(seg_server, seg_task):
     assert rows[-1]["x"] == ""
 
     # descending with the `-KEY` syntax, one slice, as JSON
-    got = json.loads(run_phpo("segments", str(seg_task), "--sort=-best_loss", "--limit", "2", "--offset", "1",
-                              "--json", env=env).stdout)
+    got = json.loads(
+        run_phpo(
+            "segments", str(seg_task), "--sort=-best_loss", "--limit", "2", "--offset", "1", "--json", env=env
+        ).stdout
+    )
     assert [g["name"] for g in got] == ["s3", "s0"]
     assert got[0]["best_loss"] == 0.3 and got[0]["best_params"] == best["s3"].params
     # `--sort -KEY` (a separate word that starts with '-') works too

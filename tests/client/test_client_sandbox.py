@@ -34,9 +34,19 @@ def _tree(tmp_path):
 def test_the_four_patterns_with_subdirectories(tmp_path):
     plan = plan_sandbox(_tree(tmp_path))
     assert sorted(plan.files) == ["conf.yaml", "run.sh", "space.json", "sub/deep.py", "train.py"]
-    assert [p.name for p in sandbox_files(tmp_path)] == ["conf.yaml", "run.sh", "space.json", "deep.py", "train.py"]
+    assert [p.name for p in sandbox_files(tmp_path)] == [
+        "conf.yaml",
+        "run.sh",
+        "space.json",
+        "deep.py",
+        "train.py",
+    ]
     assert plan.left_out["hidden"] == [".secret.json"]
-    assert sorted(plan.left_out["other files (not *.json *.py *.sh *.yaml)"]) == ["conf.yml", "data.root", "notes.txt"]
+    assert sorted(plan.left_out["other files (not *.json *.py *.sh *.yaml)"]) == [
+        "conf.yml",
+        "data.root",
+        "notes.txt",
+    ]
     summary = plan.summary()
     assert "5 files" in summary and "sub/deep.py" in summary and ".secret.json" in summary
 
@@ -49,8 +59,16 @@ def test_tarball_holds_directories_and_regular_files_only(tmp_path):
     data = build_sandbox(tmp_path)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = {m.name: m for m in tar.getmembers()}
-        assert sorted(members) == ["conf.yaml", "link.py", "run.sh", "space.json", "sub", "sub/deep.py",
-                                   "sub/run.sh", "train.py"]
+        assert sorted(members) == [
+            "conf.yaml",
+            "link.py",
+            "run.sh",
+            "space.json",
+            "sub",
+            "sub/deep.py",
+            "sub/run.sh",
+            "train.py",
+        ]
         assert all(m.isfile() or m.isdir() for m in members.values())
         assert members["sub"].isdir() and members["link.py"].isfile()
         assert tar.extractfile("train.py").read() == b"# train.py\n"
@@ -70,8 +88,12 @@ def test_hidden_dirs_virtualenvs_and_caches_stay_home(tmp_path):
     (tmp_path / "lib").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     plan = plan_sandbox(tmp_path)
     assert sorted(plan.files) == ["pkg/mod.py", "train.py"]
-    assert plan.left_out == {"hidden": [".git/", "pkg/.cache/"], "virtual environments": ["venv/"],
-                             "caches": ["__pycache__/"], "links to directories": ["lib/"]}
+    assert plan.left_out == {
+        "hidden": [".git/", "pkg/.cache/"],
+        "virtual environments": ["venv/"],
+        "caches": ["__pycache__/"],
+        "links to directories": ["lib/"],
+    }
 
 
 def test_files_named_explicitly_ship_whatever_their_suffix(tmp_path):

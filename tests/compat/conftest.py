@@ -34,8 +34,12 @@ def panda_client() -> Path:
     if not (target / "pandaclient" / "PhpoScript.py").exists():
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
-                            PANDA_CLIENT], capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp), PANDA_CLIENT],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if p.returncode != 0:
             _skip(f"{PANDA_CLIENT} cannot be installed here: {p.stderr[-500:]}")
         shutil.rmtree(target, ignore_errors=True)

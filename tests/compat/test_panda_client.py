@@ -38,14 +38,27 @@ def panda_env(panda_client: Path, cwd: Path) -> dict[str, str]:
     """panda-client's environment: its server is an address where nothing listens, so a
     submission fails at once, as it would without a network."""
     nowhere = "http://127.0.0.1:9/server/panda"
-    return {**os.environ, "PYTHONPATH": str(panda_client), "PANDA_URL": nowhere, "PANDA_URL_SSL": nowhere,
-            "PANDACACHE_URL": nowhere, "PANDA_CONFIG_ROOT": str(cwd / ".pathena"), "PANDA_VERIFY_HOST": "off"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(panda_client),
+        "PANDA_URL": nowhere,
+        "PANDA_URL_SSL": nowhere,
+        "PANDACACHE_URL": nowhere,
+        "PANDA_CONFIG_ROOT": str(cwd / ".pathena"),
+        "PANDA_VERIFY_HOST": "off",
+    }
 
 
 def panda_phpo(panda_client: Path, cwd: Path, *args: str, mode: str = "run") -> subprocess.CompletedProcess:
     """panda-client's own phpo, in dry mode (no grid proxy needed)."""
-    return subprocess.run([sys.executable, "-c", DRIVER, json.dumps([*args, mode])], cwd=cwd,
-                          env=panda_env(panda_client, cwd), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps([*args, mode])],
+        cwd=cwd,
+        env=panda_env(panda_client, cwd),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _docs_dir(tmp_path: Path, config: dict) -> Path:
@@ -59,8 +72,18 @@ def _docs_dir(tmp_path: Path, config: dict) -> Path:
 
 def test_panda_clients_own_dump_submits_when_fed_back(panda_client, live_server, tmp_path):
     d = _docs_dir(tmp_path, DOCS_CONFIG)
-    p = panda_phpo(panda_client, d, "--loadJson", "config_dev.json", "--site", "XYZ", "--outDS",
-                   "user.blah.test", "--dumpJson", "dump.json")
+    p = panda_phpo(
+        panda_client,
+        d,
+        "--loadJson",
+        "config_dev.json",
+        "--site",
+        "XYZ",
+        "--outDS",
+        "user.blah.test",
+        "--dumpJson",
+        "dump.json",
+    )
     dump = json.loads((d / "dump.json").read_text())
     assert dump["returnCode"] == 1 and "jediTaskID" in dump and dump["helpGroup"] is None, p.stderr
     assert dump["steeringExec"] == DOCS_CONFIG["steeringExec"] and dump["outDS"] == "user.blah.test/"
@@ -112,8 +135,14 @@ def _sections(text: str, head: str) -> dict[str, str]:
 
 
 def test_every_panda_client_option_and_help_group_is_accepted(panda_client, tmp_path):
-    p = subprocess.run([sys.executable, "-c", GROUPS_DRIVER], cwd=tmp_path, env=panda_env(panda_client, tmp_path),
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", GROUPS_DRIVER],
+        cwd=tmp_path,
+        env=panda_env(panda_client, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     theirs = {g: _option_names(t) - {"--helpGroup"} for g, t in _sections(p.stdout, r"^=== (\w+)$").items()}
     assert {"--nParallelEvaluation", "--segmentSpecFile", "--official", "--intrSrv", "-3"} <= theirs["ALL"]
     ours_text = run_phpo("--helpGroup", "ALL").stdout
@@ -127,8 +156,18 @@ def test_every_panda_client_option_and_help_group_is_accepted(panda_client, tmp_
 
 def test_upstream_only_options_are_accepted_and_named_in_one_notice(panda_client, tmp_path):
     d = _docs_dir(tmp_path, PCHAIN_CONFIG)
-    extra = ["--official", "--workingGroup", "GP", "-3", "--voms", "atlas:/atlas/Role=production", "--noEmail",
-             "--intrSrv", "--alrbArgs", "--nocvmfs --nohome"]
+    extra = [
+        "--official",
+        "--workingGroup",
+        "GP",
+        "-3",
+        "--voms",
+        "atlas:/atlas/Role=production",
+        "--noEmail",
+        "--intrSrv",
+        "--alrbArgs",
+        "--nocvmfs --nohome",
+    ]
     base = ["--loadJson", "config_dev.json", "--outDS", "user.blah.x"]
     assert panda_phpo(panda_client, d, *base, *extra, mode="params").returncode == 0
     r = run_phpo(*base, *extra, "-v", "--noSubmit", cwd=d, env={"PHPO_URL": "http://127.0.0.1:9"})
@@ -149,8 +188,20 @@ def test_task_parameters_agree_with_panda_clients(panda_client, tmp_path):
     data.mkdir()
     for name in ("file_1", "file_2", "file_3"):
         (data / name).write_text(name)
-    args = ["--loadJson", "config_dev.json", "--searchSpaceFile", "search_space_example2.json",
-            "--segmentSpecFile", "seg.json", "--trainingDS", "blah", "--maxPoints", "3", "--outDS", "user.blah.seg"]
+    args = [
+        "--loadJson",
+        "config_dev.json",
+        "--searchSpaceFile",
+        "search_space_example2.json",
+        "--segmentSpecFile",
+        "seg.json",
+        "--trainingDS",
+        "blah",
+        "--maxPoints",
+        "3",
+        "--outDS",
+        "user.blah.seg",
+    ]
     assert panda_phpo(panda_client, d, *args, mode="params").returncode == 0
     theirs = json.loads((d / "taskparams.json").read_text())
     hpo = theirs["hpoRequestData"]
@@ -163,7 +214,10 @@ def test_task_parameters_agree_with_panda_clients(panda_client, tmp_path):
     ours = build_steering_input([], spec.searchSpace, segmented=True, n_segments=len(spec.segment_names))
     assert ours["opt_space"] == hpo["opt_space"]
     assert [s["name"] for s in theirs["segmentSpecs"]] == spec.segment_names
-    assert spec.segment_training_files() == [[str(data / "file_1"), str(data / "file_3")], [str(data / "file_2")]]
+    assert spec.segment_training_files() == [
+        [str(data / "file_1"), str(data / "file_3")],
+        [str(data / "file_2")],
+    ]
     r = run_phpo(*args, "--noSubmit", cwd=d, env={"PHPO_URL": "http://127.0.0.1:9"})
     line = next(x for x in r.stderr.splitlines() if x.startswith("steering"))
     assert "--max_point=6" in line and "--n_point=2" in line and "/HPOiDDS/idds_input.json" in line, line

@@ -29,10 +29,27 @@ def test_segment_files_are_names_in_the_training_dataset(live_server, start_agen
     (d / "seg.json").write_text(json.dumps(DOCS_SEGMENTS))
     payload = write_payload(tmp_path / "toy.py", PAYLOAD)
     env = {"PHPO_URL": live_server.url, "PHPO_TOKEN": live_server.user_token}
-    common = ["--evaluationExec", f"{PY} {payload} %SEGMENT_NAME", "--segmentSpecFile", "seg.json",
-              "--trainingDS", "blah", "--optimizer", "random", "--optimizerOptions", '{"seed": 1}',
-              "--maxPoints", "1", "--searchSpaceFile", "space.json", "--outDS", "seg"]
-    (d / "space.json").write_text(json.dumps({"x": {"method": "uniform", "dimension": {"low": 0, "high": 1}}}))
+    common = [
+        "--evaluationExec",
+        f"{PY} {payload} %SEGMENT_NAME",
+        "--segmentSpecFile",
+        "seg.json",
+        "--trainingDS",
+        "blah",
+        "--optimizer",
+        "random",
+        "--optimizerOptions",
+        '{"seed": 1}',
+        "--maxPoints",
+        "1",
+        "--searchSpaceFile",
+        "space.json",
+        "--outDS",
+        "seg",
+    ]
+    (d / "space.json").write_text(
+        json.dumps({"x": {"method": "uniform", "dimension": {"low": 0, "high": 1}}})
+    )
     # a name the dataset does not hold is refused at submit, naming it
     (d / "bad.json").write_text(json.dumps([{"name": "A", "files": ["file_9"]}]))
     bad = run_phpo(*common, "--segmentSpecFile", "bad.json", cwd=d, env=env, check=False)

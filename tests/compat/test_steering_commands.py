@@ -40,11 +40,23 @@ def test_hpogrid_in_the_docs_style_runs_the_whole_budget(hpogrid, live_server, s
     budget; the docs' ``/bin/bash -c "... --infile=$PWD/%IN ..."`` string is used as written
     (hpogrid 1.3.3 also wants ``-s`` and spells the library ``-l nevergrad``)."""
     payload = write_payload(tmp_path / "train.py", PAYLOAD)
-    steering = (f'/bin/bash -c "{hpogrid} generate --n_point=%NUM_POINTS --max_point=%MAX_POINTS '
-                '--infile=$PWD/%IN  --outfile=$PWD/%OUT -l nevergrad -s unused"')
-    tid = submit(live_server, base_spec(f"{PY} {payload} {tmp_path / 'marker'}", optimizer=None,
-                                        steeringExec=steering, searchSpace=DOCS_SEARCH_SPACE, maxPoints=4,
-                                        nParallelEvaluation=2, nPointsPerIteration=2, maxAttempts=1))
+    steering = (
+        f'/bin/bash -c "{hpogrid} generate --n_point=%NUM_POINTS --max_point=%MAX_POINTS '
+        '--infile=$PWD/%IN  --outfile=$PWD/%OUT -l nevergrad -s unused"'
+    )
+    tid = submit(
+        live_server,
+        base_spec(
+            f"{PY} {payload} {tmp_path / 'marker'}",
+            optimizer=None,
+            steeringExec=steering,
+            searchSpace=DOCS_SEARCH_SPACE,
+            maxPoints=4,
+            nParallelEvaluation=2,
+            nPointsPerIteration=2,
+            maxAttempts=1,
+        ),
+    )
     agent = start_agent(live_server, "--slots", "2")
     t = wait_task(live_server, tid, timeout=120, agents=(agent,))
     pts = get_points(live_server, tid)
@@ -72,19 +84,32 @@ json.dump({"status": 0, "loss": float(p["x"])}, open("output.json", "w"))
 def _container_task(live_server, tmp_path, **steering) -> int:
     payload = write_payload(tmp_path / "eval.py", EVAL)
     sandbox = sandbox_upload(live_server, {"steer.sh": STEER_SH})
-    spec = base_spec(f"{PY} {payload}", optimizer=None, searchSpace=None, maxPoints=2, nPointsPerIteration=1,
-                     sandbox=str(sandbox), **steering)
+    spec = base_spec(
+        f"{PY} {payload}",
+        optimizer=None,
+        searchSpace=None,
+        maxPoints=2,
+        nPointsPerIteration=1,
+        sandbox=str(sandbox),
+        **steering,
+    )
     return submit(live_server, spec)
 
 
-def test_docker_arguments_form_runs_in_the_agents_container_runtime(podman_service, live_server, start_agent,
-                                                                   tmp_path):
+def test_docker_arguments_form_runs_in_the_agents_container_runtime(
+    podman_service, live_server, start_agent, tmp_path
+):
     """Without --steeringContainer upstream hands the string to docker: the pchain page's form
     ``run --rm -v "$(pwd)":/HPOiDDS IMAGE CMD`` runs in a container with the working directory
     mounted at /HPOiDDS, where %IN is found."""
-    tid = _container_task(live_server, tmp_path, steeringExec=(
-        f'run --rm -v "$(pwd)":/HPOiDDS {podman_service.image} /bin/sh /HPOiDDS/steer.sh '
-        '%NUM_POINTS %MAX_POINTS /HPOiDDS/%IN /HPOiDDS/%OUT'))
+    tid = _container_task(
+        live_server,
+        tmp_path,
+        steeringExec=(
+            f'run --rm -v "$(pwd)":/HPOiDDS {podman_service.image} /bin/sh /HPOiDDS/steer.sh '
+            "%NUM_POINTS %MAX_POINTS /HPOiDDS/%IN /HPOiDDS/%OUT"
+        ),
+    )
     agent = start_agent(live_server, "--docker-url", podman_service.base_url)
     t = wait_task(live_server, tid, timeout=90, agents=(agent,))
     assert t["state"] == "finished", (t, agent.log())
@@ -98,21 +123,35 @@ def test_docker_arguments_form_runs_in_the_agents_container_runtime(podman_servi
 def test_steering_container_form_with_pwd_paths(podman_service, live_server, start_agent, tmp_path):
     """--steeringContainer IMAGE: ``docker run --rm -v $(pwd):WORKDIR IMAGE CMD``; the phpo page's
     ``/bin/sh -c "... $PWD/%IN ..."`` finds its files in the container."""
-    tid = _container_task(live_server, tmp_path, steeringContainer=podman_service.image,
-                          steeringExec='/bin/sh -c "sh $PWD/steer.sh %NUM_POINTS %MAX_POINTS $PWD/%IN $PWD/%OUT"')
+    tid = _container_task(
+        live_server,
+        tmp_path,
+        steeringContainer=podman_service.image,
+        steeringExec='/bin/sh -c "sh $PWD/steer.sh %NUM_POINTS %MAX_POINTS $PWD/%IN $PWD/%OUT"',
+    )
     agent = start_agent(live_server, "--docker-url", podman_service.base_url)
     t = wait_task(live_server, tid, timeout=90, agents=(agent,))
     assert t["state"] == "finished", (t, agent.log())
     pts = get_points(live_server, tid)
     assert sorted(p["params"]["x"] for p in pts) == [0, 1]
-    assert all(p["params"]["python_here"] == "no" and p["params"]["in"].endswith("/idds_input.json") for p in pts)
+    assert all(
+        p["params"]["python_here"] == "no" and p["params"]["in"].endswith("/idds_input.json") for p in pts
+    )
 
 
 def test_a_steering_container_task_waits_for_an_agent_with_a_runtime(live_server, start_agent, tmp_path):
-    tid = _container_task(live_server, tmp_path, steeringContainer="example.org/steer:1",
-                          steeringExec="python steer.py %IN %OUT")
+    tid = _container_task(
+        live_server,
+        tmp_path,
+        steeringContainer="example.org/steer:1",
+        steeringExec="python steer.py %IN %OUT",
+    )
     agent = start_agent(live_server, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    t = wait_until(lambda: "steering" in ((t := get_task(live_server, tid)).get("waiting_for") or "") and t,
-                   40, "the task to say its steering waits", agent.log)
+    t = wait_until(
+        lambda: "steering" in ((t := get_task(live_server, tid)).get("waiting_for") or "") and t,
+        40,
+        "the task to say its steering waits",
+        agent.log,
+    )
     assert "--steeringContainer example.org/steer:1 needs a container runtime" in t["waiting_for"]
     assert t["counts"]["ready"] == 0 and not get_points(live_server, tid)

@@ -19,7 +19,7 @@ DOCS_CONFIG = {
     "evaluationMetrics": "metrics.tgz",
     "searchSpaceFile": "search_space_example2.json",
     "steeringExec": '/bin/bash -c "hpogrid generate --n_point=%NUM_POINTS --max_point=%MAX_POINTS '
-                    '--infile=$PWD/%IN  --outfile=$PWD/%OUT -l=nevergrad"',
+    '--infile=$PWD/%IN  --outfile=$PWD/%OUT -l=nevergrad"',
     "steeringContainer": "gitlab-registry.cern.ch/zhangruihpc/steeringcontainer:latest",
     "trainingDS": "user.hoge.my_training_dataset",
 }
@@ -30,8 +30,8 @@ PCHAIN_CONFIG = {
     "evaluationExec": "bash ./exec_in_container.sh",
     "evaluationMetrics": "metrics.tgz",
     "steeringExec": 'run --rm -v "$(pwd)":/HPOiDDS gitlab-registry.cern.ch/zhangruihpc/steeringcontainer:0.0.1 '
-                    '/bin/bash -c "hpogrid generate --n_point=%NUM_POINTS --max_point=%MAX_POINTS '
-                    '--infile=/HPOiDDS/%IN  --outfile=/HPOiDDS/%OUT -l nevergrad"',
+    '/bin/bash -c "hpogrid generate --n_point=%NUM_POINTS --max_point=%MAX_POINTS '
+    '--infile=/HPOiDDS/%IN  --outfile=/HPOiDDS/%OUT -l nevergrad"',
 }
 
 # the phpo page's segment file: names of files in --trainingDS

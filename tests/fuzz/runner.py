@@ -55,9 +55,17 @@ class RoleResult:
     examples: dict[str, str] = field(default_factory=dict)  # group -> one request that produced it
 
     def as_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "database": self.database, "cases": self.cases,
-                "server_errors": self.server_errors, "no_answer": self.no_answer, "failures": dict(self.failures.most_common()),
-                "exit_code": self.exit_code, "seconds": round(self.seconds, 1), "examples": self.examples}
+        return {
+            "role": self.role,
+            "database": self.database,
+            "cases": self.cases,
+            "server_errors": self.server_errors,
+            "no_answer": self.no_answer,
+            "failures": dict(self.failures.most_common()),
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 1),
+            "examples": self.examples,
+        }
 
 
 def _sandbox() -> bytes:
@@ -78,14 +86,29 @@ def seed(url: str, tokens: dict[str, str]) -> None:
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {tokens[role]}"}, timeout=30) as c:
             c.put("/sandboxes", content=_sandbox(), params={"name": "sandbox.tar.gz"}).raise_for_status()
             # many points in parallel: a fuzzed acquire finds one at once instead of long-polling
-            c.post("/tasks", json={
-                "evaluationExec": "python train.py", "optimizer": "random", "maxPoints": 100_000,
-                "nParallelEvaluation": 30, "nPointsPerIteration": 30,
-                "searchSpace": {"x": {"method": "uniform", "dimension": {"low": 0.0, "high": 1.0}},
-                                "c": {"method": "categorical", "dimension": {"categories": ["a", "b"]}}},
-            }).raise_for_status()
-            c.post("/workflows", json={"definition": {"name": "fuzz-seed", "nodes": [
-                {"name": "one", "kind": "job", "exec": "python train.py"}]}}).raise_for_status()
+            c.post(
+                "/tasks",
+                json={
+                    "evaluationExec": "python train.py",
+                    "optimizer": "random",
+                    "maxPoints": 100_000,
+                    "nParallelEvaluation": 30,
+                    "nPointsPerIteration": 30,
+                    "searchSpace": {
+                        "x": {"method": "uniform", "dimension": {"low": 0.0, "high": 1.0}},
+                        "c": {"method": "categorical", "dimension": {"categories": ["a", "b"]}},
+                    },
+                },
+            ).raise_for_status()
+            c.post(
+                "/workflows",
+                json={
+                    "definition": {
+                        "name": "fuzz-seed",
+                        "nodes": [{"name": "one", "kind": "job", "exec": "python train.py"}],
+                    }
+                },
+            ).raise_for_status()
     with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {tokens['agent']}"}, timeout=30) as c:
         job = None
         deadline = time.monotonic() + 20
@@ -97,8 +120,10 @@ def seed(url: str, tokens: dict[str, str]) -> None:
                 time.sleep(0.2)
         if job is not None:
             pid = job["points"][0]["point_id"]
-            c.post(f"/jobs/{job['id']}/points/{pid}/result",
-                   json={"point_id": pid, "loss": 0.5, "metrics": {"acc": 0.9}}).raise_for_status()
+            c.post(
+                f"/jobs/{job['id']}/points/{pid}/result",
+                json={"point_id": pid, "loss": 0.5, "metrics": {"acc": 0.9}},
+            ).raise_for_status()
 
 
 _QUOTED = re.compile(r"'[^'\s]*'|\"[^\"]*\"")
@@ -131,7 +156,9 @@ def _read_report(path: Path, result: RoleResult) -> None:
         for case_id, inter in rec["interactions"].items():
             resp = inter.get("response")
             case = rec.get("cases", {}).get(case_id, {}).get("value", {})
-            operation = f"{case['method']} {case['path']}" if "method" in case and "path" in case else rec["label"]
+            operation = (
+                f"{case['method']} {case['path']}" if "method" in case and "path" in case else rec["label"]
+            )
             result.cases += 1
             if resp is not None and resp.get("status_code", 0) < 500:
                 continue
@@ -145,21 +172,52 @@ def _read_report(path: Path, result: RoleResult) -> None:
             if g not in result.examples:
                 result.examples[g] = json.dumps(
                     {k: case.get(k) for k in ("path_parameters", "query", "body") if case.get(k) is not None},
-                    default=str)[:300]
+                    default=str,
+                )[:300]
 
 
-def fuzz_role(url: str, token: str, role: str, database: str, *, max_time: float | None = None,
-              max_examples: int | None = None, workers: int = 2, seed_value: int | None = None,
-              report_dir: Path | None = None, phases: str | None = None, timeout: float = 900) -> RoleResult:
+def fuzz_role(
+    url: str,
+    token: str,
+    role: str,
+    database: str,
+    *,
+    max_time: float | None = None,
+    max_examples: int | None = None,
+    workers: int = 2,
+    seed_value: int | None = None,
+    report_dir: Path | None = None,
+    phases: str | None = None,
+    timeout: float = 900,
+) -> RoleResult:
     """``schemathesis run`` over the whole spec with ``token``; every response counted, 5xx grouped."""
     result = RoleResult(role=role, database=database)
     with tempfile.TemporaryDirectory() as tmp:
         rdir = Path(report_dir or tmp)
         ndjson = rdir / f"{database}-{role}.ndjson"
-        cmd = [str(SCHEMATHESIS), "run", f"{url}/api/v1/openapi.json", "-H", f"Authorization: Bearer {token}",
-               "--checks", "not_a_server_error", "--no-shrink", "--workers", str(workers),
-               "--report", "ndjson", "--report-ndjson-path", str(ndjson), "--request-timeout", "30",
-               "--continue-on-failure", "--suppress-health-check", "all", "--warnings", "off"]
+        cmd = [
+            str(SCHEMATHESIS),
+            "run",
+            f"{url}/api/v1/openapi.json",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "--checks",
+            "not_a_server_error",
+            "--no-shrink",
+            "--workers",
+            str(workers),
+            "--report",
+            "ndjson",
+            "--report-ndjson-path",
+            str(ndjson),
+            "--request-timeout",
+            "30",
+            "--continue-on-failure",
+            "--suppress-health-check",
+            "all",
+            "--warnings",
+            "off",
+        ]
         if max_time:
             cmd += ["--max-time", str(int(max_time))]
         if max_examples:
@@ -169,23 +227,29 @@ def fuzz_role(url: str, token: str, role: str, database: str, *, max_time: float
         if phases:
             cmd += ["--phases", phases]
         t0 = time.monotonic()
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                           check=False)
+        p = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        )
         result.seconds = time.monotonic() - t0
         result.exit_code = p.returncode
         if not ndjson.exists():
-            raise RuntimeError(f"schemathesis wrote no report (exit {p.returncode}):\n{p.stdout[-3000:]}\n"
-                               f"{p.stderr[-3000:]}")
+            raise RuntimeError(
+                f"schemathesis wrote no report (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+            )
         _read_report(ndjson, result)
     return result
 
 
 def table(results: list[RoleResult]) -> str:
-    lines = ["| database | role | cases | 5xx | distinct 5xx | no answer | seconds |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| database | role | cases | 5xx | distinct 5xx | no answer | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r.database} | {r.role} | {r.cases} | {r.server_errors} | {len(r.failures) - bool(r.no_answer)} "
-                     f"| {r.no_answer} | {r.seconds:.0f} |")
+        lines.append(
+            f"| {r.database} | {r.role} | {r.cases} | {r.server_errors} | {len(r.failures) - bool(r.no_answer)} "
+            f"| {r.no_answer} | {r.seconds:.0f} |"
+        )
     lines.append("")
     lines.append(f"cases {sum(r.cases for r in results)}, 5xx {sum(r.server_errors for r in results)}")
     groups = Counter()
@@ -216,20 +280,40 @@ def _fuzz_database(database: str, args: argparse.Namespace, workdir: Path) -> li
             url = stack.enter_context(fresh_pg_database("phpo_fuzz"))
             url = url.replace("postgresql://", "postgresql+psycopg://")
         server = stack.enter_context(PhpoServer(workdir / database, url))
-        tokens = {"user": server.user_token, "agent": server.agent_token, "admin": server.token("fuzz-admin", "admin")}
+        tokens = {
+            "user": server.user_token,
+            "agent": server.agent_token,
+            "admin": server.token("fuzz-admin", "admin"),
+        }
         seed(server.url, tokens)
         out = []
         for role in args.roles:
-            print(f"[{time.strftime('%H:%M:%S')}] {database} / {role}: schemathesis for {args.max_time} s",
-                  file=sys.stderr, flush=True)
-            out.append(fuzz_role(server.url, tokens[role], role, database, max_time=args.max_time,
-                                 max_examples=args.max_examples, workers=args.workers, seed_value=args.seed,
-                                 report_dir=args.report_dir, timeout=args.max_time * 3 + 300))
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {database} / {role}: schemathesis for {args.max_time} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            out.append(
+                fuzz_role(
+                    server.url,
+                    tokens[role],
+                    role,
+                    database,
+                    max_time=args.max_time,
+                    max_examples=args.max_examples,
+                    workers=args.workers,
+                    seed_value=args.seed,
+                    report_dir=args.report_dir,
+                    timeout=args.max_time * 3 + 300,
+                )
+            )
             print(f"    {out[-1].cases} cases, {out[-1].server_errors} 5xx", file=sys.stderr, flush=True)
         log = server.log_path.read_text(errors="replace")
         tracebacks = log.count("Traceback")
         if tracebacks:
-            print(f"server log ({database}) holds {tracebacks} tracebacks: {server.log_path}", file=sys.stderr)
+            print(
+                f"server log ({database}) holds {tracebacks} tracebacks: {server.log_path}", file=sys.stderr
+            )
         return out
 
 
@@ -243,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--report-dir", type=Path, default=None, help="keep schemathesis' NDJSON reports here")
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
-    p.add_argument("--keep", type=Path, default=None, help="keep the servers' data directories (and logs) here")
+    p.add_argument(
+        "--keep", type=Path, default=None, help="keep the servers' data directories (and logs) here"
+    )
     args = p.parse_args(argv)
     args.roles = args.roles or list(ROLES)
     if args.report_dir:

@@ -25,8 +25,20 @@ def test_no_request_gets_a_server_error(db_url, start_server):
     tokens = {"user": srv.user_token, "agent": srv.agent_token, "admin": srv.admin_token}
     seed(srv.url, tokens)
     database = "postgresql" if db_url.startswith("postgresql") else "sqlite"
-    results = [fuzz_role(srv.url, tokens[role], role, database, phases=PLAN[role][0], max_examples=PLAN[role][1],
-                         seed_value=16, workers=4, timeout=240) for role in ROLES]
+    results = [
+        fuzz_role(
+            srv.url,
+            tokens[role],
+            role,
+            database,
+            phases=PLAN[role][0],
+            max_examples=PLAN[role][1],
+            seed_value=16,
+            workers=4,
+            timeout=240,
+        )
+        for role in ROLES
+    ]
     print(table(results))
     assert sum(r.cases for r in results) > 500, table(results)
     assert not any(r.server_errors or r.no_answer for r in results), table(results) + "\n" + srv.log()[-4000:]

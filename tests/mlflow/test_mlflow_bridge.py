@@ -13,14 +13,11 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -48,81 +45,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     print("\n" + msg, file=sys.stderr)
     pytest.skip(msg, allow_module_level=True)
 
+from mlflow_fixtures import MlflowServer
+
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class MlflowServer:
-    """``mlflow server`` as a real process; stop/start keep the port and the backend store."""
-
-    port: int
-    root: Path
-    proc: subprocess.Popen | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.root / f"mlflow-{int(time.time() * 1000)}.log", "w")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited {self.proc.returncode}")
-            try:
-                if httpx.get(self.uri + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("mlflow server did not answer within 90 s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    s = MlflowServer(port=free_port(), root=tmp_path_factory.mktemp("mlflow"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def agents(tmp_path):
-    started: list[AgentProc] = []
-
-    def _start(server, *args: str) -> AgentProc:
-        n = len(started)
-        wd = tmp_path / f"agent{n}"
-        wd.mkdir()
-        log_path = tmp_path / f"agent{n}.log"
-        full = [PY, "-m", "phpo.evaluation_container", "--server", server.url,
-                "--site", "local", "--workdir", str(wd), "--poll-interval", "0.3", "--name", f"mlagent-{n}", *args]
-        with open(log_path, "w") as logf:
-            proc = subprocess.Popen(full, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "PHPO_TOKEN": server.agent_token})
-        a = AgentProc(proc, log_path, wd, full)
-        started.append(a)
-        return a
-
-    yield _start
-    for a in started:
-        a.stop()
 
 
 def runs_of(client: MlflowClient, exp_name: str) -> list:
@@ -160,13 +85,22 @@ sdk.report(float((p["x"] - 2) ** 2), metrics={"epochs": 3, "note": "ok"})
 
 
 def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
-        mlflow_server, start_server, agents):
+    mlflow_server, start_server, agents
+):
     exp_name = f"user.test.mlflow.{uuid.uuid4().hex[:8]}"
     server = start_server(None, "--mlflow-uri", mlflow_server.uri)
     sb = sandbox_upload(server, {"train.py": LIVE})
     # two points per job: each point of a job gets its own ./mlruns, imported into its own run
-    tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name, nParallelEvaluation=4,
-                                   maxPointsPerEvaluationJob=2))
+    tid = submit(
+        server,
+        base_spec(
+            f"{PY} train.py",
+            sandbox=str(sb),
+            outDS=exp_name,
+            nParallelEvaluation=4,
+            maxPointsPerEvaluationJob=2,
+        ),
+    )
     agent = agents(server, "--slots", "2")
     t = wait_task(server, tid, agents=(agent,), timeout=90)
     assert t["state"] == "finished", t
@@ -195,8 +129,12 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
         assert r.data.metrics["loss"] == float((x - 2) ** 2)
         assert r.data.metrics["epochs"] == 3.0
         # the payload's own per-epoch metrics landed in this point's run
-        wait_until(lambda rid=r.info.run_id: client.get_metric_history(rid, "val_loss"), 30,
-                   "the payload's mlruns imported", server.log)
+        wait_until(
+            lambda rid=r.info.run_id: client.get_metric_history(rid, "val_loss"),
+            30,
+            "the payload's mlruns imported",
+            server.log,
+        )
         hist = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_loss"))
         assert hist == [(0, 10.0 * x), (1, 10.0 * x + 1), (2, 10.0 * x + 2)]
         # and its sdk.report_intermediate values are the run's learning curve
@@ -205,16 +143,27 @@ def test_points_become_runs_with_params_tags_metrics_and_live_payload_metrics(
     assert agent.log().count("it is sent as null") == 4  # each payload's NaN, named in the agent's log
 
 
-def run_two_segments(mlflow_server, start_server, agents, exp_name: str, names: tuple[str, str],
-                     also: dict | None = None):
+def run_two_segments(
+    mlflow_server, start_server, agents, exp_name: str, names: tuple[str, str], also: dict | None = None
+):
     """A task of two segments x 2 points through a server bridged to ``mlflow_server`` and a
     real agent, run to its end; returns (server, task id). ``also``: the spec of a second task
     run beside it (its id is appended to what is returned)."""
     server = start_server(None, "--mlflow-uri", mlflow_server.uri)
     payload = "from phpo.evaluation_container import sdk; sdk.report(float(sdk.load_point()['x']))"
     segments = [{"name": n, "files": [f"/data/{n}.dat"]} for n in names]
-    tids = [submit(server, base_spec(f"{PY} -c \"{payload}\"", outDS=exp_name, segments=segments, maxPoints=2,
-                                     searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}}))]
+    tids = [
+        submit(
+            server,
+            base_spec(
+                f'{PY} -c "{payload}"',
+                outDS=exp_name,
+                segments=segments,
+                maxPoints=2,
+                searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}},
+            ),
+        )
+    ]
     if also is not None:
         tids.append(submit(server, also))
     agent = agents(server, "--slots", "2")
@@ -224,20 +173,31 @@ def run_two_segments(mlflow_server, start_server, agents, exp_name: str, names: 
     return (server, *tids)
 
 
-def test_segmented_task_nests_point_runs_under_one_parent_run_per_segment(mlflow_server, start_server, agents):
+def test_segmented_task_nests_point_runs_under_one_parent_run_per_segment(
+    mlflow_server, start_server, agents
+):
     exp_name = f"user.test.seg.{uuid.uuid4().hex[:8]}"
     server, _ = run_two_segments(mlflow_server, start_server, agents, exp_name, ("alpha", "beta"))
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     runs = wait_runs_done(client, exp_name, 4, diag=server.log)
-    parents = {r.data.tags["phpo.segment"]: r.info.run_id for r in runs if "phpo.segment_parent" in r.data.tags}
+    parents = {
+        r.data.tags["phpo.segment"]: r.info.run_id for r in runs if "phpo.segment_parent" in r.data.tags
+    }
     assert set(parents) == {"alpha", "beta"}
     points = [r for r in runs if "phpo.point_id" in r.data.tags]
     assert len(points) == 4
     for r in points:
         assert r.data.tags["mlflow.parentRunId"] == parents[r.data.tags["phpo.segment"]]
     # the parent runs end with their segments
-    wait_until(lambda: {r.info.status for r in runs_of(client, exp_name) if "phpo.segment_parent" in r.data.tags}
-               == {"FINISHED"}, 30, "the parent runs to be FINISHED", server.log)
+    wait_until(
+        lambda: (
+            {r.info.status for r in runs_of(client, exp_name) if "phpo.segment_parent" in r.data.tags}
+            == {"FINISHED"}
+        ),
+        30,
+        "the parent runs to be FINISHED",
+        server.log,
+    )
 
 
 EPOCHS = 4
@@ -272,8 +232,9 @@ def _missing_history(client, runs: dict[int, object], pts: list[dict]) -> list[s
     return out
 
 
-def test_mlflow_late_and_down_mid_task_loses_no_payload_metric_and_duplicates_no_run(tmp_path, start_server,
-                                                                                     agents):
+def test_mlflow_late_and_down_mid_task_loses_no_payload_metric_and_duplicates_no_run(
+    tmp_path, start_server, agents
+):
     """MLflow started only after the first points were leased and evaluated, then stopped
     mid-task (the rest of the task runs without it) and started again: every point has exactly
     one run, named as the CLI names the point, with the payload's full metric history (what it
@@ -288,9 +249,17 @@ def test_mlflow_late_and_down_mid_task_loses_no_payload_metric_and_duplicates_no
         exp_name = f"user.test.down.{uuid.uuid4().hex[:8]}"
         server = start_server(None, "--mlflow-uri", ml.uri)  # MLflow is not running yet
         sb = sandbox_upload(server, {"train.py": CURVES})
-        tid = submit(server, base_spec(f"{PY} train.py {hold}", sandbox=str(sb), outDS=exp_name, maxPoints=6,
-                                       nParallelEvaluation=2,
-                                       searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 5}}}))
+        tid = submit(
+            server,
+            base_spec(
+                f"{PY} train.py {hold}",
+                sandbox=str(sb),
+                outDS=exp_name,
+                maxPoints=6,
+                nParallelEvaluation=2,
+                searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 5}}},
+            ),
+        )
         agent = agents(server, "--slots", "2")
 
         def evaluated() -> int:
@@ -314,8 +283,12 @@ def test_mlflow_late_and_down_mid_task_loses_no_payload_metric_and_duplicates_no
         pts = get_points(server, tid)
         metrics = {a["id"] for a in get_artifacts(server, tid, "metrics")}
         assert len(metrics) == 6, get_artifacts(server, tid)  # each payload's mlruns/, shipped by the agent
-        wait_until(lambda: metrics <= {r[0] for r in _outbox(server, tid) if r[2] == "done"}, 60,
-                   "every point's mlruns/ imported", lambda: f"{_outbox(server, tid)}\n{server.log()[-3000:]}")
+        wait_until(
+            lambda: metrics <= {r[0] for r in _outbox(server, tid) if r[2] == "done"},
+            60,
+            "every point's mlruns/ imported",
+            lambda: f"{_outbox(server, tid)}\n{server.log()[-3000:]}",
+        )
         ids = [r.data.tags["phpo.point_id"] for r in runs]
         assert sorted(ids) == sorted(str(p["id"]) for p in pts)  # all present, none duplicated
         by_point = {int(r.data.tags["phpo.point_id"]): r for r in runs}
@@ -325,17 +298,27 @@ def test_mlflow_late_and_down_mid_task_loses_no_payload_metric_and_duplicates_no
             assert r.info.run_name == f"point-{p['id']}"
             assert r.data.metrics["loss"] == float(p["params"]["x"])
         missing = _missing_history(client, by_point, pts)
-        assert not missing, f"{len(pts) - len({m.split(':')[0] for m in missing})} of {len(pts)} runs have " \
-                            f"the payload's full metric history:\n" + "\n".join(missing)
+        assert not missing, (
+            f"{len(pts) - len({m.split(':')[0] for m in missing})} of {len(pts)} runs have "
+            f"the payload's full metric history:\n" + "\n".join(missing)
+        )
 
         # crash between "run created" and "run recorded": the outbox forgets, MLflow remembers
         server.stop()
         with sqlite3.connect(server.data_dir / "phpo.db") as db:
             assert db.execute("DELETE FROM mlflow_runs WHERE task_id = ?", (tid,)).rowcount == 6
         server.start()
-        wait_until(lambda: sqlite3.connect(server.data_dir / "phpo.db").execute(
-            "SELECT count(*) FROM mlflow_runs WHERE task_id = ? AND synced = 'done'", (tid,)).fetchone()[0] == 6,
-            60, "the bridge to re-record the task's runs", server.log)
+        wait_until(
+            lambda: (
+                sqlite3.connect(server.data_dir / "phpo.db")
+                .execute("SELECT count(*) FROM mlflow_runs WHERE task_id = ? AND synced = 'done'", (tid,))
+                .fetchone()[0]
+                == 6
+            ),
+            60,
+            "the bridge to re-record the task's runs",
+            server.log,
+        )
         again = runs_of(client, exp_name)
         assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
         assert not _missing_history(client, by_point, pts)  # the learning curves are not written twice
@@ -356,26 +339,42 @@ def test_stack_starts_mlflow_and_dashboard_prints_the_experiment_url(tmp_path):
         env = {"PHPO_URL": stack.url, "PHPO_TOKEN": str(stack.user_token)}
         space = tmp_path / "space.json"
         space.write_text('{"params": {"x": {"type": "int", "low": 0, "high": 1}}}')
-        out = run_phpo("submit", "--outDS", exp_name, "--optimizer", "grid", "--maxPoints", "2",
-                       "--searchSpaceFile", str(space),
-                       "--evaluationExec", f"{PY} -c \"from phpo.evaluation_container import sdk; "
-                       f"print('x', sdk.load_point()['x']); sdk.report(float(sdk.load_point()['x']))\"",
-                       "--json", env=env)
+        out = run_phpo(
+            "submit",
+            "--outDS",
+            exp_name,
+            "--optimizer",
+            "grid",
+            "--maxPoints",
+            "2",
+            "--searchSpaceFile",
+            str(space),
+            "--evaluationExec",
+            f'{PY} -c "from phpo.evaluation_container import sdk; '
+            f"print('x', sdk.load_point()['x']); sdk.report(float(sdk.load_point()['x']))\"",
+            "--json",
+            env=env,
+        )
         tid = json.loads(out.stdout)["id"]
         run_phpo("wait", str(tid), "--timeout", "90", "--quiet", env=env)
         client = MlflowClient(tracking_uri=stack.mlflow_url)
         runs = wait_runs_done(client, exp_name, 2, timeout=60)
         assert len(runs) == 2
         # the stack's MLflow serves artifacts (--artifacts-destination in the data dir): logs land there
-        wait_until(lambda: all(client.list_artifacts(r.info.run_id, "logs") for r in runs), 60, "logs in MLflow")
+        wait_until(
+            lambda: all(client.list_artifacts(r.info.run_id, "logs") for r in runs), 60, "logs in MLflow"
+        )
         assert list((stack.data_dir / "mlflow" / "artifacts").rglob("*.stdout.txt"))
         got = run_phpo("dashboard", str(tid), "--mlflow-uri", str(stack.mlflow_url), env=env).stdout.strip()
         exp = client.get_experiment_by_name(exp_name)
         assert got == f"{stack.mlflow_url}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=phpo"
         # the view it opens: best points first, the loss and the point's params as columns
         view = json.loads(exp.tags["mlflow.sharedViewState.phpo"])
-        assert view == {"orderByKey": "metrics.`loss`", "orderByAsc": True,
-                        "selectedColumns": ["metrics.`loss`", "params.`x`"]}
+        assert view == {
+            "orderByKey": "metrics.`loss`",
+            "orderByAsc": True,
+            "selectedColumns": ["metrics.`loss`", "params.`x`"],
+        }
         assert httpx.get(got.split("#")[0], timeout=10).status_code == 200  # the stock MLflow UI
         missing = run_phpo("dashboard", "999999", "--mlflow-uri", str(stack.mlflow_url), env=env, check=False)
         assert missing.returncode != 0 and "999999" in (missing.stderr + missing.stdout)
@@ -397,25 +396,42 @@ sdk.report(float(p["x"]))
 
 
 def test_run_is_scheduled_until_its_point_is_leased_then_running_then_finished(
-        mlflow_server, start_server, agents, tmp_path):
+    mlflow_server, start_server, agents, tmp_path
+):
     exp_name = f"user.test.status.{uuid.uuid4().hex[:8]}"
     server = start_server(None, "--mlflow-uri", mlflow_server.uri)
     go = tmp_path / "go"
     sb = sandbox_upload(server, {"block.py": BLOCK})
-    tid = submit(server, base_spec(f"{PY} block.py {go}", sandbox=str(sb), outDS=exp_name, maxPoints=2,
-                                   nParallelEvaluation=2, nPointsPerIteration=2,
-                                   searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}}))
+    tid = submit(
+        server,
+        base_spec(
+            f"{PY} block.py {go}",
+            sandbox=str(sb),
+            outDS=exp_name,
+            maxPoints=2,
+            nParallelEvaluation=2,
+            nPointsPerIteration=2,
+            searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 1}}},
+        ),
+    )
     client = MlflowClient(tracking_uri=mlflow_server.uri)
 
     def statuses() -> dict[str, str]:
-        return {r.data.tags["phpo.point_id"]: r.info.status for r in runs_of(client, exp_name)
-                if "phpo.point_id" in r.data.tags}
+        return {
+            r.data.tags["phpo.point_id"]: r.info.status
+            for r in runs_of(client, exp_name)
+            if "phpo.point_id" in r.data.tags
+        }
 
     # no agent yet: both points wait for a job, their runs are SCHEDULED
     wait_until(lambda: list(statuses().values()) == ["SCHEDULED"] * 2, 60, "2 SCHEDULED runs", server.log)
     agent = agents(server, "--slots", "1")  # one job at a time: one point leased, one still waiting
-    wait_until(lambda: sorted(statuses().values()) == ["RUNNING", "SCHEDULED"], 60, "one RUNNING run",
-               lambda: f"{statuses()}\n{agent.log()[-3000:]}")
+    wait_until(
+        lambda: sorted(statuses().values()) == ["RUNNING", "SCHEDULED"],
+        60,
+        "one RUNNING run",
+        lambda: f"{statuses()}\n{agent.log()[-3000:]}",
+    )
     leased = [p for p in get_points(server, tid) if p["state"] == "leased"]
     assert len(leased) == 1 and statuses()[str(leased[0]["id"])] == "RUNNING"
     go.write_text("go")
@@ -465,9 +481,16 @@ def _outbox(server, tid: int) -> list[tuple]:
     engine = sqlalchemy.create_engine(server.database_url or f"sqlite:///{server.data_dir / 'phpo.db'}")
     try:
         with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sqlalchemy.text(
-                "SELECT artifact_id, kind, status, detail FROM mlflow_artifacts WHERE task_id = :t "
-                "ORDER BY artifact_id"), {"t": tid})]
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    sqlalchemy.text(
+                        "SELECT artifact_id, kind, status, detail FROM mlflow_artifacts WHERE task_id = :t "
+                        "ORDER BY artifact_id"
+                    ),
+                    {"t": tid},
+                )
+            ]
     finally:
         engine.dispose()
 
@@ -480,8 +503,16 @@ def test_mlruns_tarball_is_imported_and_logs_are_uploaded_once(mlflow_server, st
     exp_name = f"user.test.upstream.{uuid.uuid4().hex[:8]}"
     server = start_server(None, "--mlflow-uri", mlflow_server.uri)
     sb = sandbox_upload(server, {"train.py": UPSTREAM})
-    tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name, nParallelEvaluation=2,
-                                   evaluationMetrics="metrics.tgz"))
+    tid = submit(
+        server,
+        base_spec(
+            f"{PY} train.py",
+            sandbox=str(sb),
+            outDS=exp_name,
+            nParallelEvaluation=2,
+            evaluationMetrics="metrics.tgz",
+        ),
+    )
     agent = agents(server, "--slots", "2")
     t = wait_task(server, tid, agents=(agent,), timeout=120)
     assert t["state"] == "finished", t
@@ -489,8 +520,12 @@ def test_mlruns_tarball_is_imported_and_logs_are_uploaded_once(mlflow_server, st
     arts = get_artifacts(server, tid)
     sent = sorted(a["id"] for a in arts if a["kind"] in ("log", "metrics"))
     assert len([a for a in arts if a["kind"] == "metrics"]) == 4
-    wait_until(lambda: [r[0] for r in _outbox(server, tid)] == sent, 60, "every log and metrics file handled",
-               server.log)
+    wait_until(
+        lambda: [r[0] for r in _outbox(server, tid)] == sent,
+        60,
+        "every log and metrics file handled",
+        server.log,
+    )
     assert {r[2] for r in _outbox(server, tid)} == {"done"}, _outbox(server, tid)
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)
@@ -501,8 +536,12 @@ def test_mlruns_tarball_is_imported_and_logs_are_uploaded_once(mlflow_server, st
         out = {}
         for r in runs:
             rid = r.info.run_id
-            out[rid] = (r.info.status, r.data.params, {k: _history(client, rid, k) for k in r.data.metrics},
-                        sorted(a.path for a in client.list_artifacts(rid, "logs")))
+            out[rid] = (
+                r.info.status,
+                r.data.params,
+                {k: _history(client, rid, k) for k in r.data.metrics},
+                sorted(a.path for a in client.list_artifacts(rid, "logs")),
+            )
         return out
 
     wait_runs_done(client, exp_name, 4, diag=server.log)
@@ -517,7 +556,9 @@ def test_mlruns_tarball_is_imported_and_logs_are_uploaded_once(mlflow_server, st
         # the point's logs are artifacts of its run, byte for byte what phpo stored
         logs = sorted(a.path for a in client.list_artifacts(rid, "logs"))
         assert [Path(n).name.split(".", 1)[1] for n in logs] == ["stderr.txt", "stdout.txt"], logs
-        local = client.download_artifacts(rid, next(n for n in logs if n.endswith("stdout.txt")), str(tmp_path))
+        local = client.download_artifacts(
+            rid, next(n for n in logs if n.endswith("stdout.txt")), str(tmp_path)
+        )
         assert Path(local).read_text() == f"training x={x}\n"
         assert client.list_artifacts(rid, "metrics") == []  # imported, not uploaded as a file
         mine = [c for c in children if c.data.tags["phpo.parent_point_id"] == str(p["id"])]
@@ -553,8 +594,9 @@ def test_mlruns_tarball_is_imported_and_logs_are_uploaded_once(mlflow_server, st
             if k.startswith("phpo.imported.") or k == "phpo.import_complete":
                 client.delete_tag(r.info.run_id, k)
     server.start()
-    wait_until(lambda: [r[0] for r in _outbox(server, tid)] == sent, 60, "the artifacts handled again",
-               server.log)
+    wait_until(
+        lambda: [r[0] for r in _outbox(server, tid)] == sent, 60, "the artifacts handled again", server.log
+    )
     assert snapshot() == before
 
 
@@ -562,7 +604,8 @@ UPSTREAM_DIR = Path(__file__).with_name("upstream_payload")
 
 
 def test_upstream_mlflow_payload_runs_unchanged_through_phpo_agent_and_lands_in_its_run(
-        mlflow_server, start_server, tmp_path):
+    mlflow_server, start_server, tmp_path
+):
     """The payload pattern of the panda-docs phpo page, as files a user would have
     (upstream_payload/: config_dev.json, exec_in_container.sh, search_space_example2.json and a
     run_model.py that does mlflow.start_run(), log_params(point), metrics per epoch into ./mlruns),
@@ -577,18 +620,40 @@ def test_upstream_mlflow_payload_runs_unchanged_through_phpo_agent_and_lands_in_
     work = tmp_path / "my_hpo"
     shutil.copytree(UPSTREAM_DIR, work)
     env = {"PHPO_URL": server.url, "PHPO_TOKEN": server.user_token}
-    out = run_phpo("--loadJson", "config_dev.json", "--site", "XYZ", "--outDS", exp_name, "--json", env=env, cwd=work)
+    out = run_phpo(
+        "--loadJson", "config_dev.json", "--site", "XYZ", "--outDS", exp_name, "--json", env=env, cwd=work
+    )
     tid = json.loads(out.stdout)["id"]
 
     log_path = tmp_path / "agent.log"
     phpo = str(Path(PY).with_name("phpo"))
-    agent_env = {**os.environ, "PHPO_TOKEN": server.agent_token,
-                 "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # `python` as in the docs
+    agent_env = {
+        **os.environ,
+        "PHPO_TOKEN": server.agent_token,
+        "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }  # `python` as in the docs
     agent_env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_path, "w") as logf:
-        proc = subprocess.Popen([phpo, "agent", "--server", server.url, "--site", "XYZ", "--slots", "2",
-                                 "--workdir", str(tmp_path / "agent"), "--poll-interval", "0.3"],
-                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=agent_env)
+        proc = subprocess.Popen(
+            [
+                phpo,
+                "agent",
+                "--server",
+                server.url,
+                "--site",
+                "XYZ",
+                "--slots",
+                "2",
+                "--workdir",
+                str(tmp_path / "agent"),
+                "--poll-interval",
+                "0.3",
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=agent_env,
+        )
     agent = AgentProc(proc, log_path, tmp_path / "agent", [phpo, "agent"])
     try:
         t = wait_task(server, tid, agents=(agent,), timeout=120)
@@ -610,23 +675,33 @@ def test_upstream_mlflow_payload_runs_unchanged_through_phpo_agent_and_lands_in_
     with server.client() as c:
         assert all("mlruns/0/" in c.get(f"/artifacts/{a['id']}").text for a in stdout)  # tar cvfz listed them
 
-    wait_until(lambda: {a["id"] for a in tarballs} <= {r[0] for r in _outbox(server, tid) if r[2] == "done"}, 60,
-               "the tarballs imported", lambda: f"{_outbox(server, tid)}\n{server.log()[-3000:]}")
+    wait_until(
+        lambda: {a["id"] for a in tarballs} <= {r[0] for r in _outbox(server, tid) if r[2] == "done"},
+        60,
+        "the tarballs imported",
+        lambda: f"{_outbox(server, tid)}\n{server.log()[-3000:]}",
+    )
     client = MlflowClient(tracking_uri=mlflow_server.uri)
-    runs = {int(r.data.tags["phpo.point_id"]): r for r in wait_runs_done(client, exp_name, 3, diag=server.log)}
+    runs = {
+        int(r.data.tags["phpo.point_id"]): r for r in wait_runs_done(client, exp_name, 3, diag=server.log)
+    }
     assert len(runs) == 3  # merged into the point's run: no child runs
     for p in pts:
         point, r = p["params"], runs[p["id"]]
         rid = r.info.run_id
         assert r.data.params == {k: str(v) for k, v in point.items()}  # what mlflow.log_params(point) writes
         assert "phpo.import_param_conflicts" not in r.data.tags
-        losses = [1.0 / (e + 1) + 0.01 * point["batch_size"] + (0.1 if point["auto_lr"] else 0.2)
-                  for e in range(point["epoch"])]
+        losses = [
+            1.0 / (e + 1) + 0.01 * point["batch_size"] + (0.1 if point["auto_lr"] else 0.2)
+            for e in range(point["epoch"])
+        ]
         assert _history(client, rid, "val_loss") == list(enumerate(losses))
         assert _history(client, rid, "acc") == [(e, 1.0 - v / 2) for e, v in enumerate(losses)]
         assert r.data.metrics["loss"] == p["loss"] == losses[-1]
         assert [a.path for a in client.list_artifacts(rid) if a.path == "point.json"] == ["point.json"]
-        assert json.loads(Path(client.download_artifacts(rid, "point.json", str(tmp_path))).read_text()) == point
+        assert (
+            json.loads(Path(client.download_artifacts(rid, "point.json", str(tmp_path))).read_text()) == point
+        )
 
 
 # --------------------------------------------------------------------------- checkpoints, limits, bad input
@@ -643,18 +718,29 @@ sdk.report(float((p["x"] - 2) ** 2))
 """
 
 
-def test_best_points_checkpoint_goes_to_its_run_once_its_segment_ended(mlflow_server, db_url, start_server,
-                                                                       agents, tmp_path):
+def test_best_points_checkpoint_goes_to_its_run_once_its_segment_ended(
+    mlflow_server, db_url, start_server, agents, tmp_path
+):
     """Per segment, only the best evaluated point's checkpoint is copied to MLflow (on SQLite and
     PostgreSQL: the bridge's queries over ended segments run on both)."""
     exp_name = f"user.test.ckpt.{uuid.uuid4().hex[:8]}"
     server = start_server(db_url, "--mlflow-uri", mlflow_server.uri)
     sb = sandbox_upload(server, {"train.py": CKPT})
     segments = [{"name": n, "files": [f"/data/{n}.dat"]} for n in ("higgs", "ttbar")]
-    tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name, nParallelEvaluation=2,
-                                   segments=segments, maxPoints=3, checkPointToSave="ckpt",
-                                   checkPointInterval="1s",
-                                   searchSpace={"params": {"x": {"type": "int", "low": 1, "high": 3}}}))
+    tid = submit(
+        server,
+        base_spec(
+            f"{PY} train.py",
+            sandbox=str(sb),
+            outDS=exp_name,
+            nParallelEvaluation=2,
+            segments=segments,
+            maxPoints=3,
+            checkPointToSave="ckpt",
+            checkPointInterval="1s",
+            searchSpace={"params": {"x": {"type": "int", "low": 1, "high": 3}}},
+        ),
+    )
     agent = agents(server, "--slots", "2")
     t = wait_task(server, tid, agents=(agent,), timeout=120)
     assert t["state"] == "finished", t
@@ -662,9 +748,17 @@ def test_best_points_checkpoint_goes_to_its_run_once_its_segment_ended(mlflow_se
     assert len(pts) == 6
     ckpts = {a["point_id"]: a for a in get_artifacts(server, tid, "checkpoint")}
     best = {p["id"] for p in pts if p["params"]["x"] == 2}  # loss (x-2)^2: one best point per segment
-    assert len(best) == 2 and best <= set(ckpts), f"no checkpoint of a best point: {ckpts}\n{agent.log()[-3000:]}"
-    wait_until(lambda: {r[0] for r in _outbox(server, tid) if r[1] == "checkpoint"} == {a["id"] for a in
-               ckpts.values()}, 60, "every checkpoint looked at", server.log)
+    assert len(best) == 2 and best <= set(ckpts), (
+        f"no checkpoint of a best point: {ckpts}\n{agent.log()[-3000:]}"
+    )
+    wait_until(
+        lambda: (
+            {r[0] for r in _outbox(server, tid) if r[1] == "checkpoint"} == {a["id"] for a in ckpts.values()}
+        ),
+        60,
+        "every checkpoint looked at",
+        server.log,
+    )
     status = {r[0]: r[2] for r in _outbox(server, tid) if r[1] == "checkpoint"}
     assert status == {a["id"]: "done" if pid in best else "skipped" for pid, a in ckpts.items()}
 
@@ -682,8 +776,15 @@ def test_best_points_checkpoint_goes_to_its_run_once_its_segment_ended(mlflow_se
                 assert Path(local).read_bytes() == c.get(f"/artifacts/{ckpts[p['id']]['id']}").content
         else:
             assert got == [] and "phpo.best_in_segment" not in runs[p["id"]].data.tags
-    wait_until(lambda: {r.info.status for r in runs_of(client, exp_name) if "phpo.segment_parent" in r.data.tags}
-               == {"FINISHED"}, 30, "the parent runs to be FINISHED", server.log)
+    wait_until(
+        lambda: (
+            {r.info.status for r in runs_of(client, exp_name) if "phpo.segment_parent" in r.data.tags}
+            == {"FINISHED"}
+        ),
+        30,
+        "the parent runs to be FINISHED",
+        server.log,
+    )
 
 
 BIG_AND_BAD = """\
@@ -702,23 +803,37 @@ sdk.report(1.0)
 
 
 def test_oversized_log_is_tagged_with_its_phpo_route_and_unsafe_tarball_is_refused(
-        mlflow_server, start_server, agents, monkeypatch):
+    mlflow_server, start_server, agents, monkeypatch
+):
     monkeypatch.setenv("PHPO_MLFLOW_MAX_ARTIFACT_MB", "0.02")  # ~20 KB, read by the server's bridge
     exp_name = f"user.test.limits.{uuid.uuid4().hex[:8]}"
     server = start_server(None, "--mlflow-uri", mlflow_server.uri)
     sb = sandbox_upload(server, {"train.py": BIG_AND_BAD})
-    tid = submit(server, base_spec(f"{PY} train.py", sandbox=str(sb), outDS=exp_name, maxPoints=1,
-                                   evaluationMetrics="metrics.tgz",
-                                   searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 0}}}))
+    tid = submit(
+        server,
+        base_spec(
+            f"{PY} train.py",
+            sandbox=str(sb),
+            outDS=exp_name,
+            maxPoints=1,
+            evaluationMetrics="metrics.tgz",
+            searchSpace={"params": {"x": {"type": "int", "low": 0, "high": 0}}},
+        ),
+    )
     agent = agents(server)
     t = wait_task(server, tid, agents=(agent,), timeout=90)
     assert t["state"] == "finished", t
-    arts = {a["name"].rsplit(".", 2)[-2] if a["kind"] == "log" else a["kind"]: a for a in get_artifacts(server, tid)}
+    arts = {
+        a["name"].rsplit(".", 2)[-2] if a["kind"] == "log" else a["kind"]: a
+        for a in get_artifacts(server, tid)
+    }
     wait_until(lambda: len(_outbox(server, tid)) == 3, 60, "3 artifacts handled", server.log)
     rows = {r[0]: r for r in _outbox(server, tid)}
     assert rows[arts["stdout"]["id"]][2] == "skipped"
     assert rows[arts["stderr"]["id"]][2] == "done"
-    assert rows[arts["metrics"]["id"]][2] == "error" and "unsafe member name" in rows[arts["metrics"]["id"]][3]
+    assert (
+        rows[arts["metrics"]["id"]][2] == "error" and "unsafe member name" in rows[arts["metrics"]["id"]][3]
+    )
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     (run,) = runs_of(client, exp_name)
@@ -753,18 +868,30 @@ def test_extract_mlruns_takes_only_safe_regular_files_within_bounds(tmp_path):
     from phpo.server.services.mlflow_bridge import UnsafeTarball, extract_mlruns
 
     run = "out/mlruns/1/abc"
-    ok = _tar(tmp_path / "ok.tgz", [
-        ("out/mlruns/1/meta.yaml", b"e", "file"), (f"{run}/meta.yaml", b"r", "file"),
-        (f"{run}/metrics/acc", b"1 0.5 0\n", "file"), (f"{run}/artifacts/model.bin", b"x" * 100, "file"),
-        (f"{run}/tags/link", b"/etc/passwd", "symlink"), ("other/mlruns/2/meta.yaml", b"o", "file"),
-        ("README", b"not mlruns", "file")])
+    ok = _tar(
+        tmp_path / "ok.tgz",
+        [
+            ("out/mlruns/1/meta.yaml", b"e", "file"),
+            (f"{run}/meta.yaml", b"r", "file"),
+            (f"{run}/metrics/acc", b"1 0.5 0\n", "file"),
+            (f"{run}/artifacts/model.bin", b"x" * 100, "file"),
+            (f"{run}/tags/link", b"/etc/passwd", "symlink"),
+            ("other/mlruns/2/meta.yaml", b"o", "file"),
+            ("README", b"not mlruns", "file"),
+        ],
+    )
     root = extract_mlruns(ok, tmp_path / "x")
     assert root == tmp_path / "x" / "mlruns"
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
     # the first mlruns/ only (its runs' artifacts too), no links; the run's folders exist for MLflow's reader
     assert files == ["1/abc/artifacts/model.bin", "1/abc/meta.yaml", "1/abc/metrics/acc", "1/meta.yaml"]
-    assert {p.name for p in (root / "1" / "abc").iterdir()} == {"meta.yaml", "metrics", "params", "tags",
-                                                                 "artifacts"}
+    assert {p.name for p in (root / "1" / "abc").iterdir()} == {
+        "meta.yaml",
+        "metrics",
+        "params",
+        "tags",
+        "artifacts",
+    }
     assert extract_mlruns(_tar(tmp_path / "none.tgz", [("a/b.txt", b"x", "file")]), tmp_path / "y") is None
     for bad in ("../mlruns/0/meta.yaml", "/tmp/mlruns/0/meta.yaml", "mlruns/0/../../../escape"):
         with pytest.raises(UnsafeTarball, match="unsafe member name"):
@@ -788,8 +915,15 @@ def _chromium() -> str | None:
 
 
 def _headless(binary: str, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             "--window-size=1400,900", "--virtual-time-budget=20000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1400,900",
+        "--virtual-time-budget=20000",
+    ]
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -828,11 +962,14 @@ def _assert_best_first(text: str, point_runs: list) -> None:
         at[r.info.run_name] = m.start()
     shown = sorted(point_runs, key=lambda r: at[r.info.run_name])
     losses = [r.data.metrics["loss"] for r in shown]
-    assert losses == sorted(losses), f"runs not sorted by loss: {[(r.info.run_name, r.data.metrics['loss']) for r in shown]}"
+    assert losses == sorted(losses), (
+        f"runs not sorted by loss: {[(r.info.run_name, r.data.metrics['loss']) for r in shown]}"
+    )
 
 
 def test_dashboard_opens_the_runs_table_best_first_with_loss_and_params_in_headless_chromium(
-        chromium, mlflow_server, start_server, agents, tmp_path):
+    chromium, mlflow_server, start_server, agents, tmp_path
+):
     """``phpo dashboard`` in the stock MLflow UI: the runs table sorted by loss, with the loss
     and the parameters as columns; a segmented task shows its point runs with their segment."""
     binary = chromium
@@ -843,9 +980,14 @@ def test_dashboard_opens_the_runs_table_best_first_with_loss_and_params_in_headl
     # and a plain task beside it: loss (x-2)^2, so the best point is not the first one
     flat_name = f"user.test.ui.flat.{uuid.uuid4().hex[:8]}"
     payload = "from phpo.evaluation_container import sdk; x = sdk.load_point()['x']; sdk.report(float((x - 2) ** 2))"
-    server, tid, flat = run_two_segments(mlflow_server, start_server, agents, exp_name, ("higgs", "ttbar"),
-                                         also=base_spec(f"{PY} -c \"{payload}\"", outDS=flat_name,
-                                                        nParallelEvaluation=2))
+    server, tid, flat = run_two_segments(
+        mlflow_server,
+        start_server,
+        agents,
+        exp_name,
+        ("higgs", "ttbar"),
+        also=base_spec(f'{PY} -c "{payload}"', outDS=flat_name, nParallelEvaluation=2),
+    )
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     runs = wait_runs_done(client, exp_name, 4, diag=server.log)
     flat_runs = wait_runs_done(client, flat_name, 4, diag=server.log)

@@ -1,4 +1,4 @@
-"""Canonical search space and the three upstream formats (CONTRACTS §5)."""
+"""Canonical search space and the three upstream formats (docs/compatibility.md, Search spaces)."""
 
 from __future__ import annotations
 
@@ -47,14 +47,16 @@ def test_method_dimension_form_converts_every_method():
 
 
 def test_type_params_bounds_form():
-    s = parse_search_space({
-        "act": {"type": "Choice", "params": {"choices": ["relu", "tanh"]}},
-        "depth": {"type": "TransitionChoice", "params": {"choices": [1, 2, 3]}},
-        "x": {"type": "Scalar", "bounds": [-1, 1]},
-        "k": {"type": "Scalar", "params": {"lower": 1, "upper": 9}, "integer": True},
-        "lr": {"type": "Log", "params": {"lower": 1e-5, "upper": 1e-2}},
-        "w": {"type": "Array", "params": {"shape": [3]}, "bounds": [0, 1]},
-    }).params
+    s = parse_search_space(
+        {
+            "act": {"type": "Choice", "params": {"choices": ["relu", "tanh"]}},
+            "depth": {"type": "TransitionChoice", "params": {"choices": [1, 2, 3]}},
+            "x": {"type": "Scalar", "bounds": [-1, 1]},
+            "k": {"type": "Scalar", "params": {"lower": 1, "upper": 9}, "integer": True},
+            "lr": {"type": "Log", "params": {"lower": 1e-5, "upper": 1e-2}},
+            "w": {"type": "Array", "params": {"shape": [3]}, "bounds": [0, 1]},
+        }
+    ).params
     assert s["act"] == CategoricalParam(choices=["relu", "tanh"])
     assert s["depth"] == CategoricalParam(choices=[1, 2, 3], ordered=True)
     assert s["x"] == FloatParam(low=-1, high=1)
@@ -94,13 +96,15 @@ def test_bad_spaces_name_the_parameter(space, needle):
 
 
 def test_conditional_parameters_and_point_problems():
-    s = parse_search_space({
-        "params": {
-            "opt": {"type": "categorical", "choices": ["sgd", "adam"]},
-            "momentum": {"type": "float", "low": 0, "high": 1, "when": {"opt": ["sgd"]}},
-            "n": {"type": "int", "low": 2, "high": 10, "step": 2},
+    s = parse_search_space(
+        {
+            "params": {
+                "opt": {"type": "categorical", "choices": ["sgd", "adam"]},
+                "momentum": {"type": "float", "low": 0, "high": 1, "when": {"opt": ["sgd"]}},
+                "n": {"type": "int", "low": 2, "high": 10, "step": 2},
+            }
         }
-    })
+    )
     assert s.ordered_names().index("opt") < s.ordered_names().index("momentum")
     assert s.problems({"opt": "sgd", "momentum": 0.5, "n": 4}) == []
     assert s.problems({"opt": "adam", "n": 4}) == []
@@ -110,7 +114,9 @@ def test_conditional_parameters_and_point_problems():
     assert any("outside" in p for p in s.problems({"opt": "adam", "n": 12}))
     assert any("not a parameter" in p for p in s.problems({"opt": "adam", "n": 4, "zz": 1}))
     with pytest.raises(ValueError, match="unknown parameter 'nope'"):
-        SearchSpace.model_validate({"params": {"a": {"type": "float", "low": 0, "high": 1, "when": {"nope": [1]}}}})
+        SearchSpace.model_validate(
+            {"params": {"a": {"type": "float", "low": 0, "high": 1, "when": {"nope": [1]}}}}
+        )
 
 
 def test_zero_and_bool_are_checked_exactly():

@@ -17,9 +17,18 @@ def spec(**kw):
 
 def test_defaults_follow_upstream():
     s = spec()
-    assert (s.nParallelEvaluation, s.maxPoints, s.maxPointsPerEvaluationJob, s.nPointsPerIteration) == (1, 10, 1, 2)
+    assert (s.nParallelEvaluation, s.maxPoints, s.maxPointsPerEvaluationJob, s.nPointsPerIteration) == (
+        1,
+        10,
+        1,
+        2,
+    )
     assert s.max_evaluation_jobs == 20  # 2 x maxPoints
-    assert (s.evaluationInput, s.evaluationTrainingData, s.evaluationOutput) == ("input.json", "input_ds.json", "output.json")
+    assert (s.evaluationInput, s.evaluationTrainingData, s.evaluationOutput) == (
+        "input.json",
+        "input_ds.json",
+        "output.json",
+    )
     assert s.checkpoint_interval_seconds == 300
     assert s.optimizer_name == "optuna.tpe"
 
@@ -45,15 +54,22 @@ def test_wrong_types_and_ranges():
         spec(checkPointToSave="../etc/passwd")
 
 
-@pytest.mark.parametrize("value, seconds", [(5, 300), (0.5, 30), ("30s", 30), ("2m", 120), ("1h", 3600), ("3", 180)])
+@pytest.mark.parametrize(
+    "value, seconds", [(5, 300), (0.5, 30), ("30s", 30), ("2m", 120), ("1h", 3600), ("3", 180)]
+)
 def test_checkpoint_interval(value, seconds):
     assert parse_duration_minutes(value) == seconds
 
 
 def test_segments_validate_names_and_space_lists():
     segs = [{"name": "photons"}, {"name": "electrons"}]
-    s = spec(segments=segs, searchSpace=[{"model_id": 0, "search_space": {"x": [0, 1]}},
-                                         {"model_id": 1, "search_space": {"x": [0, 2]}}])
+    s = spec(
+        segments=segs,
+        searchSpace=[
+            {"model_id": 0, "search_space": {"x": [0, 1]}},
+            {"model_id": 1, "search_space": {"x": [0, 2]}},
+        ],
+    )
     assert [sp.params["x"].high for sp in s.segment_spaces()] == [1, 2]
     assert len(spec(segments=segs).segment_spaces()) == 2  # one space cloned per segment
     with pytest.raises(ValidationError, match="duplicate segment names"):
@@ -61,8 +77,13 @@ def test_segments_validate_names_and_space_lists():
     with pytest.raises(ValidationError, match="segment list is empty"):
         spec(segments=[])
     with pytest.raises(ValidationError, match="model_ids .* do not match"):
-        spec(segments=segs, searchSpace=[{"model_id": 0, "search_space": {"x": [0, 1]}},
-                                         {"model_id": 7, "search_space": {"x": [0, 1]}}])
+        spec(
+            segments=segs,
+            searchSpace=[
+                {"model_id": 0, "search_space": {"x": [0, 1]}},
+                {"model_id": 7, "search_space": {"x": [0, 1]}},
+            ],
+        )
 
 
 def test_output_file_loss_zero_is_a_value_and_lists_are_multiobjective():

@@ -58,7 +58,9 @@ def create_task(c: httpx.Client, **over: Any) -> dict[str, Any]:
     return r.json()
 
 
-def acquire(c: httpx.Client, agent: str = "agent-a", site: str = "local", **extra: Any) -> dict[str, Any] | None:
+def acquire(
+    c: httpx.Client, agent: str = "agent-a", site: str = "local", **extra: Any
+) -> dict[str, Any] | None:
     r = c.post("/jobs/acquire", json={"agent": agent, "site": site, **extra})
     if r.status_code == 204:
         return None
@@ -70,10 +72,20 @@ class TinyAgent(threading.Thread):
     """Acquires jobs and reports ``loss_fn(params)`` for each point until stopped; survives a
     server that is down for a while (it retries), like a real agent would."""
 
-    def __init__(self, url: str, token: str, loss_fn: Callable[[dict], float] = lambda p: p.get("x", 0.0),
-                 name: str = "tiny-agent", site: str = "local", delay: float = 0.0, status: int = 0):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        loss_fn: Callable[[dict], float] = lambda p: p.get("x", 0.0),
+        name: str = "tiny-agent",
+        site: str = "local",
+        delay: float = 0.0,
+        status: int = 0,
+    ):
         super().__init__(daemon=True, name=name)
-        self.c = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        self.c = httpx.Client(
+            base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
         self.loss_fn, self.agent, self.site, self.delay = loss_fn, name, site, delay
         self.status = status  # non-zero: every attempt fails, as a broken payload's would
         self.stop = threading.Event()
@@ -106,10 +118,15 @@ class TinyAgent(threading.Thread):
             if self.delay:
                 time.sleep(self.delay)
             for p in job["points"]:
-                rr = self._post(f"/jobs/{job['id']}/points/{p['point_id']}/result",
-                                {"point_id": p["point_id"], "status": self.status,
-                                 "loss": None if self.status else self.loss_fn(p["params"]),
-                                 "message": f"payload failed (status {self.status})" if self.status else None})
+                rr = self._post(
+                    f"/jobs/{job['id']}/points/{p['point_id']}/result",
+                    {
+                        "point_id": p["point_id"],
+                        "status": self.status,
+                        "loss": None if self.status else self.loss_fn(p["params"]),
+                        "message": f"payload failed (status {self.status})" if self.status else None,
+                    },
+                )
                 if rr is not None and rr.status_code == 200 and not rr.json()["duplicate"]:
                     self.evaluated.append(p["point_id"])
             self._post(f"/jobs/{job['id']}/complete", {})

@@ -39,7 +39,10 @@ def test_health_me_tokens(db_url, start_server):
 def test_task_crud_paging_filters(db_url, start_server):
     srv = start_server(db_url)
     with srv.client() as c:
-        ids = [create_task(c, outDS=f"user.alice.t{i}", maxPoints=2, nParallelEvaluation=2)["id"] for i in range(5)]
+        ids = [
+            create_task(c, outDS=f"user.alice.t{i}", maxPoints=2, nParallelEvaluation=2)["id"]
+            for i in range(5)
+        ]
         t = task(c, ids[0])
         assert t["owner"] == "alice" and t["name"] == "user.alice.t0"
         assert t["spec"]["maxPoints"] == 2 and t["state"] in ("running", "submitted")
@@ -86,13 +89,20 @@ def test_task_crud_paging_filters(db_url, start_server):
 def test_segmented_task(db_url, start_server):
     srv = start_server(db_url)
     with srv.client() as c:
-        t = create_task(c, maxPoints=3, nParallelEvaluation=2, evaluationExec="python train.py --seg %SEGMENT_NAME",
-                        segments=[{"name": "photons", "files": ["p.tar"]}, {"name": "electrons", "files": ["e.tar"]}])
+        t = create_task(
+            c,
+            maxPoints=3,
+            nParallelEvaluation=2,
+            evaluationExec="python train.py --seg %SEGMENT_NAME",
+            segments=[{"name": "photons", "files": ["p.tar"]}, {"name": "electrons", "files": ["e.tar"]}],
+        )
         assert t["n_segments"] == 2
         wait_until(lambda: len(points(c, t["id"])) == 4, what="2 points per segment")
         segs = c.get(f"/tasks/{t['id']}/segments").json()["items"]
-        assert [(s["id"], s["name"], s["files"]) for s in segs] == [(0, "photons", ["p.tar"]),
-                                                                    (1, "electrons", ["e.tar"])]
+        assert [(s["id"], s["name"], s["files"]) for s in segs] == [
+            (0, "photons", ["p.tar"]),
+            (1, "electrons", ["e.tar"]),
+        ]
         assert c.get(f"/tasks/{t['id']}/points", params={"segment": 1}).json()["total"] == 2
     with srv.client(srv.agent_token) as a:
         jobs = [a.post("/jobs/acquire", json={"agent": "a", "site": "s"}).json() for _ in range(2)]
@@ -167,9 +177,16 @@ def test_round_robin_serves_every_segment_before_any_twice(db_url, start_server)
     srv = start_server(db_url)
     n = 70
     with srv.client() as c:
-        t = create_task(c, maxPoints=2, nParallelEvaluation=2, segments=[{"name": f"s{i:02d}"} for i in range(n)])
-        wait_until(lambda: c.get(f"/tasks/{t['id']}").json()["counts"]["ready"] == 2 * n, timeout=60,
-                   what="2 ready points in every segment")
+        t = create_task(
+            c, maxPoints=2, nParallelEvaluation=2, segments=[{"name": f"s{i:02d}"} for i in range(n)]
+        )
+        wait_until(
+            lambda: c.get(f"/tasks/{t['id']}").json()["counts"]["ready"] == 2 * n,
+            timeout=60,
+            what="2 ready points in every segment",
+        )
     with srv.client(srv.agent_token) as a:
-        served = [a.post("/jobs/acquire", json={"agent": "a", "site": "s"}).json()["segment"] for _ in range(n)]
+        served = [
+            a.post("/jobs/acquire", json={"agent": "a", "site": "s"}).json()["segment"] for _ in range(n)
+        ]
     assert sorted(served) == [f"s{i:02d}" for i in range(n)]

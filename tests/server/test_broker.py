@@ -30,8 +30,9 @@ def test_32_concurrent_acquirers_lease_each_point_once(db_url, start_server):
     start = threading.Barrier(32)
 
     def worker(i: int) -> None:
-        with httpx.Client(base_url=srv.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                          timeout=60) as h:
+        with httpx.Client(
+            base_url=srv.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as h:
             start.wait()
             while True:
                 r = h.post("/jobs/acquire", json={"agent": f"agent-{i}", "site": "local"})
@@ -73,12 +74,16 @@ def test_lease_expiry_attempts_and_lease_lost(db_url, start_server):
         # a heartbeat keeps the lease beyond its length
         for _ in range(5):
             time.sleep(0.5)
-            r = a.post(f"/jobs/{job1['id']}/heartbeat", json={"intermediate": [
-                {"point_id": p["point_id"], "step": 1, "value": 0.5}]})
+            r = a.post(
+                f"/jobs/{job1['id']}/heartbeat",
+                json={"intermediate": [{"point_id": p["point_id"], "step": 1, "value": 0.5}]},
+            )
             assert r.status_code == 200 and r.json()["cancel"] is False
         # then silence: the reaper takes the point back with one attempt spent
         with srv.client() as c:
-            pt = wait_until(lambda: [x for x in points(c, tid) if x["state"] == "ready"], what="point back")[0]
+            pt = wait_until(lambda: [x for x in points(c, tid) if x["state"] == "ready"], what="point back")[
+                0
+            ]
             assert pt["attempts"] == 1 and "lease lost" in pt["error"]
             assert pt["intermediate"][0] == {"step": 1, "value": 0.5}
         r = a.post(f"/jobs/{job1['id']}/heartbeat", json={})
@@ -86,12 +91,16 @@ def test_lease_expiry_attempts_and_lease_lost(db_url, start_server):
         job2 = acquire(a)
         assert job2["points"][0]["point_id"] == p["point_id"] and job2["points"][0]["attempt"] == 2
         # the point is job2's now: job1's late result is refused
-        r = a.post(f"/jobs/{job1['id']}/points/{p['point_id']}/result", json={"point_id": p["point_id"], "loss": 1})
+        r = a.post(
+            f"/jobs/{job1['id']}/points/{p['point_id']}/result", json={"point_id": p["point_id"], "loss": 1}
+        )
         assert r.status_code == 409 and r.json()["code"] == "lease_lost"
         assert a.post(f"/jobs/{job1['id']}/complete", json={}).status_code == 409
         # the second lease expires too: attempts used up -> failed, with its last error
         with srv.client() as c:
-            pt = wait_until(lambda: [x for x in points(c, tid) if x["state"] == "failed"], what="point failed")[0]
+            pt = wait_until(
+                lambda: [x for x in points(c, tid) if x["state"] == "failed"], what="point failed"
+            )[0]
             assert pt["attempts"] == 2 and "lease lost" in pt["error"] and pt["loss"] is None
             # its only point failed: the task has no result, so it failed (never "finished")
             t = wait_until(lambda: (x := task(c, tid))["state"] == "failed" and x, what="task failed")
@@ -109,8 +118,10 @@ def test_late_result_counts_when_nobody_took_the_point(db_url, start_server):
         job = acquire(a)
         pid = job["points"][0]["point_id"]
         with srv.client() as c:
-            wait_until(lambda: [x for x in points(c, tid) if x["state"] == "ready" and x["attempts"] == 1],
-                       what="the reaper to take the point back")
+            wait_until(
+                lambda: [x for x in points(c, tid) if x["state"] == "ready" and x["attempts"] == 1],
+                what="the reaper to take the point back",
+            )
         assert a.post(f"/jobs/{job['id']}/heartbeat", json={}).status_code == 409
         r = a.post(f"/jobs/{job['id']}/complete", json={"results": [{"point_id": pid, "loss": 0.0}]})
         assert r.status_code == 200, r.text
@@ -132,15 +143,23 @@ def test_results_failures_duplicates_and_checkpoints(db_url, start_server, tmp_p
         pid = j["points"][0]["point_id"]
         assert j["evaluation"]["checkpoint_to_save"] == ["ckpt"]
         # two checkpoints: only the newest is kept
-        r1 = a.put(f"/jobs/{j['id']}/artifacts/checkpoint", params={"point_id": pid, "name": "ckpt.tgz"},
-                   content=b"first")
-        r2 = a.put(f"/jobs/{j['id']}/artifacts/checkpoint", params={"point_id": pid, "name": "ckpt.tgz"},
-                   content=b"second")
+        r1 = a.put(
+            f"/jobs/{j['id']}/artifacts/checkpoint",
+            params={"point_id": pid, "name": "ckpt.tgz"},
+            content=b"first",
+        )
+        r2 = a.put(
+            f"/jobs/{j['id']}/artifacts/checkpoint",
+            params={"point_id": pid, "name": "ckpt.tgz"},
+            content=b"second",
+        )
         assert r1.status_code == r2.status_code == 201
         assert a.get(f"/artifacts/{r1.json()['id']}").status_code == 404
         # a failed attempt: the point goes back to ready with the error kept
-        r = a.post(f"/jobs/{j['id']}/points/{pid}/result",
-                   json={"point_id": pid, "status": 3, "message": "CUDA out of memory"})
+        r = a.post(
+            f"/jobs/{j['id']}/points/{pid}/result",
+            json={"point_id": pid, "status": 3, "message": "CUDA out of memory"},
+        )
         assert r.status_code == 200 and r.json()["duplicate"] is False
         r = a.post(f"/jobs/{j['id']}/points/{pid}/result", json={"point_id": pid, "status": 3})
         assert r.json()["duplicate"] is True
@@ -156,7 +175,9 @@ def test_results_failures_duplicates_and_checkpoints(db_url, start_server, tmp_p
         assert p2[pid]["attempt"] == 2 and p2[pid]["checkpoint_artifact"] == r2.json()["id"]
         assert a.get(f"/artifacts/{r2.json()['id']}").content == b"second"
         # fail the job with retry=false: the point fails at once, with the agent's error
-        r = a.post(f"/jobs/{j2['id']}/fail", json={"error": "payload crashed: Segmentation fault", "retry": False})
+        r = a.post(
+            f"/jobs/{j2['id']}/fail", json={"error": "payload crashed: Segmentation fault", "retry": False}
+        )
         assert r.status_code == 200 and r.json()["state"] == "failed"
     with srv.client() as c:
         pts = {p["id"]: p for p in points(c, tid)}
@@ -172,9 +193,16 @@ def test_site_and_architecture_matching(db_url, start_server):
         t_gpu = create_task(c, architecture="#x86_64-*-avx2&nvidia:vram>=40960", maxPoints=1)["id"]
         for tid in (t_site, t_gpu):
             wait_until(lambda tid=tid: task(c, tid)["counts"]["ready"] == 1, what="ready point")
-    small = {"arch": "x86_64", "cpu_flags": ["avx2"], "gpus": [{"index": 0, "vendor": "nvidia", "memory_mb": 16000}]}
-    big = {"arch": "x86_64", "cpu_flags": ["sse4", "avx2"],
-           "gpus": [{"index": 0, "vendor": "nvidia", "model": "H100", "memory_mb": 81920}]}
+    small = {
+        "arch": "x86_64",
+        "cpu_flags": ["avx2"],
+        "gpus": [{"index": 0, "vendor": "nvidia", "memory_mb": 16000}],
+    }
+    big = {
+        "arch": "x86_64",
+        "cpu_flags": ["sse4", "avx2"],
+        "gpus": [{"index": 0, "vendor": "nvidia", "model": "H100", "memory_mb": 81920}],
+    }
     with srv.client(srv.agent_token) as a:
         # no GPU big enough, wrong site: nothing
         assert acquire(a, site="DESY", resources=small) is None
@@ -192,8 +220,14 @@ def test_site_limits_evaluations_never_the_steering_and_the_unmet_site_is_shown(
     site no agent serves says so in the task (``waiting_for``) instead of waiting silently."""
     srv = start_server(db_url)
     with srv.client() as c, srv.client(srv.agent_token) as a:
-        tid = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT", site="NOWHERE",
-                          searchSpace={"x": [0.0, 1.0]}, maxPoints=2)["id"]
+        tid = create_task(
+            c,
+            optimizer=None,
+            steeringExec="python steer.py %IN %OUT",
+            site="NOWHERE",
+            searchSpace={"x": [0.0, 1.0]},
+            maxPoints=2,
+        )["id"]
         # an agent at another site takes the steering job
         sj = wait_until(lambda: acquire(a, site="local", kinds=["steering"]), what="the steering job")
         assert sj["kind"] == "steering" and sj["task_id"] == tid
@@ -249,7 +283,9 @@ def test_cancel_and_pause_reach_running_jobs(db_url, start_server):
         a.post(f"/jobs/{j2['id']}/fail", json={"error": "agent shutting down"})
         with srv.client() as c:
             pts = {p["id"]: p for p in points(c, tid)}
-            assert pts[pid]["state"] == "evaluated" and pts[pid]["loss"] == 0.5  # the result of the pause counts
+            assert (
+                pts[pid]["state"] == "evaluated" and pts[pid]["loss"] == 0.5
+            )  # the result of the pause counts
             assert all(p["state"] == "ready" and p["attempts"] == 0 for k, p in pts.items() if k != pid)
             assert c.post(f"/tasks/{tid}/resume").json()["state"] == "running"
         j = acquire(a)
@@ -279,7 +315,7 @@ def test_long_poll_acquire_waits_then_wakes_when_points_arrive(db_url, start_ser
         def poll() -> None:
             with srv.client(srv.agent_token) as a2:
                 t = time.monotonic()
-                got["job"] = acquire(a2, agent="waiter", wait_s=15)
+                got["job"] = acquire(a2, agent="waiter", wait_s=20)
                 got["after_s"] = time.monotonic() - t
 
         th = threading.Thread(target=poll)
@@ -289,8 +325,9 @@ def test_long_poll_acquire_waits_then_wakes_when_points_arrive(db_url, start_ser
             tid = create_task(c, maxPoints=2, nParallelEvaluation=1)["id"]
         th.join(timeout=30)
         assert got["job"] is not None and got["job"]["task_id"] == tid
-        # woken by the new point, not by the 15 s deadline (generous: a loaded CI machine)
-        assert got["after_s"] < 10, got["after_s"]
+        # woken by the new point, not by the 20 s deadline (generous: 11.7 s was seen on a machine
+        # loaded 10x by other work)
+        assert got["after_s"] < 18, got["after_s"]
 
 
 def test_max_acquire_wait_caps_every_long_poll(start_server):
@@ -312,9 +349,13 @@ def test_complete_with_next_leases_the_next_job_in_the_same_call(db_url, start_s
         pid = j["points"][0]["point_id"]
         # the last result goes with complete; the next point is generated only after it (one in
         # flight at a time), so the server waits for steering within the call
-        r = a.post(f"/jobs/{j['id']}/complete", json={
-            "results": [{"point_id": pid, "status": 0, "loss": 1.5}],
-            "next": {"agent": "agent-a", "site": "local", "wait_s": 10}})
+        r = a.post(
+            f"/jobs/{j['id']}/complete",
+            json={
+                "results": [{"point_id": pid, "status": 0, "loss": 1.5}],
+                "next": {"agent": "agent-a", "site": "local", "wait_s": 10},
+            },
+        )
         assert r.status_code == 200, r.text
         ack = r.json()
         assert ack["state"] == "succeeded" and ack["next_job"] is not None
@@ -323,8 +364,10 @@ def test_complete_with_next_leases_the_next_job_in_the_same_call(db_url, start_s
         # the next job is really leased: nobody else gets its point
         assert acquire(a, agent="other") is None
         # without "next" nothing more is leased
-        r = a.post(f"/jobs/{nxt['id']}/complete",
-                   json={"results": [{"point_id": nxt["points"][0]["point_id"], "status": 0, "loss": 0.5}]})
+        r = a.post(
+            f"/jobs/{nxt['id']}/complete",
+            json={"results": [{"point_id": nxt["points"][0]["point_id"], "status": 0, "loss": 0.5}]},
+        )
         assert r.json()["next_job"] is None
     with srv.client() as c:
         pts = {p["id"]: p for p in points(c, tid)}

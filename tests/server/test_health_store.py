@@ -40,6 +40,8 @@ def test_a_missing_artifact_file_is_a_404_naming_it(db_url, start_server):
         assert r.status_code == 404, (r.status_code, r.content)
         err = r.json()
         assert err["code"] == "artifact_missing" and err["field"] == "artifact_id"
-        assert f"artifact {aid} ('my-sandbox.tar.gz')" in err["message"] and "missing from the artifact store" in err[
-            "message"]
+        assert (
+            f"artifact {aid} ('my-sandbox.tar.gz')" in err["message"]
+            and "missing from the artifact store" in err["message"]
+        )
     assert httpx.get(srv.url + "/api/v1/health").status_code == 200  # one file gone is not a broken store

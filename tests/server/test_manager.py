@@ -36,8 +36,11 @@ def test_refill_keeps_n_parallel_in_flight(db_url, start_server):
         agent = TinyAgent(srv.url, srv.agent_token)
         agent.start()
         try:
-            wait_until(lambda: task(c, tid)["counts"]["ready"] == 0 and _in_flight(c, tid) <= 1, timeout=30,
-                       what="agent drained")
+            wait_until(
+                lambda: task(c, tid)["counts"]["ready"] == 0 and _in_flight(c, tid) <= 1,
+                timeout=30,
+                what="agent drained",
+            )
             pid = jobs[2]["points"][0]["point_id"]
             a.post(f"/jobs/{jobs[2]['id']}/points/{pid}/result", json={"point_id": pid, "loss": 0.1})
             a.post(f"/jobs/{jobs[2]['id']}/complete", json={})
@@ -58,19 +61,34 @@ def test_budgets_and_exhaustion_end_the_task(db_url, start_server):
         # maxEvaluationJobs: 3 jobs, then the segment ends and the leftover ready point is cancelled
         t_jobs = create_task(c, maxPoints=10, nParallelEvaluation=2, maxEvaluationJobs=3)["id"]
         # grid over 3 values: the optimizer runs out before maxPoints
-        t_grid = create_task(c, maxPoints=10, nParallelEvaluation=2, optimizer="grid",
-                             searchSpace={"act": {"method": "categorical",
-                                                  "dimension": {"categories": ["relu", "tanh", "gelu"]}}})["id"]
+        t_grid = create_task(
+            c,
+            maxPoints=10,
+            nParallelEvaluation=2,
+            optimizer="grid",
+            searchSpace={
+                "act": {"method": "categorical", "dimension": {"categories": ["relu", "tanh", "gelu"]}}
+            },
+        )["id"]
         # explicit minUnevaluatedPoints=0 (upstream): a new iteration only when nothing is waiting
-        t_min = create_task(c, maxPoints=4, nParallelEvaluation=4, nPointsPerIteration=2, minUnevaluatedPoints=0)["id"]
+        t_min = create_task(
+            c, maxPoints=4, nParallelEvaluation=4, nPointsPerIteration=2, minUnevaluatedPoints=0
+        )["id"]
         wait_until(lambda: _in_flight(c, t_min) == 2, what="first iteration")
         time.sleep(0.5)
         assert _in_flight(c, t_min) == 2  # not refilled to nParallelEvaluation
         agent = TinyAgent(srv.url, srv.agent_token)
         agent.start()
         try:
-            states = wait_until(lambda: (s := [task(c, t) for t in (t_jobs, t_grid, t_min)]) and all(
-                x["state"] == "finished" for x in s) and s, timeout=60, what="all tasks finished")
+            states = wait_until(
+                lambda: (
+                    (s := [task(c, t) for t in (t_jobs, t_grid, t_min)])
+                    and all(x["state"] == "finished" for x in s)
+                    and s
+                ),
+                timeout=60,
+                what="all tasks finished",
+            )
         finally:
             agent.halt()
         tj, tg, tm = states
@@ -86,10 +104,21 @@ def test_restart_after_kill_continues_without_duplicates(db_url, start_server):
     srv = start_server(db_url, "--lease-seconds", "3", "--reaper-interval", "0.5")
     n = 24
     with srv.client() as c:
-        tid = create_task(c, maxPoints=n, nParallelEvaluation=4, nPointsPerIteration=2,
-                          optimizer="optuna.tpe", optimizerOptions={"n_startup_trials": 5},
-                          searchSpace={"x": [-2.0, 2.0], "y": {"method": "uniformint", "dimension": {"low": 0, "high": 1000}}})["id"]
-    agent = TinyAgent(srv.url, srv.agent_token, loss_fn=lambda p: (p["x"] - 0.3) ** 2 + p["y"] / 1000, delay=0.05)
+        tid = create_task(
+            c,
+            maxPoints=n,
+            nParallelEvaluation=4,
+            nPointsPerIteration=2,
+            optimizer="optuna.tpe",
+            optimizerOptions={"n_startup_trials": 5},
+            searchSpace={
+                "x": [-2.0, 2.0],
+                "y": {"method": "uniformint", "dimension": {"low": 0, "high": 1000}},
+            },
+        )["id"]
+    agent = TinyAgent(
+        srv.url, srv.agent_token, loss_fn=lambda p: (p["x"] - 0.3) ** 2 + p["y"] / 1000, delay=0.05
+    )
     agent.start()
     try:
         with srv.client() as c:
@@ -98,8 +127,11 @@ def test_restart_after_kill_continues_without_duplicates(db_url, start_server):
         time.sleep(0.5)
         srv.start()
         with srv.client() as c:
-            t = wait_until(lambda: (x := task(c, tid))["state"] != "running" and x, timeout=90,
-                           what="task done after restart")
+            t = wait_until(
+                lambda: (x := task(c, tid))["state"] != "running" and x,
+                timeout=90,
+                what="task done after restart",
+            )
     finally:
         agent.halt()
     assert t["state"] == "finished", t
@@ -109,7 +141,9 @@ def test_restart_after_kill_continues_without_duplicates(db_url, start_server):
     seen: dict = {}
     for p in pts:
         seen.setdefault((p["params"]["x"], p["params"]["y"]), []).append(p["serial"])
-    assert all(len(v) == 1 for v in seen.values()), f"repeated points (serials): {[v for v in seen.values() if len(v) > 1]}"
+    assert all(len(v) == 1 for v in seen.values()), (
+        f"repeated points (serials): {[v for v in seen.values() if len(v) > 1]}"
+    )
     assert all(p["state"] == "evaluated" for p in pts)
     assert len(agent.evaluated) == len(set(agent.evaluated)) == n  # each point's result taken once
     assert "Traceback" not in srv.log()
@@ -122,7 +156,7 @@ def test_failing_optimizer_fails_the_task_after_three_tries(tmp_path, monkeypatc
     from phpo.schemas.tasks import TaskSpec
     from phpo.server.auth.identity import Caller
     from phpo.server.db.engine import Database
-    from phpo.server.services.hpo_manager import HpoManager
+    from phpo.server.services.hpo import HpoManager
     from phpo.server.services.tasks import TaskService
     from phpo.server.settings import Settings
     from phpo.steering import registry
@@ -141,7 +175,7 @@ def test_failing_optimizer_fails_the_task_after_three_tries(tmp_path, monkeypatc
     try:
         for _ in range(3):
             mgr.run_once()
-            wait_until(lambda: not mgr._inflight, what="iteration done")
+            wait_until(lambda: not mgr.iterations.in_flight(), what="iteration done")
         with db.read() as s:
             from phpo.server.repositories.iterations import list_iterations
             from phpo.server.repositories.tasks import get_task_row
@@ -169,8 +203,15 @@ def test_external_steering_via_steering_jobs(db_url, start_server):
     with srv.client() as c, srv.client(srv.agent_token) as a:
         # minUnevaluatedPoints=1: an iteration as soon as one point is left (upstream's default 0
         # waits for every point: test_steering_command_waits_for_every_point_by_default)
-        tid = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT %NUM_POINTS",
-                          searchSpace=space, maxPoints=3, nParallelEvaluation=2, minUnevaluatedPoints=1)["id"]
+        tid = create_task(
+            c,
+            optimizer=None,
+            steeringExec="python steer.py %IN %OUT %NUM_POINTS",
+            searchSpace=space,
+            maxPoints=3,
+            nParallelEvaluation=2,
+            minUnevaluatedPoints=1,
+        )["id"]
         assert acquire(a, kinds=["evaluation"]) is None  # no point before the steering ran
         sj = wait_until(lambda: _steering_job(a), what="a steering job")
         st = sj["steering"]
@@ -181,6 +222,7 @@ def test_external_steering_via_steering_jobs(db_url, start_server):
         r = a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": [{"lr": 0.01}, {"lr": 0.001}]})
         assert r.status_code == 200
         assert sorted(p["params"]["lr"] for p in points(c, tid)) == [0.001, 0.01]
+
         # evaluate one (loss 0.0); the next steering job's input lists the other point as not
         # evaluated (null)
         def evaluate(loss):
@@ -206,7 +248,9 @@ def test_external_steering_via_steering_jobs(db_url, start_server):
         assert "no points" in t["message"]
 
         # a crashing steering command fails the task after 3 tries, with its stderr in the message
-        tid2 = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT", searchSpace=space)["id"]
+        tid2 = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT", searchSpace=space)[
+            "id"
+        ]
         for i in range(3):
             sj = wait_until(lambda: _steering_job(a), what=f"steering try {i + 1}")
             a.post(f"/jobs/{sj['id']}/fail", json={"error": f"Traceback ...\nZeroDivisionError: try {i + 1}"})
@@ -217,13 +261,21 @@ def test_external_steering_via_steering_jobs(db_url, start_server):
 def test_external_steering_segmented(db_url, start_server):
     srv = start_server(db_url)
     with srv.client() as c, srv.client(srv.agent_token) as a:
-        tid = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT", maxPoints=1,
-                          searchSpace={"x": [0.0, 1.0]}, segments=[{"name": "a"}, {"name": "b"}])["id"]
+        tid = create_task(
+            c,
+            optimizer=None,
+            steeringExec="python steer.py %IN %OUT",
+            maxPoints=1,
+            searchSpace={"x": [0.0, 1.0]},
+            segments=[{"name": "a"}, {"name": "b"}],
+        )["id"]
         sj = wait_until(lambda: _steering_job(a), what="a steering job")
         inp = sj["steering"]["input"]
         assert sj["steering"]["max_points"] == 2  # %MAX_POINTS: the whole task's (maxPoints x segments)
-        assert inp["opt_space"] == [{"model_id": 0, "search_space": {"x": [0.0, 1.0]}},
-                                    {"model_id": 1, "search_space": {"x": [0.0, 1.0]}}]
+        assert inp["opt_space"] == [
+            {"model_id": 0, "search_space": {"x": [0.0, 1.0]}},
+            {"model_id": 1, "search_space": {"x": [0.0, 1.0]}},
+        ]
         a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": [[0, {"x": 0.1}], [1, {"x": 0.9}]]})
         pts = points(c, tid)
         assert sorted((p["segment_id"], p["params"]["x"]) for p in pts) == [(0, 0.1), (1, 0.9)]
@@ -242,9 +294,16 @@ def test_steering_command_waits_for_every_point_by_default(db_url, start_server)
     (hpogrid does) answer [] otherwise, which ends the search early and silently."""
     srv = start_server(db_url)
     with srv.client() as c, srv.client(srv.agent_token) as a:
-        tid = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT", maxPoints=4,
-                          nParallelEvaluation=2, nPointsPerIteration=2, maxAttempts=1,
-                          searchSpace={"x": [0.0, 1.0]})["id"]
+        tid = create_task(
+            c,
+            optimizer=None,
+            steeringExec="python steer.py %IN %OUT",
+            maxPoints=4,
+            nParallelEvaluation=2,
+            nPointsPerIteration=2,
+            maxAttempts=1,
+            searchSpace={"x": [0.0, 1.0]},
+        )["id"]
         sj = wait_until(lambda: _steering_job(a), what="a steering job")
         a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": [{"x": 0.1}, {"x": 0.2}]})
         j = wait_until(lambda: acquire(a, kinds=["evaluation"]), what="an evaluation job")
@@ -274,7 +333,7 @@ def test_partial_pass_steers_only_the_segments_it_was_woken_for(tmp_path):
     from phpo.server.auth.identity import Caller
     from phpo.server.db.engine import Database
     from phpo.server.db.tables import PointRow
-    from phpo.server.services.hpo_manager import HpoManager
+    from phpo.server.services.hpo import HpoManager
     from phpo.server.services.tasks import TaskService
     from phpo.server.settings import Settings
     from sqlalchemy import func, select
@@ -283,22 +342,35 @@ def test_partial_pass_steers_only_the_segments_it_was_woken_for(tmp_path):
     db = Database(settings.effective_database_url)
     db.migrate()
     mgr = HpoManager(db, settings)
-    tid = TaskService(db).create(Caller("alice", Role.user), TaskSpec.model_validate(spec(
-        segments=[{"name": n} for n in ("a", "b", "c")], nParallelEvaluation=2))).id
+    tid = (
+        TaskService(db)
+        .create(
+            Caller("alice", Role.user),
+            TaskSpec.model_validate(
+                spec(segments=[{"name": n} for n in ("a", "b", "c")], nParallelEvaluation=2)
+            ),
+        )
+        .id
+    )
 
     def per_segment() -> dict[int, int]:
         with db.read() as s:
-            return dict(s.execute(select(PointRow.segment_idx, func.count()).where(PointRow.task_id == tid)
-                                  .group_by(PointRow.segment_idx)).all())
+            return dict(
+                s.execute(
+                    select(PointRow.segment_idx, func.count())
+                    .where(PointRow.task_id == tid)
+                    .group_by(PointRow.segment_idx)
+                ).all()
+            )
 
     try:
         mgr.run_once({(tid, 1), (tid + 1000, 0)})  # a segment of this task and one of no task
-        wait_until(lambda: not mgr._inflight, what="iteration done")
+        wait_until(lambda: not mgr.iterations.in_flight(), what="iteration done")
         assert per_segment() == {1: 2}
         mgr.run_once(set())  # nothing named: nothing to do
         assert per_segment() == {1: 2}
         mgr.run_once()  # the full pass
-        wait_until(lambda: not mgr._inflight, what="iterations done")
+        wait_until(lambda: not mgr.iterations.in_flight(), what="iterations done")
         assert per_segment() == {0: 2, 1: 2, 2: 2}
     finally:
         mgr.stop()
@@ -314,16 +386,20 @@ def test_a_task_without_any_evaluated_point_fails_with_the_reason(db_url, start_
         agent = TinyAgent(srv.url, srv.agent_token, status=3)
         agent.start()
         try:
-            t = wait_until(lambda: (x := task(c, tid))["state"] in ("finished", "failed") and x, timeout=60,
-                           what="task ended")
+            t = wait_until(
+                lambda: (x := task(c, tid))["state"] in ("finished", "failed") and x,
+                timeout=60,
+                what="task ended",
+            )
         finally:
             agent.halt()
         assert t["state"] == "failed", t
         assert t["counts"]["failed"] == 2 and t["counts"]["evaluated"] == 0
         assert "no point was evaluated" in t["message"] and "payload failed (status 3)" in t["message"]
 
-        tid2 = create_task(c, optimizer=None, steeringExec="python steer.py %IN %OUT",
-                           searchSpace={"x": [0.0, 1.0]})["id"]
+        tid2 = create_task(
+            c, optimizer=None, steeringExec="python steer.py %IN %OUT", searchSpace={"x": [0.0, 1.0]}
+        )["id"]
         sj = wait_until(lambda: _steering_job(a), what="a steering job")
         a.post(f"/jobs/{sj['id']}/complete", json={"steering_output": []})
         t2 = wait_until(lambda: (x := task(c, tid2))["state"] in ("finished", "failed") and x, what="ended")

@@ -24,7 +24,9 @@ def test_migrations_match_models(db_url):
         db.migrate()
         db.migrate()  # idempotent
         with db.engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
         assert diff == [], diff
     finally:
         db.dispose()
@@ -63,17 +65,32 @@ def test_upgrade_keeps_tokens_made_before_site_scopes(db_url):
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0004_mlflow_artifacts")
             conn.commit()
-            conn.execute(text("INSERT INTO tokens (name, role, token_hash, created_at, revoked) VALUES "
-                              "('old-agent', 'agent', :h, CURRENT_TIMESTAMP, false)"),
-                         {"h": hashlib.sha256(b"phpo_old").hexdigest()})
-            conn.execute(text("INSERT INTO tasks (id, owner, state, spec, optimizer, n_segments, failed_iterations, "
-                              "created_at, updated_at) VALUES (1, 'alice', 'running', '{}', 'random', 1, 0, "
-                              "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-            for jid, holder, state in ((1, "old-agent", "running"), (2, "old-agent", "succeeded"),
-                                       (3, "gone-agent", "running")):
-                conn.execute(text("INSERT INTO jobs (id, kind, task_id, holder, state, point_ids, results, "
-                                  "created_at) VALUES (:id, 'evaluation', 1, :h, :st, '[]', '{}', CURRENT_TIMESTAMP)"),
-                             {"id": jid, "h": holder, "st": state})
+            conn.execute(
+                text(
+                    "INSERT INTO tokens (name, role, token_hash, created_at, revoked) VALUES "
+                    "('old-agent', 'agent', :h, CURRENT_TIMESTAMP, false)"
+                ),
+                {"h": hashlib.sha256(b"phpo_old").hexdigest()},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO tasks (id, owner, state, spec, optimizer, n_segments, failed_iterations, "
+                    "created_at, updated_at) VALUES (1, 'alice', 'running', '{}', 'random', 1, 0, "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+            for jid, holder, state in (
+                (1, "old-agent", "running"),
+                (2, "old-agent", "succeeded"),
+                (3, "gone-agent", "running"),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO jobs (id, kind, task_id, holder, state, point_ids, results, "
+                        "created_at) VALUES (:id, 'evaluation', 1, :h, :st, '[]', '{}', CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": jid, "h": holder, "st": state},
+                )
             conn.commit()
         db.migrate()
         with db.read() as s:
@@ -81,7 +98,10 @@ def test_upgrade_keeps_tokens_made_before_site_scopes(db_url):
             holders = dict(s.execute(text("SELECT id, holder FROM jobs ORDER BY id")).all())
         assert old is not None and old.name == "old-agent" and old.sites is None and old.site_ok("ANY")
         # the running job of a live token keeps its agent (holder NAME#ID); the rest is left alone
-        assert holders == {1: old.holder, 2: "old-agent", 3: "gone-agent"} and old.holder == f"old-agent#{old.token_id}"
+        assert (
+            holders == {1: old.holder, 2: "old-agent", 3: "gone-agent"}
+            and old.holder == f"old-agent#{old.token_id}"
+        )
         with db.write() as s:
             token, _ = create_token(s, "new-agent", "agent", ["B", "A"])
         with db.read() as s:

@@ -27,9 +27,15 @@ PLAN: dict[str, list[Any]] = {
 def make_segmented_task(srv) -> int:
     """A 5-segment task whose segments end up as PLAN says; returns its id."""
     with srv.client() as c:
-        tid = create_task(c, maxPoints=3, nParallelEvaluation=3, maxAttempts=1, outDS="segments.view",
-                          evaluationExec="python train.py %SEGMENT_NAME",
-                          segments=[{"name": n, "files": [f"{n}.tar"]} for n in SEGMENTS])["id"]
+        tid = create_task(
+            c,
+            maxPoints=3,
+            nParallelEvaluation=3,
+            maxAttempts=1,
+            outDS="segments.view",
+            evaluationExec="python train.py %SEGMENT_NAME",
+            segments=[{"name": n, "files": [f"{n}.tar"]} for n in SEGMENTS],
+        )["id"]
         wait_until(lambda: task(c, tid)["counts"]["ready"] == 15, what="3 ready points in each of 5 segments")
     todo = {n: list(actions) for n, actions in PLAN.items()}
     with srv.client(srv.agent_token) as a:
@@ -40,8 +46,11 @@ def make_segmented_task(srv) -> int:
             if action == "hold":
                 continue
             pid = job["points"][0]["point_id"]
-            body = {"point_id": pid, "status": 1, "message": "boom"} if action == "fail" else \
-                {"point_id": pid, "loss": action}
+            body = (
+                {"point_id": pid, "status": 1, "message": "boom"}
+                if action == "fail"
+                else {"point_id": pid, "loss": action}
+            )
             r = a.post(f"/jobs/{job['id']}/points/{pid}/result", json=body)
             assert r.status_code == 200, r.text
             assert a.post(f"/jobs/{job['id']}/complete", json={}).status_code == 200
@@ -65,8 +74,13 @@ def test_segments_sort_and_pages(db_url, start_server):
     with srv.client() as c:
         segs = {g["name"]: g for g in page(c, tid)["items"]}
         got = {n: (g["n_evaluated"], g["n_failed"], g["n_leased"], g["best_loss"]) for n, g in segs.items()}
-        assert got == {"alpha": (3, 0, 0, 0.4), "beta": (1, 2, 0, 0.1), "gamma": (1, 0, 2, 0.9),
-                       "delta": (0, 3, 0, None), "eps": (2, 0, 1, 0.25)}
+        assert got == {
+            "alpha": (3, 0, 0, 0.4),
+            "beta": (1, 2, 0, 0.1),
+            "gamma": (1, 0, 2, 0.9),
+            "delta": (0, 3, 0, None),
+            "eps": (2, 0, 1, 0.25),
+        }
         assert segs["eps"]["best_params"] is not None and segs["delta"]["best_params"] is None
 
         assert ids(c, tid) == [0, 1, 2, 3, 4]  # default: by id
@@ -90,8 +104,9 @@ def test_segments_sort_and_pages(db_url, start_server):
         assert [g["id"] for g in page(c, tid, sort="best_loss", limit=2, offset=4)["items"]] == [3]
         assert page(c, tid, sort="-evaluated", offset=5)["items"] == []
         # the pages put together are the whole order
-        pages = [g["id"] for o in (0, 2, 4)
-                 for g in page(c, tid, sort="-best_loss", limit=2, offset=o)["items"]]
+        pages = [
+            g["id"] for o in (0, 2, 4) for g in page(c, tid, sort="-best_loss", limit=2, offset=o)["items"]
+        ]
         assert pages == [2, 0, 4, 1, 3]
 
         r = c.get(f"/tasks/{tid}/segments", params={"sort": "bogus"})

@@ -37,8 +37,13 @@ def test_agent_tokens_are_held_to_their_sites_jobs_and_artifacts(db_url, start_s
         rogue = _token(admin, "rogue", sites=["SITE_B"])
         twin = _token(admin, "agent-a", sites=["SITE_A"])  # the same name, another token
         bob = _token(admin, "bob", role="user")
-    with srv.client() as alice, _client(srv, site_a["token"]) as a, _client(srv, rogue["token"]) as r, \
-            _client(srv, twin["token"]) as t, _client(srv, bob["token"]) as b:
+    with (
+        srv.client() as alice,
+        _client(srv, site_a["token"]) as a,
+        _client(srv, rogue["token"]) as r,
+        _client(srv, twin["token"]) as t,
+        _client(srv, bob["token"]) as b,
+    ):
         assert a.get("/me").json() == {"name": "agent-a", "role": "agent", "sites": ["SITE_A"]}
         alice_box, bob_box = _sandbox(alice), _sandbox(b)
         tid = create_task(alice, site="SITE_A", maxPoints=1, sandbox=str(alice_box), optimizer="random")["id"]
@@ -63,20 +68,29 @@ def test_agent_tokens_are_held_to_their_sites_jobs_and_artifacts(db_url, start_s
             assert other.post(f"/jobs/{job['id']}/points/{pid}/result", json=planted).status_code == 404
             assert other.post(f"/jobs/{job['id']}/heartbeat", json={}).status_code == 404
             assert other.post(f"/jobs/{job['id']}/complete", json={"results": [planted]}).status_code == 404
-            assert other.post(f"/jobs/{job['id']}/fail", json={"error": "x", "retry": False}).status_code == 404
-            resp = other.put(f"/jobs/{job['id']}/artifacts/checkpoint", content=b"x",
-                             params={"point_id": pid, "name": "c.tgz"})
+            assert (
+                other.post(f"/jobs/{job['id']}/fail", json={"error": "x", "retry": False}).status_code == 404
+            )
+            resp = other.put(
+                f"/jobs/{job['id']}/artifacts/checkpoint",
+                content=b"x",
+                params={"point_id": pid, "name": "c.tgz"},
+            )
             assert resp.status_code == 404, resp.text
         # complete asking for a next job of another site is refused before it ends the job
         nxt = {"results": [], "next": {"agent": "agent-a", "site": "SITE_B"}}
         resp = a.post(f"/jobs/{job['id']}/complete", json=nxt)
         assert resp.status_code == 403 and resp.json()["field"] == "site", resp.text
         # the holder's own checkpoint it may read back; once the job is over, nothing
-        ck = a.put(f"/jobs/{job['id']}/artifacts/checkpoint", content=b"ckpt", params={"point_id": pid, "name": "c"})
+        ck = a.put(
+            f"/jobs/{job['id']}/artifacts/checkpoint", content=b"ckpt", params={"point_id": pid, "name": "c"}
+        )
         assert ck.status_code == 201, ck.text
         assert a.get(f"/artifacts/{ck.json()['id']}").content == b"ckpt"
         assert t.get(f"/artifacts/{ck.json()['id']}").status_code == 404
-        resp = a.post(f"/jobs/{job['id']}/complete", json={"results": [{"point_id": pid, "status": 0, "loss": 0.5}]})
+        resp = a.post(
+            f"/jobs/{job['id']}/complete", json={"results": [{"point_id": pid, "status": 0, "loss": 0.5}]}
+        )
         assert resp.status_code == 200, resp.text
         assert a.get(f"/artifacts/{alice_box}").status_code == 404
         assert [p["loss"] for p in points(alice, tid)] == [0.5]  # no -12345 anywhere
@@ -90,21 +104,64 @@ def test_sites_only_for_agent_tokens(start_server, tmp_path):
         assert r.status_code == 422 and r.json()["field"] == "sites", r.text
         r = admin.post("/tokens", json={"name": "a", "role": "agent", "sites": ["A,B"]})
         assert r.status_code == 422 and "sites" in r.json()["field"], r.text
-    p = subprocess.run([sys.executable, "-m", "phpo.server", "create-token", "--name", "u", "--role", "user",
-                        "--site", "A", *srv.db_args()], capture_output=True, text=True, timeout=60, check=False)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phpo.server",
+            "create-token",
+            "--name",
+            "u",
+            "--role",
+            "user",
+            "--site",
+            "A",
+            *srv.db_args(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 2 and "only agent tokens are scoped to sites" in p.stderr and not p.stdout
-    p = subprocess.run([sys.executable, "-m", "phpo.server", "create-token", "--name", "ag", "--role", "agent",
-                        "--site", "SITE_A, SITE_B", *srv.db_args()], capture_output=True, text=True, timeout=60,
-                       check=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phpo.server",
+            "create-token",
+            "--name",
+            "ag",
+            "--role",
+            "agent",
+            "--site",
+            "SITE_A, SITE_B",
+            *srv.db_args(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     with srv.client(p.stdout.strip()) as ag:
         assert ag.get("/me").json()["sites"] == ["SITE_A", "SITE_B"]
         assert ag.post("/jobs/acquire", json={"agent": "x", "site": "SITE_B"}).status_code == 204
         assert ag.post("/jobs/acquire", json={"agent": "x", "site": "SITE_C"}).status_code == 403
-    p = subprocess.run([sys.executable, "-m", "phpo.server", "list-tokens", *srv.db_args()],
-                       capture_output=True, text=True, timeout=60, check=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "phpo.server", "list-tokens", *srv.db_args()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "SITE_A,SITE_B" in p.stdout and "(any)" in p.stdout  # the agent's scope; root's none
-    p = subprocess.run([sys.executable, "-m", "phpo.server", "revoke-token", "nobody-has-this-name", *srv.db_args()],
-                       capture_output=True, text=True, timeout=60, check=False)
+    p = subprocess.run(
+        [sys.executable, "-m", "phpo.server", "revoke-token", "nobody-has-this-name", *srv.db_args()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 1 and "no token named or numbered 'nobody-has-this-name'" in p.stderr
 
 
@@ -120,12 +177,23 @@ def test_a_revoked_token_is_refused_on_the_very_next_request(db_url, start_serve
             r = d.get("/me")  # at once: no cache keeps it alive
             assert r.status_code == 401 and "revoked" in r.json()["message"]
             # the CLI writes straight to the database: every server process sees it at once
-            p = subprocess.run([sys.executable, "-m", "phpo.server", "revoke-token", "doomed-by-cli",
-                                *srv.db_args()], capture_output=True, text=True, timeout=60, check=False)
-            assert p.returncode == 0 and f"revoked token {cli['id']} (doomed-by-cli, user)" in p.stdout, p.stderr
+            p = subprocess.run(
+                [sys.executable, "-m", "phpo.server", "revoke-token", "doomed-by-cli", *srv.db_args()],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert p.returncode == 0 and f"revoked token {cli['id']} (doomed-by-cli, user)" in p.stdout, (
+                p.stderr
+            )
             assert u.get("/tasks").status_code == 401
         listed = {t["name"]: t for t in admin.get("/tokens").json()}
-        assert listed["doomed"]["revoked"] and listed["doomed-by-cli"]["revoked"] and not listed["root"]["revoked"]
+        assert (
+            listed["doomed"]["revoked"]
+            and listed["doomed-by-cli"]["revoked"]
+            and not listed["root"]["revoked"]
+        )
         assert all("token" not in t and "token_hash" not in t for t in listed.values())
         r = admin.post("/tokens/999999/revoke")
         assert r.status_code == 404 and r.json()["field"] == "token_id"
@@ -144,7 +212,12 @@ def test_revoked_agent_tokens_lose_their_jobs_calls(start_server):
             job_a = wait_until(lambda: acquire(a, agent="agent-r"), what="a job")
             job_b = wait_until(lambda: acquire(b, agent="agent-c"), what="a job")
             assert admin.post(f"/tokens/{by_route['id']}/revoke").status_code == 200
-            subprocess.run([sys.executable, "-m", "phpo.server", "revoke-token", str(by_cli["id"]), *srv.db_args()],
-                           capture_output=True, text=True, timeout=60, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "phpo.server", "revoke-token", str(by_cli["id"]), *srv.db_args()],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
             assert a.post(f"/jobs/{job_a['id']}/heartbeat", json={}).status_code == 401
             assert b.post(f"/jobs/{job_b['id']}/heartbeat", json={}).status_code == 401

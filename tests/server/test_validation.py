@@ -10,13 +10,30 @@ from .helpers import acquire, spec, wait_until
 
 BAD_TASKS = [
     # (what, spec overrides, expected field, words the message must contain)
-    ("unknown method", {"searchSpace": {"lr": {"method": "logunif", "dimension": {"low": 1, "high": 2}}}},
-     "searchSpace", ["lr", "logunif"]),
-    ("low > high", {"searchSpace": {"lr": {"method": "uniform", "dimension": {"low": 2, "high": 1}}}},
-     "searchSpace", ["lr", "greater"]),
-    ("empty categorical", {"searchSpace": {"act": {"method": "categorical", "dimension": {"categories": []}}}},
-     "searchSpace", ["act", "categories"]),
-    ("unknown type", {"searchSpace": {"n": {"type": "Integer", "params": {}}}}, "searchSpace", ["n", "Integer"]),
+    (
+        "unknown method",
+        {"searchSpace": {"lr": {"method": "logunif", "dimension": {"low": 1, "high": 2}}}},
+        "searchSpace",
+        ["lr", "logunif"],
+    ),
+    (
+        "low > high",
+        {"searchSpace": {"lr": {"method": "uniform", "dimension": {"low": 2, "high": 1}}}},
+        "searchSpace",
+        ["lr", "greater"],
+    ),
+    (
+        "empty categorical",
+        {"searchSpace": {"act": {"method": "categorical", "dimension": {"categories": []}}}},
+        "searchSpace",
+        ["act", "categories"],
+    ),
+    (
+        "unknown type",
+        {"searchSpace": {"n": {"type": "Integer", "params": {}}}},
+        "searchSpace",
+        ["n", "Integer"],
+    ),
     ("unknown option", {"nParalelEvaluation": 4}, "nParalelEvaluation", ["unknown"]),
     ("wrong type", {"maxPoints": "ten"}, "maxPoints", ["integer"]),
     ("negative", {"nParallelEvaluation": 0}, "nParallelEvaluation", ["greater"]),
@@ -24,19 +41,39 @@ BAD_TASKS = [
     ("unknown optimizer", {"optimizer": "optuna.magic"}, "optimizer", ["optuna.magic"]),
     ("bad architecture", {"architecture": "#x86_64&nvidia:vram~~big"}, "architecture", ["vram"]),
     ("path escape", {"evaluationOutput": "../../etc/passwd"}, "evaluationOutput", ["relative"]),
-    ("steering conflict", {"optimizer": "optuna.tpe", "steeringExec": "python s.py %IN %OUT"}, "optimizer", []),
+    (
+        "steering conflict",
+        {"optimizer": "optuna.tpe", "steeringExec": "python s.py %IN %OUT"},
+        "optimizer",
+        [],
+    ),
     ("sandbox not uploaded", {"sandbox": "12345"}, "sandbox", ["12345"]),
-    ("segment list mismatch", {"searchSpace": [{"model_id": 0, "search_space": {"x": [0, 1]}}]}, "searchSpace",
-     ["segments"]),
+    (
+        "segment list mismatch",
+        {"searchSpace": [{"model_id": 0, "search_space": {"x": [0, 1]}}]},
+        "searchSpace",
+        ["segments"],
+    ),
     # segmented HPO spec files (issue 6)
-    ("duplicate segment names", {"segments": [{"name": "eta_0"}, {"name": "eta_0"}]}, "segments",
-     ["duplicate", "eta_0"]),
+    (
+        "duplicate segment names",
+        {"segments": [{"name": "eta_0"}, {"name": "eta_0"}]},
+        "segments",
+        ["duplicate", "eta_0"],
+    ),
     ("empty segment list", {"segments": []}, "segments", ["empty"]),
-    ("model_ids do not match the segments",
-     {"segments": [{"name": "a"}, {"name": "b"}],
-      "searchSpace": [{"model_id": 0, "search_space": {"x": [0, 1]}},
-                      {"model_id": 5, "search_space": {"x": [0, 1]}}]},
-     "searchSpace", ["model_id", "'b'", "5"]),
+    (
+        "model_ids do not match the segments",
+        {
+            "segments": [{"name": "a"}, {"name": "b"}],
+            "searchSpace": [
+                {"model_id": 0, "search_space": {"x": [0, 1]}},
+                {"model_id": 5, "search_space": {"x": [0, 1]}},
+            ],
+        },
+        "searchSpace",
+        ["model_id", "'b'", "5"],
+    ),
     ("bad segment name", {"segments": [{"name": "has space"}]}, "segments.0.name", []),
 ]
 
@@ -93,7 +130,7 @@ def test_oversized_uploads_refused_and_not_stored(start_server, tmp_path):
     big = b"x" * (1024 * 1024 + 10)
     with srv.client() as c:
         # announced size (Content-Length) and streamed without one (chunked): both refused
-        for body in (big, (big[i:i + 65536] for i in range(0, len(big), 65536))):
+        for body in (big, (big[i : i + 65536] for i in range(0, len(big), 65536))):
             r = c.put("/sandboxes", content=body)
             assert r.status_code == 413, r.text
             assert r.json()["code"] == "too_large" and "1 MB" in r.json()["message"]

@@ -358,5 +358,7 @@ def test_quantized_floats_stay_on_their_step_when_12_digits_are_not_enough():
     v = quantize_float(1000.1464, 659.0, 1136.0, 0.001953125)
     assert v == 1000.146484375
     assert quantize_float(0.1 + 0.2, 0.0, 1.0, 0.1) == 0.3  # binary noise still goes
-    assert quantize_normal(1000.1464, NormalParam(type="normal", mu=0.0, sigma=1.0, step=0.001953125)) \
+    assert (
+        quantize_normal(1000.1464, NormalParam(type="normal", mu=0.0, sigma=1.0, step=0.001953125))
         == 1000.146484375
+    )

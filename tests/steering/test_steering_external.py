@@ -1,4 +1,4 @@
-"""The %IN / %OUT files of the upstream steering command (CONTRACTS §2)."""
+"""The %IN / %OUT files of the upstream steering command (docs/compatibility.md, The steering command)."""
 
 from __future__ import annotations
 

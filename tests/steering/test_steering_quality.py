@@ -41,10 +41,11 @@ def test_tpe_beats_random(random_medians):
         assert tpe[f] < random_medians[f], (f, tpe[f], random_medians[f])
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(900)  # ~1-2 minutes alone; far more while other suites share the 2 cores
 def test_skopt_gp_beats_random(random_medians):
-    """The slowest test of the suite (a GP fit per point): its 10 searches run on 2 processes."""
+    """The slowest test of the suite (a GP fit per point, 10 searches on 2 processes: both cores
+    for minutes): it runs with ``make test-heavy``, not in ``make test``."""
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         gp = _medians("skopt.gp", pool)
     for f in FUNCTIONS:

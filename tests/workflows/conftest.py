@@ -24,10 +24,26 @@ from .wf_helpers import User
 def start_agent(server: LiveServer, work: Path, slots: int = 4) -> subprocess.Popen:
     log = open(work / "agent.log", "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "phpo.evaluation_container", "--server", server.url,
-         "--site", "local", "--slots", str(slots), "--workdir", str(work / "wd"),
-         "--poll-interval", "0.2", "--name", f"wf-agent-{uuid.uuid4().hex[:6]}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "phpo.evaluation_container",
+            "--server",
+            server.url,
+            "--site",
+            "local",
+            "--slots",
+            str(slots),
+            "--workdir",
+            str(work / "wd"),
+            "--poll-interval",
+            "0.2",
+            "--name",
+            f"wf-agent-{uuid.uuid4().hex[:6]}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, "PHPO_TOKEN": server.agent_token},
     )
 
@@ -46,8 +62,13 @@ def stop_agent(proc: subprocess.Popen) -> None:
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("wf-server")
     port = free_port()
-    s = LiveServer(url=f"http://127.0.0.1:{port}", port=port, data_dir=d, database_url=None,
-                   args=["--manager-interval", "0.3", "--lease-seconds", "6"])
+    s = LiveServer(
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        data_dir=d,
+        database_url=None,
+        args=["--manager-interval", "0.3", "--lease-seconds", "6"],
+    )
     s.start()
     yield s
     s.stop()

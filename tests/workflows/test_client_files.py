@@ -35,11 +35,19 @@ def test_a_definition_must_be_a_mapping(tmp_path):
         load_definition(tmp_path / "list.yaml")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("n=3", ("n", 3)), ("lr=0.5", ("lr", 0.5)), ("seeds=[1, 2]", ("seeds", [1, 2])),
-    ("flag=true", ("flag", True)), ("name=abc", ("name", "abc")), ("empty=", ("empty", "")),
-    ("expr=a: b: c", ("expr", "a: b: c")), ("python=/usr/bin/python3", ("python", "/usr/bin/python3")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("n=3", ("n", 3)),
+        ("lr=0.5", ("lr", 0.5)),
+        ("seeds=[1, 2]", ("seeds", [1, 2])),
+        ("flag=true", ("flag", True)),
+        ("name=abc", ("name", "abc")),
+        ("empty=", ("empty", "")),
+        ("expr=a: b: c", ("expr", "a: b: c")),
+        ("python=/usr/bin/python3", ("python", "/usr/bin/python3")),
+    ],
+)
 def test_params_from_the_command_line(text, expected):
     assert parse_param(text) == expected
 

@@ -7,7 +7,7 @@ import time
 import tracemalloc
 
 import pytest
-from phpo.server.services.workflow_expressions import (
+from phpo.server.workflows.expressions import (
     MAX_EXPRESSION_LENGTH,
     ExpressionError,
     evaluate,
@@ -16,14 +16,17 @@ from phpo.server.services.workflow_expressions import (
 NAMES = {"params": {"l": list(range(1000)), "s": "x" * 1000}}
 
 
-@pytest.mark.parametrize("expr, why", [
-    ("[[params.l for a in params.l] for b in params.l]", "more than 100,000"),  # 10^6 lists of 1000
-    ("[params.l for a in params.l for b in [0] * 9]", "more than 100,000"),  # 9000 references to 1000
-    ("sum([params.l for a in params.l], [])", "more than 100,000"),  # would build 10^6 items
-    ("str([params.l for a in params.l])", "more than 100,000"),  # a 5 MB string
-    ("len([params.s for a in params.l])", "more than 100,000"),  # 10^6 characters
-    ("1 + " * 900 + "1", f"at most {MAX_EXPRESSION_LENGTH}"),
-])
+@pytest.mark.parametrize(
+    "expr, why",
+    [
+        ("[[params.l for a in params.l] for b in params.l]", "more than 100,000"),  # 10^6 lists of 1000
+        ("[params.l for a in params.l for b in [0] * 9]", "more than 100,000"),  # 9000 references to 1000
+        ("sum([params.l for a in params.l], [])", "more than 100,000"),  # would build 10^6 items
+        ("str([params.l for a in params.l])", "more than 100,000"),  # a 5 MB string
+        ("len([params.s for a in params.l])", "more than 100,000"),  # 10^6 characters
+        ("1 + " * 900 + "1", f"at most {MAX_EXPRESSION_LENGTH}"),
+    ],
+)
 def test_costly_expressions_are_refused_quickly_and_in_little_memory(expr, why):
     tracemalloc.start()
     t0 = time.monotonic()

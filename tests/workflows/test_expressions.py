@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 from phpo.schemas.workflows import WorkflowSpec, workflow_json_schema
-from phpo.server.services.workflow_expressions import (
+from phpo.server.workflows.expressions import (
     ExpressionError,
     evaluate,
     references,
     render,
     truth,
 )
-from phpo.server.services.workflow_validation import (
+from phpo.server.workflows.validation import (
     DefinitionError,
     analyse,
     check_definition,
@@ -29,8 +29,11 @@ NAMES = {
     "params": {"threshold": 0.5, "regions": ["eu", "us"], "n": 3, "name": "run"},
     "nodes": {
         "search": {"status": "done", "best": {"params": {"lr": 0.01, "layers": 2}, "loss": 0.25}},
-        "train": {"status": "done", "results": [{"outputs": {"auc": 0.9}}, {"outputs": {"auc": 0.7}}],
-                  "items": ["eu", "us"]},
+        "train": {
+            "status": "done",
+            "results": [{"outputs": {"auc": 0.9}}, {"outputs": {"auc": 0.7}}],
+            "items": ["eu", "us"],
+        },
         "skip": {"status": "skipped", "message": None},
     },
     "item": "eu",
@@ -40,26 +43,29 @@ NAMES = {
 # --------------------------------------------------------------------------- values and types
 
 
-@pytest.mark.parametrize("template, expected", [
-    ("${{ nodes.search.best.params.lr }}", 0.01),
-    ("${{nodes.search.best.params}}", {"lr": 0.01, "layers": 2}),
-    ("  ${{ params.n }}  ", 3),  # a whole-string expression keeps its type, around spaces too
-    ("${{ params.regions }}", ["eu", "us"]),
-    ("${{ nodes.skip.message }}", None),
-    ("${{ params.threshold > 0.4 }}", True),
-    ("lr=${{ nodes.search.best.params.lr }}", "lr=0.01"),
-    ("${{ params.name }}-${{ item }}", "run-eu"),
-    ("r=${{ params.regions }} ok=${{ true }} none=${{ null }}", 'r=["eu", "us"] ok=true none=null'),
-    ("${{ [r.outputs.auc for r in nodes.train.results] }}", [0.9, 0.7]),
-    ("${{ max(r.outputs.auc for r in nodes.train.results) }}", 0.9),
-    ("${{ sum([1, 2, params.n]) / 2 }}", 3.0),
-    ("${{ nodes.train.results[1].outputs.auc }}", 0.7),
-    ("${{ nodes['search']['best']['loss'] * 4 }}", 1.0),
-    ("${{ nodes.search.best.loss if nodes.search.status == 'done' else 1.0 }}", 0.25),
-    ("${{ 'eu' in params.regions and not false }}", True),
-    ("${{ len(nodes.train.items) }}", 2),
-    ("no expression here", "no expression here"),
-])
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        ("${{ nodes.search.best.params.lr }}", 0.01),
+        ("${{nodes.search.best.params}}", {"lr": 0.01, "layers": 2}),
+        ("  ${{ params.n }}  ", 3),  # a whole-string expression keeps its type, around spaces too
+        ("${{ params.regions }}", ["eu", "us"]),
+        ("${{ nodes.skip.message }}", None),
+        ("${{ params.threshold > 0.4 }}", True),
+        ("lr=${{ nodes.search.best.params.lr }}", "lr=0.01"),
+        ("${{ params.name }}-${{ item }}", "run-eu"),
+        ("r=${{ params.regions }} ok=${{ true }} none=${{ null }}", 'r=["eu", "us"] ok=true none=null'),
+        ("${{ [r.outputs.auc for r in nodes.train.results] }}", [0.9, 0.7]),
+        ("${{ max(r.outputs.auc for r in nodes.train.results) }}", 0.9),
+        ("${{ sum([1, 2, params.n]) / 2 }}", 3.0),
+        ("${{ nodes.train.results[1].outputs.auc }}", 0.7),
+        ("${{ nodes['search']['best']['loss'] * 4 }}", 1.0),
+        ("${{ nodes.search.best.loss if nodes.search.status == 'done' else 1.0 }}", 0.25),
+        ("${{ 'eu' in params.regions and not false }}", True),
+        ("${{ len(nodes.train.items) }}", 2),
+        ("no expression here", "no expression here"),
+    ],
+)
 def test_render(template, expected):
     assert render(template, NAMES) == expected
 
@@ -76,21 +82,24 @@ def test_keys_named_like_dict_methods_are_plain_keys():
     assert evaluate("nodes.x.values", names) == 3
 
 
-@pytest.mark.parametrize("expr, words", [
-    ("nodes.search.best.loos", ["'loos' is not in nodes.search.best", "it has: loss, params"]),
-    ("nodes.nothere.status", ["'nothere' is not in nodes"]),
-    ("nodes.train.results[5]", ["index 5 is out of range", "length 2"]),
-    ("params.regions.eu", ["params.regions is a list"]),
-    ("nodes.skip.message.text", ["nodes.skip.message is null"]),
-    ("1 / (params.n - 3)", ["ZeroDivisionError"]),
-    ("params.threshold.__class__", ["'_'"]),
-    ("params.name.upper()", ["cannot call 'params.name.upper'"]),
-    ("open('/etc/passwd')", ["cannot call 'open'"]),
-    ("__import__('os')", ["cannot call '__import__'"]),
-    ("lambda: 1", ["Lambda is not allowed"]),
-    ("nodes.search.best.", ["not a valid expression"]),
-    ("", ["empty expression"]),
-])
+@pytest.mark.parametrize(
+    "expr, words",
+    [
+        ("nodes.search.best.loos", ["'loos' is not in nodes.search.best", "it has: loss, params"]),
+        ("nodes.nothere.status", ["'nothere' is not in nodes"]),
+        ("nodes.train.results[5]", ["index 5 is out of range", "length 2"]),
+        ("params.regions.eu", ["params.regions is a list"]),
+        ("nodes.skip.message.text", ["nodes.skip.message is null"]),
+        ("1 / (params.n - 3)", ["ZeroDivisionError"]),
+        ("params.threshold.__class__", ["'_'"]),
+        ("params.name.upper()", ["cannot call 'params.name.upper'"]),
+        ("open('/etc/passwd')", ["cannot call 'open'"]),
+        ("__import__('os')", ["cannot call '__import__'"]),
+        ("lambda: 1", ["Lambda is not allowed"]),
+        ("nodes.search.best.", ["not a valid expression"]),
+        ("", ["empty expression"]),
+    ],
+)
 def test_evaluation_errors_quote_the_expression_and_say_what_exists(expr, words):
     with pytest.raises(ExpressionError) as e:
         evaluate(expr, NAMES)
@@ -112,7 +121,9 @@ def test_conditions_bare_or_wrapped():
 
 
 def test_references_name_nodes_params_and_roots():
-    r = references("nodes.a.best.loss < params.t and item in [r.x for r in nodes['b'].results] or loop.iteration")
+    r = references(
+        "nodes.a.best.loss < params.t and item in [r.x for r in nodes['b'].results] or loop.iteration"
+    )
     assert r.nodes == {"a", "b"} and r.params == {"t"} and r.roots == {"nodes", "params", "item", "loop"}
     with pytest.raises(ExpressionError, match="unknown name 'foo'"):
         references("foo + 1")
@@ -121,11 +132,11 @@ def test_references_name_nodes_params_and_roots():
 
 
 def test_the_evaluator_never_mutates_its_function_table():
-    from phpo.server.services import workflow_expressions as we
+    from phpo.server.workflows import expressions as we
 
     before = dict(we.FUNCTIONS)
     evaluate("len([1])", {})
-    assert we.FUNCTIONS == before
+    assert before == we.FUNCTIONS
 
 
 # --------------------------------------------------------------------------- analysis
@@ -140,12 +151,25 @@ def _job(name, **kw):
 
 
 def test_dependencies_come_from_after_and_from_references():
-    an = analyse(_spec([
-        _job("a"), _job("b", inputs={"v": "${{ nodes.a.outputs.v }}"}), _job("c", after=["a", "b"]),
-        {"name": "l", "kind": "loop", "max_iterations": 3, "while": "nodes.inner.outputs.go and nodes.c.status",
-         "nodes": [_job("inner", inputs={"v": "${{ nodes.b.outputs.v }} ${{ loop.iteration }}"}),
-                   _job("inner2", inputs={"v": "${{ nodes.inner.outputs.v }}"})]},
-    ]))
+    an = analyse(
+        _spec(
+            [
+                _job("a"),
+                _job("b", inputs={"v": "${{ nodes.a.outputs.v }}"}),
+                _job("c", after=["a", "b"]),
+                {
+                    "name": "l",
+                    "kind": "loop",
+                    "max_iterations": 3,
+                    "while": "nodes.inner.outputs.go and nodes.c.status",
+                    "nodes": [
+                        _job("inner", inputs={"v": "${{ nodes.b.outputs.v }} ${{ loop.iteration }}"}),
+                        _job("inner2", inputs={"v": "${{ nodes.inner.outputs.v }}"}),
+                    ],
+                },
+            ]
+        )
+    )
     assert an.nodes["b"].deps == {"a"} and an.nodes["c"].deps == {"a", "b"}
     # a body node reading an outer node makes the loop wait for it; so does the while
     assert an.nodes["l"].deps == {"b", "c"}
@@ -157,8 +181,19 @@ def test_a_self_reference_and_a_loop_reading_itself_are_refused():
     with pytest.raises(DefinitionError, match="its own results"):
         analyse(_spec([_job("a", inputs={"v": "${{ nodes.a.outputs }}"})]))
     with pytest.raises(DefinitionError, match="loop.iteration"):
-        analyse(_spec([{"name": "l", "kind": "loop", "max_iterations": 2, "while": True,
-                        "nodes": [_job("x", inputs={"v": "${{ nodes.l.iterations }}"})]}]))
+        analyse(
+            _spec(
+                [
+                    {
+                        "name": "l",
+                        "kind": "loop",
+                        "max_iterations": 2,
+                        "while": True,
+                        "nodes": [_job("x", inputs={"v": "${{ nodes.l.iterations }}"})],
+                    }
+                ]
+            )
+        )
 
 
 def test_params_overrides_must_be_declared():
@@ -180,7 +215,7 @@ def test_the_published_json_schema_is_up_to_date():
 
 @pytest.mark.parametrize("name", ["hpo_then_train.yaml", "active_learning.yaml"])
 def test_examples_pass_every_submit_check(name):
-    from phpo.server.services.workflow_engine import task_check
+    from phpo.server.workflows.engine import task_check
 
     raw = yaml.safe_load((ROOT / "examples" / "workflows" / name).read_text())
     spec = parse_definition(raw)

@@ -18,8 +18,13 @@ def _server(tmp_path, database_url=None) -> LiveServer:
     port = free_port()
     d = tmp_path / "server"
     d.mkdir()
-    s = LiveServer(url=f"http://127.0.0.1:{port}", port=port, data_dir=d, database_url=database_url,
-                   args=["--manager-interval", "0.3", "--lease-seconds", "10"])
+    s = LiveServer(
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        data_dir=d,
+        database_url=database_url,
+        args=["--manager-interval", "0.3", "--lease-seconds", "10"],
+    )
     s.start()
     return s
 
@@ -30,11 +35,21 @@ def test_server_restart_mid_workflow_continues_where_it_was(tmp_path):
     try:
         user = User(server, server.user_token)
         payloads = write_payloads(tmp_path / "payloads")
-        definition = {"name": "durable", "nodes": [
-            hpo("search", max_points=4, sleep=0.7),
-            {"name": "again", "kind": "loop", "max_iterations": 2, "while": True,
-             "nodes": [job("use", inputs={"value": "${{ nodes.search.best.params.x }}", "sleep": 0.3})]},
-        ]}
+        definition = {
+            "name": "durable",
+            "nodes": [
+                hpo("search", max_points=4, sleep=0.7),
+                {
+                    "name": "again",
+                    "kind": "loop",
+                    "max_iterations": 2,
+                    "while": True,
+                    "nodes": [
+                        job("use", inputs={"value": "${{ nodes.search.best.params.x }}", "sleep": 0.3})
+                    ],
+                },
+            ],
+        }
         wid = user.submit(definition, payloads).id
         # kill -9 while the HPO node's task is half done
         deadline = time.monotonic() + 40
@@ -78,10 +93,15 @@ def test_workflow_runs_on_postgresql(tmp_path, pg_url):
     try:
         user = User(server, server.user_token)
         payloads = write_payloads(tmp_path / "payloads")
-        definition = {"name": "pg", "params": {"items": [1, 2]}, "nodes": [
-            job("fan", for_each="${{ params.items }}", inputs={"value": "${{ item }}"}),
-            job("sum", inputs={"value": "${{ sum([r.outputs.double for r in nodes.fan.results]) }}"}),
-        ], "outputs": {"total": "${{ nodes.sum.outputs.value }}"}}
+        definition = {
+            "name": "pg",
+            "params": {"items": [1, 2]},
+            "nodes": [
+                job("fan", for_each="${{ params.items }}", inputs={"value": "${{ item }}"}),
+                job("sum", inputs={"value": "${{ sum([r.outputs.double for r in nodes.fan.results]) }}"}),
+            ],
+            "outputs": {"total": "${{ nodes.sum.outputs.value }}"},
+        }
         wf = user.wait(user.submit(definition, payloads).id, timeout=60, agent_log=tmp_path / "agent.log")
         assert wf.state.value == "succeeded", wf.message
         assert wf.outputs == {"total": 6}

@@ -23,10 +23,23 @@ pytestmark = pytest.mark.slow
 
 
 def test_hpo_then_train_example_runs_to_completion(user, agent):
-    p = run_phpo("workflow", "submit", str(EXAMPLES / "hpo_then_train.yaml"), "--param", f"python={PY}",
-                 "--param", "max_points=4", "--param", "seeds=[3, 4, 5]", "--json", env=user.env)
+    p = run_phpo(
+        "workflow",
+        "submit",
+        str(EXAMPLES / "hpo_then_train.yaml"),
+        "--param",
+        f"python={PY}",
+        "--param",
+        "max_points=4",
+        "--param",
+        "seeds=[3, 4, 5]",
+        "--json",
+        env=user.env,
+    )
     wid = json.loads(p.stdout)["id"]
-    w = run_phpo("workflow", "wait", str(wid), "--json", "--poll", "0.3", env=user.env, check=False, timeout=120)
+    w = run_phpo(
+        "workflow", "wait", str(wid), "--json", "--poll", "0.3", env=user.env, check=False, timeout=120
+    )
     assert w.returncode == 0, w.stdout + w.stderr
     wf = user.get(wid)
     assert wf.state.value == "succeeded", wf.message
@@ -51,8 +64,19 @@ def test_hpo_then_train_example_runs_to_completion(user, agent):
 
 def test_active_learning_example_loops_until_its_condition(user, agent):
     # target 0.25: the rounds' errors are 0.7, 0.3, 0.2 -> the third round stops the loop
-    p = run_phpo("workflow", "submit", str(EXAMPLES / "active_learning.yaml"), "--param", f"python={PY}",
-                 "--param", "target=0.25", "--wait", env=user.env, check=False, timeout=150)
+    p = run_phpo(
+        "workflow",
+        "submit",
+        str(EXAMPLES / "active_learning.yaml"),
+        "--param",
+        f"python={PY}",
+        "--param",
+        "target=0.25",
+        "--wait",
+        env=user.env,
+        check=False,
+        timeout=150,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "iteration 3" in p.stdout and "iteration 4" not in p.stdout
     with user.client() as c:
@@ -82,8 +106,11 @@ def test_a_false_condition_skips_its_branch_and_a_true_one_runs(user, agent, pay
             job("measure", inputs={"value": 3}),
             job("big", when="${{ nodes.measure.outputs.value > params.threshold }}", inputs={"value": 1}),
             job("after_big", inputs={"value": "${{ nodes.big.outputs.double }}"}),
-            job("small", when="nodes.measure.outputs.value <= params.threshold",
-                inputs={"value": "${{ nodes.measure.outputs.double }}"}),
+            job(
+                "small",
+                when="nodes.measure.outputs.value <= params.threshold",
+                inputs={"value": "${{ nodes.measure.outputs.double }}"},
+            ),
             job("join", after=["after_big", "small"], trigger="none_failed", inputs={"value": 1}),
         ],
     }
@@ -97,23 +124,44 @@ def test_a_false_condition_skips_its_branch_and_a_true_one_runs(user, agent, pay
     assert nodes["join"].state.value == "done"
     # only the nodes that ran made tasks
     assert sorted(t["id"] for t in tasks_of(user)) == sorted(
-        n.task_id for n in nodes.values() if n.task_id is not None)
+        n.task_id for n in nodes.values() if n.task_id is not None
+    )
     assert len(tasks_of(user)) == 3
 
 
 def test_loops_stop_at_their_condition_and_at_their_maximum(user, agent, payloads):
-    step = job("step", inputs={"value": "${{ loop.iteration }}",
-                               "prev": "${{ loop.previous.step.outputs.value if loop.previous else 0 }}"})
+    step = job(
+        "step",
+        inputs={
+            "value": "${{ loop.iteration }}",
+            "prev": "${{ loop.previous.step.outputs.value if loop.previous else 0 }}",
+        },
+    )
     definition = {
         "name": "loops",
         "nodes": [
-            {"name": "until_three", "kind": "loop", "max_iterations": 10,
-             "while": "${{ nodes.step.outputs.value < 3 }}", "nodes": [step]},
-            {"name": "forever", "kind": "loop", "max_iterations": 2, "while": True,
-             "nodes": [job("tick", inputs={"value": "${{ loop.iteration }}"})]},
-            job("report", inputs={"value": "${{ nodes.until_three.last.step.outputs.value }}",
-                                  "all": "${{ [it.step.outputs.value for it in nodes.until_three.results] }}",
-                                  "ticks": "${{ nodes.forever.iterations }}"}),
+            {
+                "name": "until_three",
+                "kind": "loop",
+                "max_iterations": 10,
+                "while": "${{ nodes.step.outputs.value < 3 }}",
+                "nodes": [step],
+            },
+            {
+                "name": "forever",
+                "kind": "loop",
+                "max_iterations": 2,
+                "while": True,
+                "nodes": [job("tick", inputs={"value": "${{ loop.iteration }}"})],
+            },
+            job(
+                "report",
+                inputs={
+                    "value": "${{ nodes.until_three.last.step.outputs.value }}",
+                    "all": "${{ [it.step.outputs.value for it in nodes.until_three.results] }}",
+                    "ticks": "${{ nodes.forever.iterations }}",
+                },
+            ),
         ],
     }
     wf = user.wait(user.submit(definition, payloads).id, agent_log=agent)
@@ -127,8 +175,13 @@ def test_loops_stop_at_their_condition_and_at_their_maximum(user, agent, payload
     assert [s.iteration for s in steps] == [1, 2, 3]
     assert [s.results["outputs"]["prev"] for s in steps] == [0, 1, 2]
     assert [c.path for c in cap.children] == ["forever#1.tick", "forever#2.tick"]
-    assert nodes["report"].results["outputs"] == {"value": 3, "all": [1, 2, 3], "ticks": 2, "double": 6,
-                                                  "loss": 3.0}
+    assert nodes["report"].results["outputs"] == {
+        "value": 3,
+        "all": [1, 2, 3],
+        "ticks": 2,
+        "double": 6,
+        "loss": 3.0,
+    }
 
 
 def test_a_failing_node_fails_its_dependants_and_the_workflow(user, agent, payloads):
@@ -139,8 +192,12 @@ def test_a_failing_node_fails_its_dependants_and_the_workflow(user, agent, paylo
             job("child", inputs={"value": "${{ nodes.broken.outputs.value }}"}),
             job("grandchild", after=["child"]),
             job("independent", inputs={"value": 7}),
-            job("cleanup", after=["broken"], trigger="all_done",
-                inputs={"status": "${{ nodes.broken.status }}"}),
+            job(
+                "cleanup",
+                after=["broken"],
+                trigger="all_done",
+                inputs={"status": "${{ nodes.broken.status }}"},
+            ),
         ],
     }
     wf = user.wait(user.submit(definition, payloads).id, agent_log=agent)
@@ -151,22 +208,32 @@ def test_a_failing_node_fails_its_dependants_and_the_workflow(user, agent, paylo
     assert "failing on purpose" in nodes["broken"].message  # the payload's own stderr
     assert nodes["child"].state.value == "failed" and nodes["child"].task_id is None
     assert nodes["child"].message == "dependency 'broken' failed"
-    assert nodes["grandchild"].state.value == "failed" and nodes["grandchild"].message == "dependency 'child' failed"
+    assert (
+        nodes["grandchild"].state.value == "failed"
+        and nodes["grandchild"].message == "dependency 'child' failed"
+    )
     assert nodes["independent"].state.value == "done"
     assert nodes["cleanup"].state.value == "done"
     assert nodes["cleanup"].results["outputs"]["status"] == "failed"
 
 
 def test_sub_workflow_runs_with_params_and_hands_back_outputs(user, agent, payloads):
-    inner = {"name": "inner", "params": {"v": 1},
-             "nodes": [job("twice", inputs={"value": "${{ params.v }}"})],
-             "outputs": {"result": "${{ nodes.twice.outputs.double }}"}}
+    inner = {
+        "name": "inner",
+        "params": {"v": 1},
+        "nodes": [job("twice", inputs={"value": "${{ params.v }}"})],
+        "outputs": {"result": "${{ nodes.twice.outputs.double }}"},
+    }
     definition = {
         "name": "outer",
         "nodes": [
             job("first", inputs={"value": 4}),
-            {"name": "sub", "kind": "workflow", "workflow": inner,
-             "params": {"v": "${{ nodes.first.outputs.double }}"}},
+            {
+                "name": "sub",
+                "kind": "workflow",
+                "workflow": inner,
+                "params": {"v": "${{ nodes.first.outputs.double }}"},
+            },
             job("last", inputs={"value": "${{ nodes.sub.outputs.result }}"}),
         ],
         "outputs": {"final": "${{ nodes.last.outputs.double }}"},
@@ -184,11 +251,14 @@ def test_sub_workflow_runs_with_params_and_hands_back_outputs(user, agent, paylo
 
 
 def test_cancel_cancels_every_running_node_and_its_task(user, agent, payloads):
-    definition = {"name": "long", "nodes": [
-        job("slow", inputs={"sleep": 60}),
-        hpo("search", max_points=50, sleep=30),
-        job("later", after=["slow"]),
-    ]}
+    definition = {
+        "name": "long",
+        "nodes": [
+            job("slow", inputs={"sleep": 60}),
+            hpo("search", max_points=50, sleep=30),
+            job("later", after=["slow"]),
+        ],
+    }
     wid = user.submit(definition, payloads).id
     with user.client() as c:
         deadline = time.monotonic() + 30
@@ -201,8 +271,11 @@ def test_cancel_cancels_every_running_node_and_its_task(user, agent, payloads):
         assert "cancelled" in out.stdout
         wf = c.workflow(wid)
         assert wf.state.value == "cancelled"
-        assert {n.name: n.state.value for n in wf.nodes} == {"slow": "cancelled", "search": "cancelled",
-                                                              "later": "cancelled"}
+        assert {n.name: n.state.value for n in wf.nodes} == {
+            "slow": "cancelled",
+            "search": "cancelled",
+            "later": "cancelled",
+        }
         for n in wf.nodes:
             if n.task_id is not None:
                 assert c.task(n.task_id).state.value == "cancelled"
@@ -246,18 +319,33 @@ def test_values_known_only_at_run_time_fail_their_node_with_a_clear_message(user
     assert "maxPoints" in nodes["budget"].message and "greater than or equal to 1" in nodes["budget"].message
     assert nodes["many"].state.value == "failed" and "for_each must give a list" in nodes["many"].message
     assert nodes["missing"].state.value == "failed"
-    assert "'nope' is not in nodes.a.outputs" in nodes["missing"].message and "label" in nodes["missing"].message
+    assert (
+        "'nope' is not in nodes.a.outputs" in nodes["missing"].message and "label" in nodes["missing"].message
+    )
     assert nodes["fine"].state.value == "done" and nodes["fine"].results["outputs"]["v"] == -2
 
 
 def test_an_hpo_node_whose_points_all_failed_fails_as_phpo_wait_says(user, agent, payloads):
     """The workflow engine and the CLI share one meaning of "failed": a task without a single
     evaluated point failed; its hpo node fails, and both waits exit 1."""
-    search = {"name": "search", "kind": "hpo", "spec": {
-        "evaluationExec": f"{PY} job.py", "optimizer": "grid", "maxPoints": 2, "maxAttempts": 1,
-        "searchSpace": {"x": {"type": "int", "low": 0, "high": 1}, "fail": {"type": "fixed", "value": True}}}}
+    search = {
+        "name": "search",
+        "kind": "hpo",
+        "spec": {
+            "evaluationExec": f"{PY} job.py",
+            "optimizer": "grid",
+            "maxPoints": 2,
+            "maxAttempts": 1,
+            "searchSpace": {
+                "x": {"type": "int", "low": 0, "high": 1},
+                "fail": {"type": "fixed", "value": True},
+            },
+        },
+    }
     wid = user.submit({"name": "all-failed", "nodes": [search, job("after", after=["search"])]}, payloads).id
-    w = run_phpo("workflow", "wait", str(wid), "--json", "--poll", "0.3", env=user.env, check=False, timeout=120)
+    w = run_phpo(
+        "workflow", "wait", str(wid), "--json", "--poll", "0.3", env=user.env, check=False, timeout=120
+    )
     assert w.returncode == 1, w.stdout + w.stderr
     nodes = by_path(user.get(wid))
     assert nodes["search"].state.value == "failed" and "no point was evaluated" in nodes["search"].message

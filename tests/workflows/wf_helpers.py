@@ -55,9 +55,18 @@ def hpo(name: str, max_points: int = 3, sleep: float = 0, **kw: Any) -> dict[str
     space: dict[str, Any] = {"x": {"type": "int", "low": 0, "high": 4}}
     if sleep:
         space["sleep"] = {"type": "fixed", "value": sleep}
-    return {"name": name, "kind": "hpo", "spec": {"evaluationExec": f"{PY} quad.py", "optimizer": "grid",
-                                                  "searchSpace": space, "maxPoints": max_points,
-                                                  "nParallelEvaluation": 2}, **kw}
+    return {
+        "name": name,
+        "kind": "hpo",
+        "spec": {
+            "evaluationExec": f"{PY} quad.py",
+            "optimizer": "grid",
+            "searchSpace": space,
+            "maxPoints": max_points,
+            "nParallelEvaluation": 2,
+        },
+        **kw,
+    }
 
 
 @dataclass

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from phpo.schemas.artifacts import Artifact
 from starlette.concurrency import run_in_threadpool
 
-from ...services import uploads
+from .. import uploads
 from ..deps import AnyCaller, Ctx, UserCaller
 from ..params import ArtifactName, Id
 
@@ -18,8 +18,9 @@ router = APIRouter(tags=["artifacts"])
 
 
 @router.put("/sandboxes", response_model=Artifact, status_code=201)
-async def put_sandbox(request: Request, ctx: Ctx, caller: UserCaller,
-                      name: ArtifactName = "sandbox.tar.gz") -> Artifact:
+async def put_sandbox(
+    request: Request, ctx: Ctx, caller: UserCaller, name: ArtifactName = "sandbox.tar.gz"
+) -> Artifact:
     """The raw body is the sandbox tarball (the user's *.json *.py *.sh *.yaml files)."""
     return await uploads.upload_sandbox(ctx, request, caller, name)
 
@@ -32,9 +33,14 @@ async def get_artifact(artifact_id: Id, ctx: Ctx, caller: AnyCaller) -> Streamin
     row = await run_in_threadpool(uploads.artifact_for_download, ctx, caller, artifact_id)
     chunks = await run_in_threadpool(uploads.open_artifact, ctx, row)
     return StreamingResponse(
-        chunks, media_type="application/octet-stream",
-        headers={"Content-Length": str(row.size), "X-Checksum-Sha256": row.sha256, "ETag": f'"{row.sha256}"',
-                 "Content-Disposition": content_disposition(row.name)},
+        chunks,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(row.size),
+            "X-Checksum-Sha256": row.sha256,
+            "ETag": f'"{row.sha256}"',
+            "Content-Disposition": content_disposition(row.name),
+        },
     )
 
 

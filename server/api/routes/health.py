@@ -21,12 +21,21 @@ def _version() -> str:
         return "0+unknown"
 
 
-@router.get("/health", response_model=Health, responses={
-    503: {"model": Health, "description": "the database or the artifact store is not usable: see problems"}})
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={
+        503: {
+            "model": Health,
+            "description": "the database or the artifact store is not usable: see problems",
+        }
+    },
+)
 def health(ctx: Ctx):
     problems = ctx.health.problems()
-    body = Health(status="failing" if problems else "ok", version=_version(), database=ctx.db.backend,
-                  problems=problems)
+    body = Health(
+        status="failing" if problems else "ok", version=_version(), database=ctx.db.backend, problems=problems
+    )
     if problems:
         return JSONResponse(status_code=503, content=body.model_dump(mode="json"))
     return body

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...auth.identity import Caller
 from ...context import AppContext
-from ...services import uploads
+from .. import uploads
 from ..deps import AgentCaller, Ctx
 from ..params import ArtifactName, Id, OptionalId
 
@@ -77,8 +77,26 @@ def fail(job_id: Id, body: FailRequest, ctx: Ctx, caller: AgentCaller) -> JobAck
     return ctx.broker.fail(caller, job_id, body)
 
 
+@router.get("/{job_id}/specs", response_model=list[Artifact])
+def task_specs(job_id: Id, ctx: Ctx, caller: AgentCaller) -> list[Artifact]:
+    """The ``specs`` artifacts of the job's task (download each with ``GET /artifacts/{id}``).
+    404 for a job that does not exist or was not leased with this token."""
+    return uploads.task_specs(ctx, caller, job_id)
+
+
 @router.put("/{job_id}/artifacts/{kind}", response_model=Artifact, status_code=201)
-async def put_artifact(job_id: Id, kind: ArtifactKind, request: Request, ctx: Ctx, caller: AgentCaller,
-                       name: ArtifactName | None = None, point_id: OptionalId = None) -> Artifact:
-    """Raw body. A checkpoint (``?point_id=`` required) replaces the point's previous one."""
-    return await uploads.upload_job_artifact(ctx, request, caller, job_id, kind.value, name or kind.value, point_id)
+async def put_artifact(
+    job_id: Id,
+    kind: ArtifactKind,
+    request: Request,
+    ctx: Ctx,
+    caller: AgentCaller,
+    name: ArtifactName | None = None,
+    point_id: OptionalId = None,
+) -> Artifact:
+    """Raw body. A checkpoint (``?point_id=`` required) replaces the point's previous one. Specs
+    (``name=specs-<content key>.json``, at most 8 MiB) belong to the job's task; the first upload
+    of a name wins and a second answers 409."""
+    return await uploads.upload_job_artifact(
+        ctx, request, caller, job_id, kind.value, name or kind.value, point_id
+    )

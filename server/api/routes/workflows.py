@@ -1,7 +1,7 @@
 """Workflows of the calling user: submit, list, inspect (the node tree), cancel.
 
 Another user's workflow answers 404, as for tasks. The definition is checked node by node
-before anything is stored (see :mod:`phpo.server.services.workflow_validation`).
+before anything is stored (see :mod:`phpo.server.workflows.validation`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,20 @@ async def create_workflow(request: Request, ctx: Ctx, caller: UserCaller) -> Wor
 
 
 @router.get("", response_model=Page[Workflow])
-def get_workflows(ctx: Ctx, caller: UserCaller, state: str | None = None, name: str | None = None,
-                  limit: Limit = 50, offset: Offset = 0, sort: str | None = None) -> Page[Workflow]:
+def get_workflows(
+    ctx: Ctx,
+    caller: UserCaller,
+    state: str | None = None,
+    name: str | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    sort: str | None = None,
+) -> Page[Workflow]:
     states = [x.strip() for x in state.split(",") if x.strip()] if state else None
     with ctx.db.read() as s:
-        items, total = list_workflows(s, caller, state=states, name=name, limit=limit, offset=offset, sort=sort)
+        items, total = list_workflows(
+            s, caller, state=states, name=name, limit=limit, offset=offset, sort=sort
+        )
     return Page[Workflow](items=items, total=total, limit=limit, offset=offset)
 
 

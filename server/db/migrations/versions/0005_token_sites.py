@@ -13,22 +13,24 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0005_token_sites'
-down_revision: str | None = '0004_mlflow_artifacts'
+revision: str = "0005_token_sites"
+down_revision: str | None = "0004_mlflow_artifacts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('tokens', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('sites', sa.JSON(), nullable=True))
+    with op.batch_alter_table("tokens", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("sites", sa.JSON(), nullable=True))
     live = "FROM tokens t WHERE t.name = jobs.holder AND t.revoked = :no"
-    op.get_bind().execute(sa.text(
-        f"UPDATE jobs SET holder = holder || '#' || CAST((SELECT MIN(t.id) {live}) AS VARCHAR(20)) "
-        f"WHERE state = 'running' AND holder IS NOT NULL AND (SELECT COUNT(*) {live}) = 1"
-    ).bindparams(sa.bindparam("no", False, type_=sa.Boolean())))
+    op.get_bind().execute(
+        sa.text(
+            f"UPDATE jobs SET holder = holder || '#' || CAST((SELECT MIN(t.id) {live}) AS VARCHAR(20)) "
+            f"WHERE state = 'running' AND holder IS NOT NULL AND (SELECT COUNT(*) {live}) = 1"
+        ).bindparams(sa.bindparam("no", False, type_=sa.Boolean()))
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('tokens', schema=None) as batch_op:
-        batch_op.drop_column('sites')
+    with op.batch_alter_table("tokens", schema=None) as batch_op:
+        batch_op.drop_column("sites")

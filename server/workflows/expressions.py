@@ -39,19 +39,74 @@ _EXPR = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 _WHOLE = re.compile(r"^\s*\$\{\{(.*?)\}\}\s*$", re.DOTALL)
 
 FUNCTIONS: dict[str, Any] = {
-    "len": len, "min": min, "max": max, "sum": sum, "abs": abs, "round": round, "int": int,
-    "float": float, "str": str, "bool": bool, "any": any, "all": all, "sorted": sorted,
+    "len": len,
+    "min": min,
+    "max": max,
+    "sum": sum,
+    "abs": abs,
+    "round": round,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "any": any,
+    "all": all,
+    "sorted": sorted,
 }
-CONSTANTS: dict[str, Any] = {"True": True, "False": False, "None": None, "true": True, "false": False,
-                             "null": None}
+CONSTANTS: dict[str, Any] = {
+    "True": True,
+    "False": False,
+    "None": None,
+    "true": True,
+    "false": False,
+    "null": None,
+}
 ROOTS = ("params", "nodes", "item", "loop", "workflow")
 
 _ALLOWED_AST = (
-    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div,
-    ast.FloorDiv, ast.Mod, ast.Pow, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.Compare, ast.Eq,
-    ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Is, ast.IsNot, ast.IfExp,
-    ast.Call, ast.keyword, ast.Constant, ast.Name, ast.Load, ast.Store, ast.Attribute, ast.Subscript,
-    ast.Slice, ast.List, ast.Tuple, ast.Dict, ast.ListComp, ast.GeneratorExp, ast.comprehension,
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.Pow,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Is,
+    ast.IsNot,
+    ast.IfExp,
+    ast.Call,
+    ast.keyword,
+    ast.Constant,
+    ast.Name,
+    ast.Load,
+    ast.Store,
+    ast.Attribute,
+    ast.Subscript,
+    ast.Slice,
+    ast.List,
+    ast.Tuple,
+    ast.Dict,
+    ast.ListComp,
+    ast.GeneratorExp,
+    ast.comprehension,
 )
 
 
@@ -108,7 +163,9 @@ def condition_source(value: str) -> str:
     if m:
         return m.group(1)
     if "${{" in value:
-        raise ExpressionError(f"{value!r}: a condition is one expression, '${{{{ ... }}}}' or a bare expression")
+        raise ExpressionError(
+            f"{value!r}: a condition is one expression, '${{{{ ... }}}}' or a bare expression"
+        )
     return value
 
 
@@ -122,8 +179,10 @@ def parse(expr: str) -> ast.Expression:
     if not src:
         raise ExpressionError("empty expression '${{ }}'")
     if len(src) > MAX_EXPRESSION_LENGTH:
-        raise ExpressionError(f"'{src[:60]}...': an expression has {len(src)} characters; at most "
-                              f"{MAX_EXPRESSION_LENGTH} are allowed")
+        raise ExpressionError(
+            f"'{src[:60]}...': an expression has {len(src)} characters; at most "
+            f"{MAX_EXPRESSION_LENGTH} are allowed"
+        )
     try:
         tree = ast.parse(src, mode="eval")
     except SyntaxError as e:
@@ -154,8 +213,12 @@ def references(expr: str) -> References:
         base = key = None
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             base, key = node.value, node.attr
-        elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
-              and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)):
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
             base, key = node.value, node.slice.value
         if base is not None and base.id in ("nodes", "params") and base.id not in local:
             keyed.add(id(base))
@@ -166,9 +229,7 @@ def references(expr: str) -> References:
         if node.id in FUNCTIONS or node.id in CONSTANTS:
             continue
         if node.id not in ROOTS:
-            raise ExpressionError(
-                f"'{src}': unknown name '{node.id}' (expressions read {', '.join(ROOTS)})"
-            )
+            raise ExpressionError(f"'{src}': unknown name '{node.id}' (expressions read {', '.join(ROOTS)})")
         if node.id in ("nodes", "params") and id(node) not in keyed:
             raise ExpressionError(f"'{src}': use {node.id}.<name>, not '{node.id}' alone")
         refs.roots.add(node.id)
@@ -216,8 +277,10 @@ def _bounded(value: Any, what: str | ast.AST) -> Any:
     n = value_size(value)
     if n > MAX_VALUE_ITEMS:
         what = what if isinstance(what, str) else f"'{ast.unparse(what)[:60]}'"
-        raise ExpressionError(f"{what} would hold more than {MAX_VALUE_ITEMS:,} elements or characters "
-                              f"(counted through nested lists); expressions are capped at that")
+        raise ExpressionError(
+            f"{what} would hold more than {MAX_VALUE_ITEMS:,} elements or characters "
+            f"(counted through nested lists); expressions are capped at that"
+        )
     return value
 
 
@@ -249,8 +312,10 @@ class _Evaluator(EvalWithCompoundTypes):
     def _eval(self, node: ast.AST) -> Any:
         self._steps += 1
         if self._steps > MAX_STEPS:
-            raise ExpressionError(f"the expression takes more than {MAX_STEPS:,} evaluation steps; "
-                                  "expressions are capped at that")
+            raise ExpressionError(
+                f"the expression takes more than {MAX_STEPS:,} evaluation steps; "
+                "expressions are capped at that"
+            )
         value = super()._eval(node)
         if isinstance(node, (ast.ListComp, ast.GeneratorExp, ast.Call, ast.BinOp)):
             _bounded(value, node)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from phpo.schemas.errors import validation_messages as _pydantic_messages
 from phpo.schemas.tasks import TaskSpec
 from phpo.schemas.workflows import (
     MAX_ITERATIONS,
@@ -30,12 +31,13 @@ from phpo.schemas.workflows import (
     HpoNode,
     JobNode,
     LoopNode,
+    ServeNode,
     WorkflowNode,
     WorkflowSpec,
 )
 from pydantic import ValidationError
 
-from .workflow_expressions import (
+from .expressions import (
     ExpressionError,
     References,
     condition_references,
@@ -45,7 +47,7 @@ from .workflow_expressions import (
     walk_strings,
 )
 
-AnyNode = HpoNode | JobNode | WorkflowNode | LoopNode
+AnyNode = HpoNode | JobNode | WorkflowNode | LoopNode | ServeNode
 JOB_SPACE_PLACEHOLDER = "_workflow_node"
 
 
@@ -58,21 +60,10 @@ class DefinitionError(ValueError):
 
 
 def _node_error(qual: str, what: str, message: str) -> DefinitionError:
-    return DefinitionError(f"node '{qual}': {what + ': ' if what else ''}{message}",
-                           field=f"nodes.{qual}" + (f".{what}" if what else ""))
-
-
-def _pydantic_messages(e: ValidationError) -> tuple[str, str]:
-    """(first location, all messages) of a pydantic error, without its boilerplate."""
-    parts, first = [], ""
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-"))
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-        first = first or loc
-    return first, "; ".join(parts)
+    return DefinitionError(
+        f"node '{qual}': {what + ': ' if what else ''}{message}",
+        field=f"nodes.{qual}" + (f".{what}" if what else ""),
+    )
 
 
 # --------------------------------------------------------------------------- form
@@ -82,8 +73,10 @@ def parse_definition(raw: Any, prefix: str = "") -> WorkflowSpec:
     """The :class:`WorkflowSpec` of ``raw``, each node checked on its own first so an error names
     it (``prefix`` qualifies the names of a sub-workflow's nodes: ``sub.inner``)."""
     if not isinstance(raw, dict):
-        raise DefinitionError(f"{prefix or 'definition'}: a workflow definition must be an object with "
-                              "name, params and nodes", field=prefix.rstrip(".") or "definition")
+        raise DefinitionError(
+            f"{prefix or 'definition'}: a workflow definition must be an object with name, params and nodes",
+            field=prefix.rstrip(".") or "definition",
+        )
     nodes = raw.get("nodes")
     if isinstance(nodes, list):
         _check_raw_nodes(nodes, prefix)
@@ -92,32 +85,51 @@ def parse_definition(raw: Any, prefix: str = "") -> WorkflowSpec:
     except ValidationError as e:
         loc, msg = _pydantic_messages(e)
         where = f"node '{prefix.rstrip('.')}': workflow" if prefix else "definition"
-        raise DefinitionError(f"{where}: {msg}", field=(f"nodes.{prefix}workflow" if prefix else "definition")
-                              + (f".{loc}" if loc else "")) from None
+        raise DefinitionError(
+            f"{where}: {msg}",
+            field=(f"nodes.{prefix}workflow" if prefix else "definition") + (f".{loc}" if loc else ""),
+        ) from None
 
 
 def _check_raw_nodes(nodes: list[Any], prefix: str) -> None:
     for i, raw in enumerate(nodes):
         if not isinstance(raw, dict):
-            raise DefinitionError(f"nodes[{i}]: a node must be an object with name and kind",
-                                  field=f"nodes[{i}]")
+            raise DefinitionError(
+                f"nodes[{i}]: a node must be an object with name and kind", field=f"nodes[{i}]"
+            )
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"nodes[{i}]: every node needs a name", field=f"nodes[{i}].name")
         qual = prefix + name
         if not re.match(NODE_NAME, name):
-            raise _node_error(qual, "name", "use letters, digits and '_' (not starting with a digit), so "
-                              "expressions can say nodes.<name>")
+            raise _node_error(
+                qual,
+                "name",
+                "use letters, digits and '_' (not starting with a digit), so "
+                "expressions can say nodes.<name>",
+            )
         kind = raw.get("kind")
         if kind not in NODE_MODELS:
             raise _node_error(qual, "kind", f"unknown kind {kind!r} (known: {', '.join(NODE_KINDS)})")
         if kind == "loop" and isinstance(raw.get("nodes"), list):
             _check_raw_nodes(raw["nodes"], prefix)
+        if kind == "serve" and (raw.get("task") is None) == (raw.get("model") is None):
+            raise _node_error(
+                qual,
+                "task",
+                "a serve node needs either 'task' (the task whose registered models "
+                "it serves, e.g. ${{ nodes.train.task_id }}) or 'model' (NAME:VERSION), not "
+                + ("both" if raw.get("task") is not None else "neither"),
+            )
         if kind == "workflow":
             if raw.get("workflow") is None:
                 if raw.get("file"):
-                    raise _node_error(qual, "file", f"{raw['file']!r} must be inlined as 'workflow:' before "
-                                      "submitting (phpo workflow submit does it)")
+                    raise _node_error(
+                        qual,
+                        "file",
+                        f"{raw['file']!r} must be inlined as 'workflow:' before "
+                        "submitting (phpo workflow submit does it)",
+                    )
                 raise _node_error(qual, "workflow", "a workflow node needs its definition under 'workflow:'")
             parse_definition(raw["workflow"], prefix=qual + ".")
         try:
@@ -150,7 +162,9 @@ class Analysis:
         return self.top if loop is None else self.bodies[loop]
 
 
-def iter_nodes(nodes: list[AnyNode], loops: tuple[str, ...] = ()) -> Iterator[tuple[AnyNode, tuple[str, ...]]]:
+def iter_nodes(
+    nodes: list[AnyNode], loops: tuple[str, ...] = ()
+) -> Iterator[tuple[AnyNode, tuple[str, ...]]]:
     for n in nodes:
         yield n, loops
         if isinstance(n, LoopNode):
@@ -172,10 +186,21 @@ def node_fields(node: AnyNode) -> list[tuple[str, Any, str]]:
     if isinstance(node, HpoNode):
         out.append(("spec", node.spec, "value"))
     elif isinstance(node, JobNode):
-        for f in ("exec", "container", "inputs", "input_file", "output_file", "site", "architecture", "sandbox"):
+        for f in (
+            "exec",
+            "container",
+            "inputs",
+            "input_file",
+            "output_file",
+            "site",
+            "architecture",
+            "sandbox",
+        ):
             out.append((f, getattr(node, f), "value"))
     elif isinstance(node, WorkflowNode):
         out.append(("params", node.params, "value"))
+    elif isinstance(node, ServeNode):
+        out += [("task", node.task, "value"), ("model", node.model, "value")]
     return out
 
 
@@ -202,8 +227,11 @@ def analyse(spec: WorkflowSpec, prefix: str = "") -> Analysis:
     bodies: dict[str, list[str]] = {}
     for node, loops in iter_nodes(list(spec.nodes)):
         if node.name in infos:
-            raise _node_error(prefix + node.name, "name", "used twice (node names are unique in a workflow, "
-                              "loop bodies included)")
+            raise _node_error(
+                prefix + node.name,
+                "name",
+                "used twice (node names are unique in a workflow, loop bodies included)",
+            )
         infos[node.name] = NodeInfo(node, loops)
         if isinstance(node, LoopNode):
             bodies[node.name] = [n.name for n in node.nodes]
@@ -213,13 +241,21 @@ def analyse(spec: WorkflowSpec, prefix: str = "") -> Analysis:
         """Record that a node whose group is ``reader_loops`` reads ``ref``."""
         if ref not in infos:
             close = [n for n in infos if n.lower() == ref.lower()]
-            raise _node_error(qual, what, f"unknown node '{ref}'" + (f" (did you mean '{close[0]}'?)" if close
-                                                                     else f" (nodes: {', '.join(infos)})"))
+            raise _node_error(
+                qual,
+                what,
+                f"unknown node '{ref}'"
+                + (f" (did you mean '{close[0]}'?)" if close else f" (nodes: {', '.join(infos)})"),
+            )
         ref_loops = infos[ref].loops
         if reader_loops[: len(ref_loops)] != ref_loops:
             inner = ref_loops[len(_common(reader_loops, ref_loops))]
-            raise _node_error(qual, what, f"node '{ref}' is inside loop '{inner}' and not visible here; read it "
-                              f"as nodes.{inner}.last.{ref} or nodes.{inner}.results[i].{ref}")
+            raise _node_error(
+                qual,
+                what,
+                f"node '{ref}' is inside loop '{inner}' and not visible here; read it "
+                f"as nodes.{inner}.last.{ref} or nodes.{inner}.results[i].{ref}",
+            )
         if len(ref_loops) == len(reader_loops):
             if ref == reader:
                 raise _node_error(qual, what, "a node cannot read its own results")
@@ -228,8 +264,11 @@ def analyse(spec: WorkflowSpec, prefix: str = "") -> Analysis:
             return
         holder = reader_loops[len(ref_loops)]  # the loop of ref's group that contains the reader
         if ref == holder:
-            raise _node_error(qual, what, f"inside loop '{ref}', read the loop's own state with loop.iteration "
-                              "and loop.previous")
+            raise _node_error(
+                qual,
+                what,
+                f"inside loop '{ref}', read the loop's own state with loop.iteration and loop.previous",
+            )
         infos[holder].deps.add(ref)
 
     for name, info in infos.items():
@@ -238,8 +277,12 @@ def analyse(spec: WorkflowSpec, prefix: str = "") -> Analysis:
             if dep not in infos:
                 raise _node_error(qual, "after", f"unknown node '{dep}' (nodes: {', '.join(infos)})")
             if infos[dep].loops != info.loops:
-                raise _node_error(qual, "after", f"'{dep}' is not in the same group as '{name}' (after names "
-                                  "nodes of the same loop body, or top-level nodes for top-level nodes)")
+                raise _node_error(
+                    qual,
+                    "after",
+                    f"'{dep}' is not in the same group as '{name}' (after names "
+                    "nodes of the same loop body, or top-level nodes for top-level nodes)",
+                )
             if dep == name:
                 raise _node_error(qual, "after", "a node cannot wait for itself")
             info.deps.add(dep)
@@ -252,8 +295,12 @@ def analyse(spec: WorkflowSpec, prefix: str = "") -> Analysis:
                     raise _node_error(qual, what, str(refs))
                 unknown = sorted(refs.params - declared)
                 if unknown:
-                    raise _node_error(qual, what, f"unknown parameter '{unknown[0]}' (params: "
-                                      f"{', '.join(sorted(declared)) or 'none declared'})")
+                    raise _node_error(
+                        qual,
+                        what,
+                        f"unknown parameter '{unknown[0]}' (params: "
+                        f"{', '.join(sorted(declared)) or 'none declared'})",
+                    )
                 if "item" in refs.roots and (fname == "for_each" or getattr(node, "for_each", None) is None):
                     raise _node_error(qual, what, "'item' exists only in the values of a node with for_each")
                 in_body = how == "body_condition" or bool(info.loops)
@@ -265,8 +312,12 @@ def analyse(spec: WorkflowSpec, prefix: str = "") -> Analysis:
                 for ref in sorted(refs.nodes):
                     if how == "body_condition":
                         if ref == name:
-                            raise _node_error(qual, what, "a loop's while reads its body's nodes and "
-                                              "loop.iteration, not the loop itself")
+                            raise _node_error(
+                                qual,
+                                what,
+                                "a loop's while reads its body's nodes and "
+                                "loop.iteration, not the loop itself",
+                            )
                         check_ref(qual, what, reader_loops, ref, None)
                     else:
                         check_ref(qual, what, reader_loops, ref, name)
@@ -287,8 +338,10 @@ def analyse(spec: WorkflowSpec, prefix: str = "") -> Analysis:
                     if ref not in infos:
                         raise ExpressionError(f"unknown node '{ref}'")
                     if infos[ref].loops:
-                        raise ExpressionError(f"node '{ref}' is inside loop '{infos[ref].loops[0]}'; read it "
-                                              f"as nodes.{infos[ref].loops[0]}.last...")
+                        raise ExpressionError(
+                            f"node '{ref}' is inside loop '{infos[ref].loops[0]}'; read it "
+                            f"as nodes.{infos[ref].loops[0]}.last..."
+                        )
         except ExpressionError as e:
             where = f"node '{prefix.rstrip('.')}': workflow outputs" if prefix else "outputs"
             raise DefinitionError(f"{where}.{key}: {e}", field=f"outputs.{key}") from None
@@ -309,9 +362,12 @@ def _check_cycles(group: list[str], infos: dict[str, NodeInfo], prefix: str) -> 
         state[n] = 1
         for d in sorted(infos[n].deps):
             if state.get(d) == 1:
-                cycle = path[path.index(d):] + [d] if d in path else [n, d]
-                raise _node_error(prefix + d, "after", "dependency cycle " + " -> ".join(cycle)
-                                  + " (only a loop may repeat nodes)")
+                cycle = path[path.index(d) :] + [d] if d in path else [n, d]
+                raise _node_error(
+                    prefix + d,
+                    "after",
+                    "dependency cycle " + " -> ".join(cycle) + " (only a loop may repeat nodes)",
+                )
             if state.get(d) is None:
                 visit(d, path + [d])
         state[n] = 2
@@ -327,8 +383,11 @@ def _check_cycles(group: list[str], infos: dict[str, NodeInfo], prefix: str) -> 
 def merge_params(spec: WorkflowSpec, overrides: dict[str, Any], where: str = "params") -> dict[str, Any]:
     unknown = sorted(set(overrides) - set(spec.params))
     if unknown:
-        raise DefinitionError(f"{where}: unknown parameter '{unknown[0]}' (the workflow declares: "
-                              f"{', '.join(sorted(spec.params)) or 'none'})", field=f"{where}.{unknown[0]}")
+        raise DefinitionError(
+            f"{where}: unknown parameter '{unknown[0]}' (the workflow declares: "
+            f"{', '.join(sorted(spec.params)) or 'none'})",
+            field=f"{where}.{unknown[0]}",
+        )
     return {**spec.params, **overrides}
 
 
@@ -342,12 +401,23 @@ def job_task_spec(node: JobNode, values: dict[str, Any], *, name: str, sandbox: 
     if not space:
         space = {JOB_SPACE_PLACEHOLDER: {"type": "fixed", "value": name}}
     spec: dict[str, Any] = {
-        "outDS": name[:250], "evaluationExec": values["exec"], "searchSpace": space, "optimizer": "grid",
-        "maxPoints": 1, "nParallelEvaluation": 1, "nPointsPerIteration": 1, "maxAttempts": node.max_attempts,
-        "maxEvaluationJobs": node.max_attempts, "evaluationInput": values["input_file"],
+        "outDS": name[:250],
+        "evaluationExec": values["exec"],
+        "searchSpace": space,
+        "optimizer": "grid",
+        "maxPoints": 1,
+        "nParallelEvaluation": 1,
+        "nPointsPerIteration": 1,
+        "maxAttempts": node.max_attempts,
+        "maxEvaluationJobs": node.max_attempts,
+        "evaluationInput": values["input_file"],
         "evaluationOutput": values["output_file"],
     }
-    for key, target in (("container", "evaluationContainer"), ("site", "site"), ("architecture", "architecture")):
+    for key, target in (
+        ("container", "evaluationContainer"),
+        ("site", "site"),
+        ("architecture", "architecture"),
+    ):
         if values.get(key) is not None:
             spec[target] = values[key]
     if node.timeout is not None:
@@ -381,8 +451,9 @@ def probe_names(spec: WorkflowSpec, params: dict[str, Any]) -> dict[str, Any]:
 TaskCheck = Callable[[TaskSpec], None]
 
 
-def check_definition(spec: WorkflowSpec, params: dict[str, Any], task_check: TaskCheck | None = None,
-                     prefix: str = "") -> Analysis:
+def check_definition(
+    spec: WorkflowSpec, params: dict[str, Any], task_check: TaskCheck | None = None, prefix: str = ""
+) -> Analysis:
     """Everything :func:`analyse` checks, plus what params alone decide: loop limits, each task
     spec's form (values that depend on other nodes are checked when the node runs) and, for
     sub-workflows, their params and definitions."""
@@ -425,8 +496,9 @@ def check_max_iterations(value: Any) -> int:
     return value
 
 
-def _probe_hpo(node: HpoNode, qual: str, params: dict[str, Any], names: dict[str, Any],
-               task_check: TaskCheck | None) -> None:
+def _probe_hpo(
+    node: HpoNode, qual: str, params: dict[str, Any], names: dict[str, Any], task_check: TaskCheck | None
+) -> None:
     probe: dict[str, Any] = {}
     runtime: list[str] = []
     for key, value in node.spec.items():
@@ -457,8 +529,9 @@ def _probe_hpo(node: HpoNode, qual: str, params: dict[str, Any], names: dict[str
             raise _node_error(qual, "spec", str(e)) from None
 
 
-def _probe_job(node: JobNode, qual: str, params: dict[str, Any], names: dict[str, Any],
-               task_check: TaskCheck | None) -> None:
+def _probe_job(
+    node: JobNode, qual: str, params: dict[str, Any], names: dict[str, Any], task_check: TaskCheck | None
+) -> None:
     values: dict[str, Any] = {}
     complete = True
     for f in ("exec", "container", "input_file", "output_file", "site", "architecture", "sandbox"):
@@ -485,8 +558,12 @@ def _probe_job(node: JobNode, qual: str, params: dict[str, Any], names: dict[str
         ts = TaskSpec.model_validate(job_task_spec(node, values, name=qual, sandbox=None))
     except ValidationError as e:
         loc, msg = _pydantic_messages(e)
-        field = {"evaluationExec": "exec", "evaluationContainer": "container", "evaluationInput": "input_file",
-                 "evaluationOutput": "output_file"}.get(loc.split(".")[0], loc)
+        field = {
+            "evaluationExec": "exec",
+            "evaluationContainer": "container",
+            "evaluationInput": "input_file",
+            "evaluationOutput": "output_file",
+        }.get(loc.split(".")[0], loc)
         raise _node_error(qual, field, msg) from None
     if task_check is not None and complete:
         try:

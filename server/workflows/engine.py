@@ -1,7 +1,8 @@
 """The workflow engine: submits, cancels and advances DAG workflows.
 
-One background thread makes a pass every ``interval`` seconds (and at once when woken by a
-submit). A pass looks at every running workflow and, when something can move (a node whose
+One background thread (a :class:`~phpo.server.services.background.BackgroundLoop`) makes a
+pass every ``interval`` seconds (and at once when woken by a submit). The SQL it runs is in
+:mod:`phpo.server.repositories.workflows`. A pass looks at every running workflow and, when something can move (a node whose
 dependencies ended, a node's task or sub-workflow that ended, a loop iteration or fan-out
 that completed), advances it in **one write transaction with the workflow row locked**:
 
@@ -32,38 +33,55 @@ Node results (what ``nodes.<name>`` reads): ``status`` and ``message`` for every
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
+from typing import Any, Protocol
 
 from phpo.schemas.api import Role
-from phpo.schemas.states import TERMINAL_TASK_STATES, task_succeeded
+from phpo.schemas.states import (
+    TERMINAL_NODE_STATES,
+    TERMINAL_TASK_STATES,
+    TERMINAL_WORKFLOW_STATES,
+    task_succeeded,
+)
 from phpo.schemas.tasks import TaskSpec
 from phpo.schemas.workflows import (
     HpoNode,
     JobNode,
     LoopNode,
+    ServeNode,
     Workflow,
     WorkflowNode,
     WorkflowSpec,
     WorkflowSubmit,
 )
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..auth.identity import Caller
-from ..db.engine import utcnow
-from ..db.tables import PointRow, TaskRow
+from ..db.engine import Database, utcnow
+from ..db.tables import TaskRow
 from ..db.workflow_tables import WorkflowNodeRow, WorkflowRow
 from ..errors import ApiError, InvalidInput
 from ..orchestration.transitions import set_state
+from ..repositories.models import task_models
 from ..repositories.points import best_points
 from ..repositories.tasks import counts_by_task
-from ..repositories.workflows import get_workflow_row, node_rows, workflow_to_schema
-from .architecture import ArchitectureError, parse_architecture
-from .tasks import TaskService, cancel_open_work, check_optimizer, insert_task
-from .workflow_expressions import ExpressionError, render, truth
-from .workflow_validation import (
+from ..repositories.workflows import (
+    add_node_row,
+    add_workflow_row,
+    find_task,
+    find_workflow,
+    first_point,
+    get_workflow_row,
+    lock_task,
+    node_rows,
+    running_workflow_ids,
+    workflow_to_schema,
+)
+from ..services.background import BackgroundLoop
+from ..services.resource_requirements import ArchitectureError, parse_architecture
+from ..services.tasks import TaskService, check_optimizer, insert_task
+from .expressions import ExpressionError, render, truth
+from .validation import (
     Analysis,
     DefinitionError,
     _pydantic_messages,
@@ -77,8 +95,8 @@ from .workflow_validation import (
 
 log = logging.getLogger(__name__)
 
-NODE_TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
-WORKFLOW_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+NODE_TERMINAL = TERMINAL_NODE_STATES
+WORKFLOW_TERMINAL = TERMINAL_WORKFLOW_STATES
 JOB_FIELDS = ("exec", "container", "input_file", "output_file", "site", "architecture", "sandbox")
 MAX_ERRORS = 5  # unexpected errors in a row before a workflow is failed
 
@@ -106,30 +124,26 @@ def validate_submission(body: WorkflowSubmit) -> tuple[WorkflowSpec, dict[str, A
     return spec, params
 
 
-class WorkflowEngine:
-    def __init__(self, ctx: Any, interval: float = 0.5):
-        self.ctx = ctx
-        self.db = ctx.db
+class TaskWaker(Protocol):
+    """What the engine calls once it stored or cancelled tasks (after the commit): the HPO manager
+    steers them and waiting agents wake (``build_context``'s ``changed``)."""
+
+    def __call__(self) -> None: ...
+
+
+class WorkflowEngine(BackgroundLoop):
+    """The loop: a pass every ``interval`` seconds, or at once after :meth:`wake` (a submit)."""
+
+    THREAD_NAME = "phpo-workflow-engine"
+
+    def __init__(self, db: Database, *, wake_tasks: TaskWaker, interval: float = 0.5):
+        super().__init__()
+        self.db = db
+        self.wake_tasks = wake_tasks
         self.interval = interval
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._errors: dict[int, int] = {}
+        self._errors: dict[int, int] = {}  # workflow id -> unexpected errors in a row
 
-    # ------------------------------------------------------------ lifecycle
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="phpo-workflow-engine", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    # ------------------------------------------------------------ the loop
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -141,11 +155,6 @@ class WorkflowEngine:
                 log.exception("workflow engine pass failed")
             self._wake.wait(self.interval)
             self._wake.clear()
-
-    def _wake_tasks(self) -> None:
-        wake = getattr(self.ctx.tasks, "wake", None)
-        if callable(wake):
-            wake()
 
     # ------------------------------------------------------------ what users ask for
 
@@ -164,7 +173,7 @@ class WorkflowEngine:
             wf = get_workflow_row(s, workflow_id, caller, lock=True)
             cancel_workflow(s, wf, f"cancelled by {caller.name}")
             out = workflow_to_schema(s, wf)
-        self._wake_tasks()
+        self.wake_tasks()
         self.wake()
         return out
 
@@ -173,23 +182,22 @@ class WorkflowEngine:
     def run_once(self) -> bool:
         """One pass over the running workflows; True when anything changed."""
         with self.db.read() as s:
-            ids = list(s.execute(select(WorkflowRow.id).where(WorkflowRow.state == "running")
-                                 .order_by(WorkflowRow.id)).scalars())
+            ids = running_workflow_ids(s)
         changed = False
         for wid in ids:
             try:
                 with self.db.read() as s:
-                    wf = s.get(WorkflowRow, wid)
+                    wf = find_workflow(s, workflow_id=wid)
                     if wf is None or wf.state != "running" or not _Run(s, wf).actionable():
                         continue
                 with self.db.write() as s:
-                    wf = s.execute(select(WorkflowRow).where(WorkflowRow.id == wid).with_for_update(key_share=True)).scalar_one()
+                    wf = get_workflow_row(s, wid, lock=True)
                     if wf.state != "running":
                         continue
                     run = _Run(s, wf)
                     changed |= run.step()
                 if run.started_tasks:
-                    self._wake_tasks()
+                    self.wake_tasks()
                 self._errors.pop(wid, None)
             except Exception as e:  # one broken workflow must not stop the others
                 n = self._errors[wid] = self._errors.get(wid, 0) + 1
@@ -201,10 +209,11 @@ class WorkflowEngine:
     def _fail_broken(self, wid: int, e: Exception) -> None:
         try:
             with self.db.write() as s:
-                wf = s.get(WorkflowRow, wid)
+                wf = find_workflow(s, workflow_id=wid)
                 if wf is not None and wf.state == "running":
-                    cancel_workflow(s, wf, f"the workflow engine failed on it: {type(e).__name__}: {e}",
-                                    target="failed")
+                    cancel_workflow(
+                        s, wf, f"the workflow engine failed on it: {type(e).__name__}: {e}", target="failed"
+                    )
             self._errors.pop(wid, None)
         except Exception:
             log.exception("workflow %s: could not record the engine failure", wid)
@@ -213,30 +222,25 @@ class WorkflowEngine:
 # ---------------------------------------------------------------- rows
 
 
-def insert_workflow(s: Session, owner: str, spec: WorkflowSpec, params: dict[str, Any],
-                    parent_node_id: int | None, sandbox: str | None = None) -> WorkflowRow:
-    now = utcnow()
+def insert_workflow(
+    s: Session,
+    owner: str,
+    spec: WorkflowSpec,
+    params: dict[str, Any],
+    parent_node_id: int | None,
+    sandbox: str | None = None,
+) -> WorkflowRow:
+    """The workflow, running, with its top-level nodes waiting (a sub-workflow inherits ``sandbox``)."""
     definition = spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
     if sandbox is not None and not definition.get("sandbox"):
         definition["sandbox"] = sandbox
-    wf = WorkflowRow(name=spec.name, owner=owner, state="running", definition=definition, params=params,
-                     parent_node_id=parent_node_id, created_at=now, updated_at=now)
-    s.add(wf)
-    s.flush()
+    wf = add_workflow_row(
+        s, name=spec.name, owner=owner, definition=definition, params=params, parent_node_id=parent_node_id
+    )
     for node in spec.nodes:
-        _new_node(s, wf.id, node.name, node.kind, node.name)
+        add_node_row(s, workflow_id=wf.id, name=node.name, kind=node.kind, path=node.name)
     s.flush()
     return wf
-
-
-def _new_node(s: Session, workflow_id: int, name: str, kind: str, path: str, *, parent_id: int | None = None,
-              iteration: int = 0, item_index: int | None = None, item: Any = None) -> WorkflowNodeRow:
-    now = utcnow()
-    row = WorkflowNodeRow(workflow_id=workflow_id, parent_id=parent_id, name=name, path=path, kind=kind,
-                          fan_out=False, iteration=iteration, item_index=item_index, item=item, state="waiting",
-                          created_at=now, updated_at=now)
-    s.add(row)
-    return row
 
 
 def cancel_workflow(s: Session, wf: WorkflowRow, reason: str, target: str = "cancelled") -> None:
@@ -246,13 +250,12 @@ def cancel_workflow(s: Session, wf: WorkflowRow, reason: str, target: str = "can
     for row in node_rows(s, wf.id):
         if row.state in NODE_TERMINAL:
             continue
-        if row.task_id is not None:
-            task = s.execute(select(TaskRow).where(TaskRow.id == row.task_id).with_for_update(key_share=True)).scalar_one_or_none()
+        if row.task_id is not None and row.kind != "serve":  # a serve node's task is another node's
+            task = lock_task(s, task_id=row.task_id)
             if task is not None and task.state not in TERMINAL_TASK_STATES:
                 set_state(task, "cancelled", message=f"its workflow {wf.id} was cancelled")
-                cancel_open_work(s, task.id)
         if row.child_workflow_id is not None:
-            child = s.get(WorkflowRow, row.child_workflow_id)
+            child = find_workflow(s, workflow_id=row.child_workflow_id)
             if child is not None and child.state not in WORKFLOW_TERMINAL:
                 cancel_workflow(s, child, reason)
         set_state(row, "cancelled", message=reason)
@@ -283,8 +286,11 @@ class _Run:
     def group(self, loop: WorkflowNodeRow | None, iteration: int) -> dict[str, WorkflowNodeRow]:
         """Rows of one group: the top level, or one iteration of a loop (fan-out instances left out)."""
         pid = loop.id if loop is not None else None
-        return {r.name: r for r in self.rows
-                if r.parent_id == pid and r.item_index is None and (loop is None or r.iteration == iteration)}
+        return {
+            r.name: r
+            for r in self.rows
+            if r.parent_id == pid and r.item_index is None and (loop is None or r.iteration == iteration)
+        }
 
     def by_id(self, rid: int | None) -> WorkflowNodeRow | None:
         return next((r for r in self.rows if r.id == rid), None) if rid is not None else None
@@ -316,25 +322,38 @@ class _Run:
             return {**base, "results": [self.results(r) for r in inst], "items": [r.item for r in inst]}
         if row.kind == "loop":
             its = [self.iteration_results(row, k) for k in range(1, row.iteration + 1)]
-            return {**base, **(row.results or {}), "iterations": row.iteration, "results": its,
-                    "last": its[-1] if its else None}
+            return {
+                **base,
+                **(row.results or {}),
+                "iterations": row.iteration,
+                "results": its,
+                "last": its[-1] if its else None,
+            }
         return {**base, **(row.results or {})}
 
     def iteration_results(self, loop: WorkflowNodeRow, k: int) -> dict[str, Any]:
         return {name: self.results(r) for name, r in self.group(loop, k).items()}
 
-    def names(self, chain: list[tuple[WorkflowNodeRow, int]], item_row: WorkflowNodeRow | None = None
-              ) -> dict[str, Any]:
+    def names(
+        self, chain: list[tuple[WorkflowNodeRow, int]], item_row: WorkflowNodeRow | None = None
+    ) -> dict[str, Any]:
         nodes = {name: self.results(r) for name, r in self.group(None, 0).items()}
         for loop, k in chain:
             nodes.update(self.iteration_results(loop, k))
-        out: dict[str, Any] = {"params": self.wf.params or {}, "nodes": nodes,
-                               "workflow": {"id": self.wf.id, "name": self.wf.name}}
+        out: dict[str, Any] = {
+            "params": self.wf.params or {},
+            "nodes": nodes,
+            "workflow": {"id": self.wf.id, "name": self.wf.name},
+        }
         if chain:
             loop, k = chain[-1]
             earlier = [self.iteration_results(loop, j) for j in range(1, k)]
-            out["loop"] = {"name": loop.name, "iteration": k, "previous": earlier[-1] if earlier else None,
-                           "results": earlier}
+            out["loop"] = {
+                "name": loop.name,
+                "iteration": k,
+                "previous": earlier[-1] if earlier else None,
+                "results": earlier,
+            }
         if item_row is not None:
             out["item"] = item_row.item
         return out
@@ -351,11 +370,11 @@ class _Run:
             if r.state != "running":
                 continue
             if r.task_id is not None:
-                task = self.s.get(TaskRow, r.task_id)
+                task = find_task(self.s, task_id=r.task_id)
                 if task is None or task.state in TERMINAL_TASK_STATES:
                     return True
             elif r.child_workflow_id is not None:
-                child = self.s.get(WorkflowRow, r.child_workflow_id)
+                child = find_workflow(self.s, workflow_id=r.child_workflow_id)
                 if child is None or child.state in WORKFLOW_TERMINAL:
                     return True
             elif r.kind == "loop":
@@ -391,8 +410,8 @@ class _Run:
         self.s.flush()
         return changed
 
-    def add_row(self, *args: Any, **kw: Any) -> WorkflowNodeRow:
-        row = _new_node(self.s, self.wf.id, *args, **kw)
+    def add_row(self, name: str, kind: str, path: str, **kw: Any) -> WorkflowNodeRow:
+        row = add_node_row(self.s, workflow_id=self.wf.id, name=name, kind=kind, path=path, **kw)
         self.s.flush()
         self.rows.append(row)
         return row
@@ -429,6 +448,8 @@ class _Run:
                 self.launch_job(row, node, names)
             elif isinstance(node, WorkflowNode):
                 self.launch_workflow(row, node, names)
+            elif isinstance(node, ServeNode):
+                self.launch_serve(row, node, names)
             elif isinstance(node, LoopNode):
                 n = node.max_iterations
                 limit = check_max_iterations(render(n, names) if isinstance(n, str) else n)
@@ -448,8 +469,15 @@ class _Run:
         row.fan_out = True
         set_state(row, "running")
         for i, item in enumerate(items):
-            self.add_row(row.name, row.kind, f"{row.path}[{i}]", parent_id=row.id, iteration=row.iteration,
-                         item_index=i, item=item)
+            self.add_row(
+                row.name,
+                row.kind,
+                f"{row.path}[{i}]",
+                parent_id=row.id,
+                iteration=row.iteration,
+                item_index=i,
+                item=item,
+            )
         if not items:
             set_state(row, "done", message="for_each gave no items")
 
@@ -505,10 +533,73 @@ class _Run:
         assert sub is not None
         params = merge_params(sub, render(node.params, names))
         check_definition(sub, params, task_check)
-        child = insert_workflow(self.s, self.wf.owner, sub, params, parent_node_id=row.id, sandbox=self.spec.sandbox)
+        child = insert_workflow(
+            self.s, self.wf.owner, sub, params, parent_node_id=row.id, sandbox=self.spec.sandbox
+        )
         row.child_workflow_id = child.id
         row.inputs = {"params": params}
         set_state(row, "running")
+
+    def launch_serve(self, row: WorkflowNodeRow, node: ServeNode, names: dict[str, Any]) -> None:
+        """``model:`` is done at once (its results name it); ``task:`` waits in :meth:`poll_serve`
+        for the task's models to be registered."""
+        if node.model is not None:
+            ref = render(node.model, names)
+            name, sep, version = str(ref).rpartition(":")
+            if not sep or not name or not version.isdigit():
+                raise _NodeFailure(f"model: NAME:VERSION of a registered model, got {ref!r}")
+            m = {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
+            row.inputs = {"model": ref}
+            row.results = {"models": [m], **m}
+            set_state(row, "running")
+            set_state(row, "done")
+            return
+        tid = render(node.task, names)
+        if isinstance(tid, bool) or not isinstance(tid, int) or tid < 1:
+            raise _NodeFailure(f"task: a task id is needed, got {tid!r}")
+        task = find_task(self.s, task_id=tid)
+        if task is None or task.owner != self.wf.owner:
+            raise _NodeFailure(f"task: task {tid} does not exist (or is not {self.wf.owner}'s)")
+        row.task_id = tid
+        row.inputs = {"task": tid, "timeout": node.timeout}
+        set_state(row, "running")
+
+    def poll_serve(self, row: WorkflowNodeRow, task: TaskRow) -> bool:
+        if task.state != "finished":
+            set_state(row, "failed", message=f"task {task.id} {task.state}: no model to serve")
+            return True
+        models = task_models(self.s, task)
+        bad = [m for m in models if m.status in ("no_model", "error")]
+        if bad:
+            seg = f"segment {bad[0].segment}: " if bad[0].segment else ""
+            set_state(row, "failed", message=f"task {task.id}: {seg}{bad[0].detail or bad[0].status}")
+            return True
+        if any(m.status == "pending" for m in models):
+            timeout = float((row.inputs or {}).get("timeout", 600))
+            ended = task.finished_at or task.updated_at
+            if ended is not None and (utcnow() - _aware(ended)).total_seconds() > timeout:
+                set_state(
+                    row,
+                    "failed",
+                    message=f"task {task.id}: its models were not registered within {timeout:g} s "
+                    "of its end (is the server started with --mlflow-uri?)",
+                )
+                return True
+            return False
+        ms = [
+            {
+                "name": m.name,
+                "version": m.version,
+                "uri": m.uri,
+                "segment": m.segment,
+                "point_id": m.point_id,
+                "loss": m.loss,
+            }
+            for m in models
+        ]
+        row.results = {"task_id": task.id, "models": ms, **{k: ms[0][k] for k in ("name", "version", "uri")}}
+        set_state(row, "done")
+        return True
 
     def start_iteration(self, loop: WorkflowNodeRow, node: LoopNode, k: int) -> None:
         loop.iteration = k
@@ -536,8 +627,11 @@ class _Run:
             self.start_iteration(row, node, k + 1)
             return True
         row.results = {**(row.results or {}), "stopped": "condition" if not again else "max_iterations"}
-        set_state(row, "done", message="stopped by its while condition" if not again
-                  else f"stopped at max_iterations ({limit})")
+        set_state(
+            row,
+            "done",
+            message="stopped by its while condition" if not again else f"stopped at max_iterations ({limit})",
+        )
         return True
 
     def advance_fan_out(self, row: WorkflowNodeRow) -> bool:
@@ -553,17 +647,19 @@ class _Run:
 
     def poll(self, row: WorkflowNodeRow) -> bool:
         if row.task_id is not None:
-            task = self.s.get(TaskRow, row.task_id)
+            task = find_task(self.s, task_id=row.task_id)
             if task is None:
                 set_state(row, "failed", message=f"its task {row.task_id} no longer exists")
                 return True
             if task.state not in TERMINAL_TASK_STATES:
                 return False
+            if row.kind == "serve":
+                return self.poll_serve(row, task)
             ok, results, message = (self._hpo_results if row.kind == "hpo" else self._job_results)(task)
             row.results = results
             set_state(row, "done" if ok else "failed", message=message)
             return True
-        child = self.s.get(WorkflowRow, row.child_workflow_id)
+        child = find_workflow(self.s, workflow_id=row.child_workflow_id)
         if child is None:
             set_state(row, "failed", message=f"its sub-workflow {row.child_workflow_id} no longer exists")
             return True
@@ -571,8 +667,11 @@ class _Run:
             return False
         row.results = {"workflow_id": child.id, "state": child.state, "outputs": child.outputs or {}}
         ok = child.state == "succeeded"
-        set_state(row, "done" if ok else "failed",
-                  message=None if ok else f"sub-workflow {child.id} {child.state}: {child.message}")
+        set_state(
+            row,
+            "done" if ok else "failed",
+            message=None if ok else f"sub-workflow {child.id} {child.state}: {child.message}",
+        )
         return True
 
     def _hpo_results(self, task: TaskRow) -> tuple[bool, dict[str, Any], str | None]:
@@ -581,13 +680,19 @@ class _Run:
         if task.state != "finished":
             return False, results, f"task {task.id} {task.state}: {task.message or ''}".rstrip(": ")
         if not task_succeeded(task.state, counts["evaluated"]):  # the CLI's rule (phpo wait exits 1)
-            return False, results, f"task {task.id} finished without any evaluated point ({counts['failed']} failed)"
+            return (
+                False,
+                results,
+                f"task {task.id} finished without any evaluated point ({counts['failed']} failed)",
+            )
         best = best_points(self.s, task)
 
         def entry(b: Any) -> dict[str, Any]:
             out = {"params": b.params, "loss": b.loss, "point_id": b.point_id, "segment": b.segment}
             if b.pareto:
-                out["pareto"] = [{"params": p.params, "loss": p.loss, "point_id": p.point_id} for p in b.pareto]
+                out["pareto"] = [
+                    {"params": p.params, "loss": p.loss, "point_id": p.point_id} for p in b.pareto
+                ]
             return out
 
         results["segments"] = [entry(b) for b in best]
@@ -596,8 +701,7 @@ class _Run:
         return True, results, None
 
     def _job_results(self, task: TaskRow) -> tuple[bool, dict[str, Any], str | None]:
-        point = self.s.execute(select(PointRow).where(PointRow.task_id == task.id)
-                               .order_by(PointRow.id)).scalars().first()
+        point = first_point(self.s, task_id=task.id)
         results: dict[str, Any] = {"task_id": task.id, "state": task.state}
         if point is not None and point.state == "evaluated":
             results["outputs"] = {**(point.metrics or {}), "loss": point.loss}
@@ -617,6 +721,13 @@ class _Run:
             set_state(self.wf, "failed", message=f"outputs: {e}")
             return
         set_state(self.wf, "succeeded", message=None)
+
+
+def _aware(t: Any) -> Any:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    from datetime import UTC
+
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 class _NodeFailure(Exception):
