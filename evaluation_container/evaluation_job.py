@@ -148,8 +148,24 @@ class EvaluationJob:
         checkpoint."""
         self._clear_run_dir(first)
         resumed = False
-        if point.checkpoint_artifact is not None:
-            r = self.runner
+        r = self.runner
+        g = r.job.gang
+        if (
+            point.checkpoint_artifact is not None
+            and self.member
+            and g is not None
+            and g.size_min < g.size_max
+        ):
+            # an elastic point: every (re)start takes its state from global rank 0, on node rank
+            # 0's agent; the checkpoint this member was leased with may be replaced by then
+            log.info(
+                "job %d: node rank %d of an elastic point does not restore checkpoint artifact %d "
+                "(its ranks take rank 0's state)",
+                r.job.id,
+                g.node_rank,
+                point.checkpoint_artifact,
+            )
+        elif point.checkpoint_artifact is not None:
             why = r.workdir.restore_checkpoint(r.api, point, self.ev.checkpoint_to_load, r.cfg.name)
             if why is not None:
                 raise _AttemptFailed(

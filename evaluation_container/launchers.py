@@ -416,6 +416,54 @@ def _leader_first(leader: bool) -> None:
     dr._NodeDescGenerator.generate = generate
 
 
+_ROUND_STORE_KEY = "phpo/workers_store"  # "ADDR PORT", under the round's key prefix
+
+
+def _fresh_store_every_round() -> None:
+    """Each rendezvous round's workers get a store of their own, hosted by node rank 0's agent.
+
+    torch's c10d rendezvous hands its workers one TCP store for the whole run (the rendezvous'
+    own, shared), writes its address only in the first round its rank 0 takes part in, and puts
+    no per-round prefix on the workers' keys. When a node joins a running point, the next round
+    goes wrong twice: the joiner waits 60 s for an address nobody writes under the new round's
+    prefix, and the restarted workers read the previous round's process-group keys (gloo then
+    connects to a port of a rank that is gone). Here rank 0 starts an empty store (on its own
+    address only, like every store of this module) once each round is formed and publishes its
+    address under the round's prefix (its own key: torch's address keys may be read before this
+    is written); the other nodes wait for it there."""
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+    from torch.distributed.elastic.rendezvous.api import RendezvousStoreInfo
+
+    original = dr.DynamicRendezvousHandler.next_rendezvous
+    if getattr(original, "phpo_fresh_store", False):
+        return
+
+    def next_rendezvous(self: Any) -> Any:
+        info = original(self)
+        if getattr(info, "bootstrap_store_info", None) is None:
+            return info
+        if info.rank == 0:
+            addr = info.bootstrap_store_info.master_addr
+            store = dist.TCPStore(
+                host_name=addr, port=0, is_master=True, multi_tenant=True, wait_for_workers=False
+            )
+            # the previous round's store goes once this round's workers have their own
+            self._phpo_worker_stores = [*getattr(self, "_phpo_worker_stores", [])[-1:], store]
+            info.store.set(_ROUND_STORE_KEY, f"{addr} {store.port}".encode())
+            # a node new in this round waits inside torch for these (torch writes them only in
+            # rank 0's first round)
+            info.store.set(RendezvousStoreInfo.MASTER_ADDR_KEY, addr.encode())
+            info.store.set(RendezvousStoreInfo.MASTER_PORT_KEY, str(store.port).encode())
+        addr, port = info.store.get(_ROUND_STORE_KEY).decode().rsplit(" ", 1)  # waits for rank 0
+        where = RendezvousStoreInfo(master_addr=addr, master_port=int(port))
+        info._bootstrap_store_info = where
+        return info
+
+    next_rendezvous.phpo_fresh_store = True  # type: ignore[attr-defined]
+    dr.DynamicRendezvousHandler.next_rendezvous = next_rendezvous
+
+
 def _rdzv_option(argv: list[str], name: str) -> str | None:
     for i, a in enumerate(argv):
         if a == name and i + 1 < len(argv):
@@ -475,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
         from phpo.evaluation_container import launchers
 
         launchers._leader_first(conf.get("is_host", "").lower() in ("1", "true", "yes"))
+        launchers._fresh_store_every_round()
     from torch.distributed.run import main as torchrun_main
 
     torchrun_main(argv[1:])

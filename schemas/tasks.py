@@ -135,7 +135,8 @@ class TaskSpec(BaseModel):
     nNodesPerPoint: int | str = Field(
         default=1,
         description="agents that train one point together (1 <= M <= 64; needs --launcher torchrun); "
-        "MIN:MAX (an elastic point) is parsed but refused with MIN < MAX: not supported yet",
+        "MIN:MAX: an elastic point (it starts with MIN agents, takes more up to MAX while it runs, "
+        "and trains on while MIN stay)",
     )
     gangTimeout: float = Field(
         default=300.0,
@@ -203,11 +204,6 @@ class TaskSpec(BaseModel):
     def _check(self) -> TaskSpec:
         if self.nodes[1] > 1 and self.launcher != "torchrun":
             raise ValueError("nNodesPerPoint: a point on several agents needs --launcher torchrun")
-        if self.nodes[0] != self.nodes[1]:
-            raise ValueError(
-                f"nNodesPerPoint: elastic sizes ({self.nNodesPerPoint}) are not supported yet; "
-                "give one number of agents"
-            )
         if self.nProcessesPerPoint > 1 and self.launcher == "none":
             raise ValueError(
                 "nProcessesPerPoint: more than one process per point needs a launcher "

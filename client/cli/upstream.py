@@ -227,8 +227,8 @@ OPTIONS: tuple[Opt, ...] = (
         "nNodesPerPoint",
         "str",
         "M|MIN:MAX",
-        "agents that train one point together (torchrun across agents, gang leasing; default 1; elastic "
-        "MIN:MAX with MIN < MAX is not supported yet)",
+        "agents that train one point together (torchrun across agents, gang leasing; default 1; "
+        "MIN:MAX: elastic, it starts with MIN and grows up to MAX)",
         "phpo",
         "phpo",
     ),

@@ -88,10 +88,6 @@ def test_a_lost_member_fails_the_attempt_and_the_leader_is_stopped(db_url, start
         assert again["gang"]["node_rank"] == 0 and again["points"][0]["attempt"] == 2
 
 
-@pytest.mark.skip(
-    reason="elastic sizes are refused at submission (422) until a joining agent survives a "
-    "checkpoint artifact replaced between its join and its download (README, nNodesPerPoint)"
-)
 def test_an_elastic_gang_starts_with_min_takes_a_joiner_and_survives_losing_it(db_url, start_server):
     """``nNodesPerPoint 1:2``: the leader alone is a formed gang; a second agent joins while it
     runs; that member's lost lease costs the point nothing (MIN is still there): the leader's
