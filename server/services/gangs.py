@@ -31,12 +31,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from phpo.schemas.jobs import AcquireRequest, GangInfo, Job, JobKind, JobPoint
+from phpo.schemas.jobs import AcquireRequest, GangInfo, Job
 from phpo.schemas.states import JobState, TaskState
 from sqlalchemy.orm import Session
 
 from ..auth.identity import Caller
-from ..db.engine import aware, utcnow
+from ..db.engine import utcnow
 from ..db.tables import JobRow
 from ..orchestration.transitions import set_state
 from ..repositories import gangs as gang_repo
@@ -182,28 +182,7 @@ class Gangs:
         leader.payload = {**(leader.payload or {}), "gang": g}
         seg = repo.segment_name_files(s, task_id=leader.task_id, idx=leader.segment_idx)
         points = repo.job_points(s, ids=leader.point_ids or [])
-        return Job(
-            id=member.id,
-            kind=JobKind.evaluation,
-            task_id=leader.task_id,
-            segment_id=leader.segment_idx or 0,
-            segment=seg.name,
-            state="running",
-            lease_seconds=b.settings.lease_seconds,
-            lease_expires_at=aware(member.lease_expires_at),
-            points=[
-                JobPoint(
-                    point_id=p.id,
-                    serial=p.serial,
-                    params=p.params,
-                    attempt=p.attempts + 1,
-                    checkpoint_artifact=p.checkpoint_artifact_id,
-                )
-                for p in points
-            ],
-            evaluation=b.evaluation_settings(info, seg),
-            gang=_info(g, leader.id, rank),
-        )
+        return b.evaluation_job(member, seg, points, info, runs=None, gang=_info(g, leader.id, rank))
 
     # ---------------------------------------------------------------- heartbeat and timeout
 

@@ -37,6 +37,7 @@ from phpo.schemas.jobs import (
     CompleteRequest,
     EvaluationSettings,
     FailRequest,
+    GangInfo,
     HeartbeatRequest,
     HeartbeatResponse,
     Job,
@@ -381,37 +382,44 @@ class JobBroker:
             values={"job_id": job.id, "site": req.site},
         )
         repo.count_job_in_segment(s, segment_id=seg.id, now=now)
-        runs: dict[int, str] = {}
-        if self.mlflow is not None:
-            runs = self.mlflow.run_ids(s, [p.id for p in points])
-        return self.gangs.lead(
-            s,
-            job,
-            req,
-            info,
-            Job(
-                id=job.id,
-                kind=JobKind.evaluation,
-                task_id=seg.task_id,
-                segment_id=seg.idx,
-                segment=seg.name,
-                state="running",
-                lease_seconds=self.settings.lease_seconds,
-                lease_expires_at=aware(job.lease_expires_at),
-                points=[
-                    JobPoint(
-                        point_id=p.id,
-                        serial=p.serial,
-                        params=p.params,
-                        attempt=p.attempts + 1,
-                        checkpoint_artifact=p.checkpoint_artifact_id,
-                        mlflow_run_id=runs.get(p.id),
-                    )
-                    for p in points
-                ],
-                evaluation=self.evaluation_settings(info, seg),
-                mlflow_tracking_uri=self.mlflow.uri if self.mlflow is not None else None,
-            ),
+        runs = self.mlflow.run_ids(s, [p.id for p in points]) if self.mlflow is not None else {}
+        return self.gangs.lead(s, job, req, info, self.evaluation_job(job, seg, points, info, runs))
+
+    def evaluation_job(
+        self,
+        job: JobRow,
+        seg: Any,
+        points: list[PointRow],
+        info: TaskInfo,
+        runs: dict[int, str] | None,
+        gang: GangInfo | None = None,
+    ) -> Job:
+        """What the agent of evaluation job ``job`` gets: ``points`` with their next attempt and
+        checkpoint, the segment's evaluation settings. ``runs``: point id -> MLflow run id, or
+        None for a job that reports nothing (a gang member: node rank 0 reports the point)."""
+        return Job(
+            id=job.id,
+            kind=JobKind.evaluation,
+            task_id=job.task_id,
+            segment_id=job.segment_idx or 0,
+            segment=seg.name,
+            state="running",
+            lease_seconds=self.settings.lease_seconds,
+            lease_expires_at=aware(job.lease_expires_at),
+            points=[
+                JobPoint(
+                    point_id=p.id,
+                    serial=p.serial,
+                    params=p.params,
+                    attempt=p.attempts + 1,
+                    checkpoint_artifact=p.checkpoint_artifact_id,
+                    mlflow_run_id=(runs or {}).get(p.id),
+                )
+                for p in points
+            ],
+            evaluation=self.evaluation_settings(info, seg),
+            mlflow_tracking_uri=self.mlflow.uri if self.mlflow is not None and runs is not None else None,
+            gang=gang,
         )
 
     # ---------------------------------------------------------------- unmet requirements

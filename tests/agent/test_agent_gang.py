@@ -72,6 +72,18 @@ def jobs_of(server, task_id: int) -> list[dict]:
     return out
 
 
+def closed_jobs_of(server, task_id: int) -> list[dict]:
+    """The task's jobs once none runs: node rank 0 reports the point, and a member's job closes
+    when its own torchrun has exited, which may be a moment after the task finished."""
+    wait_until(
+        lambda: all(j["state"] != "running" for j in jobs_of(server, task_id)),
+        60,
+        "the members' jobs to end",
+        lambda: str(jobs_of(server, task_id)),
+    )
+    return jobs_of(server, task_id)
+
+
 def test_bad_node_counts_are_refused_naming_the_field(live_server):
     with live_server.client() as c:
         for bad in ("0", "3:2", "2:x", "1:2:3", "65", "0:2", "1:65"):
@@ -149,15 +161,7 @@ def test_two_agents_train_one_point_and_one_reports(live_server, start_agent):
     assert p["state"] == "evaluated" and p["attempts"] == 1, p  # one run
     assert p["metrics"]["world_size"] == 2, p  # one rank on each agent
     assert 0 < p["loss"] < 2.3, p
-    # the leader reports the point; the member's job closes when its own torchrun has exited,
-    # which may be a moment after the task finished
-    wait_until(
-        lambda: all(j["state"] != "running" for j in jobs_of(live_server, tid)),
-        60,
-        "the member's job to end",
-        lambda: str(jobs_of(live_server, tid)),
-    )
-    jobs = jobs_of(live_server, tid)
+    jobs = closed_jobs_of(live_server, tid)
     assert len(jobs) == 2 and {j["state"] for j in jobs} == {"succeeded"}, jobs  # never a third, half-leased
     leader, member = jobs
     assert leader["payload"]["gang"]["formed"] and member["payload"] == {
@@ -211,7 +215,7 @@ def test_a_member_killed_mid_point_fails_the_attempt_and_the_point_resumes_from_
     (p,) = get_points(live_server, tid)
     assert p["state"] == "evaluated" and p["attempts"] == 2, p  # a failed run, then the one that worked
     assert p["metrics"]["world_size"] == 2 and p["metrics"]["start_epoch"] > 0, p  # resumed, on two agents
-    jobs = jobs_of(live_server, tid)
+    jobs = closed_jobs_of(live_server, tid)
     first = [j for j in jobs if j["id"] in (jobs[0]["id"], jobs[1]["id"])]
     assert {j["state"] for j in first} <= {"failed", "cancelled"} and "failed" in {
         j["state"] for j in first
