@@ -4,6 +4,8 @@ the CLI; bad pruner names and options are refused at submit, nothing stored."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import run_phpo
 
@@ -110,3 +112,47 @@ def test_bad_pruner_refused_naming_the_field(live_server, spec, field):
         assert r.status_code == 422, r.text
         assert field in r.text
         assert len(c.get("/tasks").json()["items"]) == before
+
+
+# upstream's steering file format: %IN holds [[params, loss], ...]; one new x per call, in order
+STEER = """
+import json, sys
+inp, out, num, mx, log = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+points = json.load(open(inp))["points"]
+with open(log, "a") as f:
+    f.write(json.dumps(points) + "\\n")
+json.dump([{"x": i} for i in range(len(points), min(len(points) + num, mx))], open(out, "w"))
+"""
+
+
+def test_external_steering_task_prunes_and_its_steering_reads_the_last_value(
+    start_server, start_agent, tmp_path
+):
+    """A task steered by the user's own script (``--steeringExec``) prunes as a built-in one, and
+    the script's next ``%IN`` gives a pruned point its last intermediate value as its loss."""
+    server = start_server(None, "--lease-seconds", "1.5")
+    steer, log = write_payload(tmp_path / "steer.py", STEER), tmp_path / "seen.jsonl"
+    spec = base_spec(
+        f"{PY} {write_payload(tmp_path / 'asks.py', ASKS)}",
+        searchSpace={"x": {"method": "uniformint", "dimension": {"low": 0, "high": 4}}},
+        maxPoints=5,
+        nParallelEvaluation=1,
+        steeringExec=f"{PY} {steer} %IN %OUT %NUM_POINTS %MAX_POINTS {log}",
+        pruner="median",
+        prunerOptions={"n_startup_trials": 2},
+    )
+    spec.pop("optimizer")
+    tid = submit(server, spec)
+    agent = start_agent(server)
+    t = wait_task(server, tid, timeout=120, agents=(agent,))
+    assert t["state"] == "finished", t
+    pts = {p["params"]["x"]: p for p in get_points(server, tid)}
+    assert [pts[x]["state"] for x in range(5)] == ["evaluated", "evaluated", "pruned", "pruned", "pruned"], (
+        pts
+    )
+    assert t["counts"]["pruned"] == 3 and t["counts"]["failed"] == 0, t
+    # the last steering call (for x=4) saw x=2 and x=3 pruned, each with its last value as loss
+    seen = {row[0]["x"]: row[1] for row in json.loads(log.read_text().splitlines()[-1])}
+    for x in (2, 3):
+        last = max(pts[x]["intermediate"], key=lambda r: r["step"])
+        assert seen[x] == pytest.approx(last["value"]) and last["step"] < 7, (seen, pts[x])
