@@ -199,6 +199,12 @@ def test_segmented_task_has_a_sortable_segments_table_its_plot_and_paginated_poi
     page.click("#points .pager button:has-text('next')")
     page.wait_for_selector("#points .pager .muted:has-text('26–30 of 30')")
     assert len(page.query_selector_all("#points tbody tr")) == 5
+    # every plot box says it is being drawn, then shows its plot or why not: none is ever blank
+    assert all(b.query_selector(".main-svg, .msg") for b in page.query_selector_all(".plot"))
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.plot')].every(b => b.querySelector('.main-svg, .msg:not(.loading)'))",
+        timeout=60_000,
+    )
     shot(page, "04b-segmented-task")
 
 

@@ -190,7 +190,8 @@ async function taskPage(main, id, pointId) {
   const kinds = [...PLOTS];
   if ((task.spec.directions || []).length > 1) kinds.push("pareto");
   if (task.n_segments > 1) kinds.push("segments");
-  const boxes = Object.fromEntries(kinds.map((k) => [k, h("div", { class: "plot", id: `plot-${k}`, "data-kind": k })]));
+  const boxes = Object.fromEntries(kinds.map((k) => [k, h("div", { class: "plot", id: `plot-${k}`, "data-kind": k },
+    h("div", { class: "msg loading" }, "drawing the plot…"))]));
   plots.append(...Object.values(boxes));
   const detail = h("div", { id: "point-detail" });
   const paramNames = new Set();
