@@ -44,6 +44,61 @@ if TYPE_CHECKING:
     from .agent import AgentConfig
 
 
+def job_env(
+    *, job_id: int, task_id: int, segment: str, segment_id: int, site: str, agent: str
+) -> dict[str, str]:
+    """The job part of a payload's environment (steering and evaluation payloads, run-local's
+    too): which job, task, segment, site and agent, and where the SDK's exchange files are."""
+    return {
+        ENV_JOB_ID: str(job_id),
+        ENV_TASK_ID: str(task_id),
+        ENV_SEGMENT: segment,
+        ENV_SEGMENT_ID: str(segment_id),
+        ENV_SITE: site,
+        ENV_AGENT: agent,
+        ENV_INTERMEDIATE: INTERMEDIATE_FILE,
+        ENV_CONTROL: CONTROL_FILE,
+    }
+
+
+def point_env(
+    *,
+    workdir: str,
+    input_file: str,
+    output_file: str,
+    point_id: int,
+    serial: int,
+    attempt: int,
+    resumed: bool,
+    checkpoint_to_save: str,
+    training_data: str | None,
+    checkpoint_to_load: str | None,
+    meta: str | None,
+    metrics: str | None,
+) -> dict[str, str]:
+    """The point part of an evaluation payload's environment (the agent's and run-local's); the
+    optional files are named only when the task has them."""
+    env = {
+        ENV_WORKDIR: workdir,
+        ENV_INPUT: input_file,
+        ENV_OUTPUT: output_file,
+        ENV_POINT_ID: str(point_id),
+        ENV_POINT_SERIAL: str(serial),
+        ENV_ATTEMPT: str(attempt),
+        ENV_RESUMED: "1" if resumed else "0",
+        ENV_CKPT_SAVE: checkpoint_to_save,
+    }
+    for key, value in (
+        (ENV_TRAINING, training_data),
+        (ENV_CKPT_LOAD, checkpoint_to_load),
+        (ENV_META, meta),
+        (ENV_METRICS, metrics),
+    ):
+        if value:
+            env[key] = value
+    return env
+
+
 def rendezvous(gang: GangInfo | None, local_addr: str) -> Rendezvous | None:
     """torchrun's rendezvous for this agent's node of the point (None: one agent per point)."""
     if gang is None:
@@ -86,16 +141,14 @@ class PayloadLaunch:
             raise JobFailed(f"{e} (agent {self.cfg.name})", retry=False) from e
 
     def base_env(self) -> dict[str, str]:
-        env = {
-            ENV_JOB_ID: str(self.job.id),
-            ENV_TASK_ID: str(self.job.task_id),
-            ENV_SEGMENT: self.job.segment,
-            ENV_SEGMENT_ID: str(self.job.segment_id),
-            ENV_SITE: self.cfg.site,
-            ENV_AGENT: self.cfg.name,
-            ENV_INTERMEDIATE: INTERMEDIATE_FILE,
-            ENV_CONTROL: CONTROL_FILE,
-        }
+        env = job_env(
+            job_id=self.job.id,
+            task_id=self.job.task_id,
+            segment=self.job.segment,
+            segment_id=self.job.segment_id,
+            site=self.cfg.site,
+            agent=self.cfg.name,
+        )
         if self.slot.gpu_indices is not None:
             env[ENV_GPUS] = ",".join(str(i) for i in self.slot.gpu_indices)
         return env
@@ -112,28 +165,23 @@ class PayloadLaunch:
         command sees it)."""
         env = self.base_env()
         env.update(
-            {
-                ENV_WORKDIR: seen_workdir,
-                ENV_INPUT: ev.input,
-                ENV_OUTPUT: ev.output,
-                ENV_POINT_ID: str(point.point_id),
-                ENV_POINT_SERIAL: str(point.serial),
-                ENV_ATTEMPT: str(point.attempt),
-                ENV_RESUMED: "1" if resumed else "0",
-                ENV_CKPT_SAVE: ",".join(ev.checkpoint_to_save),
-            }
+            point_env(
+                workdir=seen_workdir,
+                input_file=ev.input,
+                output_file=ev.output,
+                point_id=point.point_id,
+                serial=point.serial,
+                attempt=point.attempt,
+                resumed=resumed,
+                checkpoint_to_save=",".join(ev.checkpoint_to_save),
+                training_data=ev.training_data if ev.training_files else None,
+                checkpoint_to_load=ev.checkpoint_to_load,
+                meta=ev.meta,
+                metrics=ev.metrics,
+            )
         )
-        if ev.training_files:
-            env[ENV_TRAINING] = ev.training_data
         if specs_env is not None:
             env.update(specs_env)
-        for key, value in (
-            (ENV_CKPT_LOAD, ev.checkpoint_to_load),
-            (ENV_META, ev.meta),
-            (ENV_METRICS, ev.metrics),
-        ):
-            if value:
-                env[key] = value
         # the payload's own MLflow calls go to ./mlruns; the server imports it into the point's run
         env.update(
             mlflow_local.payload_env(seen_workdir, bool(self.job.mlflow_tracking_uri), point.mlflow_run_id)

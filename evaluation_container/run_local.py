@@ -42,31 +42,7 @@ from phpo.schemas.search_space import (
     NormalParam,
     SearchSpace,
 )
-from phpo.schemas.payload import (
-    CONTROL_FILE,
-    ENV_AGENT,
-    ENV_ATTEMPT,
-    ENV_CKPT_LOAD,
-    ENV_CKPT_SAVE,
-    ENV_CONTROL,
-    ENV_INPUT,
-    ENV_INTERMEDIATE,
-    ENV_JOB_ID,
-    ENV_META,
-    ENV_METRICS,
-    ENV_OUTPUT,
-    ENV_POINT_ID,
-    ENV_POINT_SERIAL,
-    ENV_RESUMED,
-    ENV_SEGMENT,
-    ENV_SEGMENT_ID,
-    ENV_SITE,
-    ENV_TASK_ID,
-    ENV_TRAINING,
-    ENV_WORKDIR,
-    INTERMEDIATE_FILE,
-    PHPO_DIR,
-)
+from phpo.schemas.payload import PHPO_DIR
 from phpo.schemas.upstream import evaluation_command
 from rich.markup import escape
 
@@ -74,6 +50,7 @@ from phpo.client.cli.commands import EXIT_FAILED, EXIT_OK, _sandbox_files, err_c
 from phpo.client.cli.upstream import CliError, build_spec, collect_options
 from phpo.client.sandbox import pack, plan_sandbox
 
+from .launch import job_env, point_env
 from .results import Outcome, read_output
 from .mlflow_local import payload_env as mlflow_payload_env
 
@@ -231,33 +208,23 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     command = evaluation_command(spec.evaluationExec, names[seg])  # as the server hands it to an agent
     env = {
         **os.environ,
-        ENV_WORKDIR: str(rundir),
-        ENV_INPUT: spec.evaluationInput,
-        ENV_OUTPUT: spec.evaluationOutput,
-        ENV_POINT_ID: "0",
-        ENV_POINT_SERIAL: "0",
-        ENV_ATTEMPT: "1",
-        ENV_RESUMED: "0",
-        ENV_SEGMENT: names[seg],
-        ENV_SEGMENT_ID: str(seg),
-        ENV_TASK_ID: "0",
-        ENV_JOB_ID: "0",
-        ENV_SITE: "local",
-        ENV_AGENT: "run-local",
-        ENV_INTERMEDIATE: INTERMEDIATE_FILE,
-        ENV_CONTROL: CONTROL_FILE,
-        ENV_CKPT_SAVE: spec.checkPointToSave or "",
+        **job_env(job_id=0, task_id=0, segment=names[seg], segment_id=seg, site="local", agent="run-local"),
+        **point_env(
+            workdir=str(rundir),
+            input_file=spec.evaluationInput,
+            output_file=spec.evaluationOutput,
+            point_id=0,
+            serial=0,
+            attempt=1,
+            resumed=False,
+            checkpoint_to_save=spec.checkPointToSave or "",
+            training_data=spec.evaluationTrainingData if training else None,
+            checkpoint_to_load=spec.checkPointToLoad,
+            meta=spec.evaluationMeta,
+            metrics=spec.evaluationMetrics,
+        ),
     }
     (rundir / PHPO_DIR).mkdir(exist_ok=True)
-    if training:
-        env[ENV_TRAINING] = spec.evaluationTrainingData
-    for key, value in (
-        (ENV_CKPT_LOAD, spec.checkPointToLoad),
-        (ENV_META, spec.evaluationMeta),
-        (ENV_METRICS, spec.evaluationMetrics),
-    ):
-        if value:
-            env[key] = value
     env.pop("MLFLOW_RUN_ID", None)
     env.update(mlflow_payload_env(str(rundir), True, None))  # MLflow calls go to ./mlruns, as on an agent
     timeout = args.timeout if args.timeout is not None else spec.evaluationTimeout
