@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 
 from .auth import AuthError, Caller, TokenChecker
 from .batching import MicroBatcher
-from .catalog import Catalog, CatalogError, Entry, parse_ref
+from .catalog import Catalog, CatalogError, Entry, parse_ref, settle_heap
 from .config import ServeConfig
 from .inputs import InputError, rows_of
 
@@ -79,7 +81,7 @@ class _Metrics:
     (prometheus_client's multiprocess mode, files in PROMETHEUS_MULTIPROC_DIR)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.multi = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = None if self.multi else CollectorRegistry()
@@ -106,6 +108,45 @@ class _Metrics:
             registry=reg,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
+
+        self.gc_pause = Histogram(
+            "phpo_serve_gc_pause_seconds",
+            "full (generation 2) garbage collections of a worker: no request is answered meanwhile",
+            registry=reg,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+        )
+        kw = {"multiprocess_mode": "max"} if self.multi else {}
+        self.gc_frozen = Gauge(
+            "phpo_serve_gc_frozen_objects",
+            "objects a worker keeps out of garbage collections (the libraries and loaded models)",
+            registry=reg,
+            **kw,
+        )
+        self._pauses: deque[float] = deque(maxlen=4096)
+        self._gc_start = 0.0
+        gc.callbacks.append(self._gc_seen)
+
+    def _gc_seen(self, phase: str, info: dict) -> None:
+        """Only notes the time: a callback that runs inside a collection must take no lock (the
+        histogram's own would deadlock against a thread interrupted while holding it)."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self._pauses.append(time.perf_counter() - self._gc_start)
+
+    def flush_gc(self, only_if_seen: bool = False) -> None:
+        """The collections seen since the last call into the histogram (done between requests)."""
+        if only_if_seen and not self._pauses:
+            return
+        while self._pauses:
+            self.gc_pause.observe(self._pauses.popleft())
+        self.gc_frozen.set(gc.get_freeze_count())
+
+    def close(self) -> None:
+        if self._gc_seen in gc.callbacks:
+            gc.callbacks.remove(self._gc_seen)
 
     def text(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -277,11 +318,13 @@ def create_app(config: ServeConfig) -> FastAPI:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(svc.start_models)
         await svc.follow_once()  # what is registered already is served from the first request on
+        settle_heap()  # after start-up: see its docstring (full collections of ~100 ms otherwise)
         follower = asyncio.create_task(svc.follow())
         yield
         follower.cancel()
         for b in svc.batchers.values():
             await b.close()
+        svc.metrics.close()
         await svc.auth.close()
 
     app = FastAPI(title="phpo serve", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -327,6 +370,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
+        svc.metrics.flush_gc()
         return Response(svc.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
@@ -390,6 +434,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         finally:
             svc.metrics.requests.labels(key, code).inc()
             svc.metrics.latency.labels(key).observe(time.perf_counter() - t0)
+            svc.metrics.flush_gc(only_if_seen=True)
 
     @app.post("/v1/models/{name}/predict")
     async def predict_latest(name: str, request: Request) -> Response:

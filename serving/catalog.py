@@ -29,6 +29,20 @@ class CatalogError(Exception):
         self.status, self.message, self.field = status, message, field
 
 
+def settle_heap() -> None:
+    """Keep the objects alive now (the imported libraries, a loaded model: about a million in a
+    worker with torch and MLflow) out of Python's full garbage collections from now on.
+
+    Without this a worker under load runs a full collection about twice a second, each
+    traversing all of them for ~100 ms while no request is answered: that was the p99 of a
+    batching service (measured with ``gc.callbacks``). ``gc.freeze`` moves them to the permanent
+    generation; later collections look only at what requests allocate."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass
 class Entry:
     name: str
@@ -61,6 +75,7 @@ class Entry:
                 self._read_schema(m)
                 self._direct = _torch_module(m) if self.n_features is not None else None
                 self._model = m
+                settle_heap()
             return self._model
 
     def _read_schema(self, m: Any) -> None:

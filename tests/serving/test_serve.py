@@ -213,3 +213,22 @@ def test_health_and_prometheus_metrics(stack, served):
     assert h["status"] == "ok" and h["waiting_for"] == []
     assert "# TYPE phpo_serve_request_seconds histogram" in text
     assert re.search(r'^phpo_serve_requests_total\{code="422",model="[^"]+"\} [1-9]', text, re.M), text[:2000]
+
+
+def test_workers_keep_their_libraries_and_models_out_of_full_collections(stack, served):
+    """A worker's heap (torch, MLflow, the loaded model: hundreds of thousands of objects) is
+    frozen out of Python's full garbage collections once started and after each model load.
+    Without it a worker under load paused ~100 ms twice a second in gen-2 collections, which was
+    the p99 of the batching service (benchmarks/README.md, Serving)."""
+    svc, ms = served
+    m = ms[0]
+    with svc.http(stack.user_token) as c:
+        n = c.get(f"/v1/models/{m['name']}/{m['version']}").json()["features"]
+        for _ in range(8):  # every worker past its first model load
+            r = _predict(c, m, [[1.0] * n])
+            assert r.status_code == 200, r.text
+    with svc.http(None) as c:
+        text = c.get("/metrics").text
+    frozen = re.findall(r"^phpo_serve_gc_frozen_objects ([0-9.e+]+)$", text, re.M)
+    assert frozen and float(frozen[0]) > 50_000, text[-3000:]
+    assert "# TYPE phpo_serve_gc_pause_seconds histogram" in text
