@@ -15,8 +15,9 @@ run, per compression:
 Then, for the zlib file, the memory peak (VmHWM of a fresh subprocess making one epoch) at 1 M
 and at 10 M events (the 1 M file listed 10 times), and the wall time of one epoch through a
 PyTorch DataLoader with 1 and with 2 worker processes, and ``Stream(workers=1|2)``: events per
-wall-second and cores busy (CPU time / wall time), three runs, the median by wall time (noisy
-on a shared machine: wall time depends on what else runs).
+wall-second and cores busy (CPU time of the process and of its worker processes / wall time),
+three runs, the median by wall time (noisy on a shared machine: wall time depends on what else
+runs).
 
 CPU time is ``time.process_time`` of this process (one core: uproot and numpy run single-threaded
 here), so a busy machine changes the wall time more than the figures; raw read and chunk
@@ -173,17 +174,23 @@ print(json.dumps({"events": n, "wall_s": time.perf_counter() - t0}))
 
 
 WORKERS = r"""
-import json, sys, time
+import json, os, resource, sys, time
 from phpo.data import Stream, Specs
+
+def busy(t):  # this process's CPU seconds and its reaped children's (the worker processes)
+    return t.user + t.system + t.children_user + t.children_system
+
 path, names, chunk, specs, workers = json.loads(sys.argv[1])
 s = Stream([path], labels=[1], tree="events", branches=names, specs=Specs.from_dict(specs), chunk_size=chunk,
            workers=workers)
 sum(len(b) for b in s.batches(1024, 1))  # warm: the kernel loaded, the file in the page cache
-t0, c0, n = time.perf_counter(), time.process_time(), 0
+t0, c0, p0, n = time.perf_counter(), os.times(), time.process_time(), 0
 for b in s.batches(1024, 0):
     n += len(b)
-wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-print(json.dumps({"events": n, "wall_s": wall, "cpu_s": cpu}))
+wall, cpu = time.perf_counter() - t0, busy(os.times()) - busy(c0)  # the epoch's workers are reaped by now
+hwm = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"events": n, "wall_s": wall, "cpu_s": cpu, "caller_cpu_s": time.process_time() - p0,
+                  "max_rss_mb": hwm, "worker_max_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
 
@@ -240,8 +247,10 @@ def main() -> int:
                 out[f"stream_workers_{w}"] = runs
                 print(
                     f"Stream(workers={w}).batches(1024): {r['events'] / r['wall_s'] / 1e3:.0f} k events per "
-                    f"wall-second, CPU {r['cpu_s'] / r['wall_s']:.2f} cores busy "
-                    f"({r['events'] / r['cpu_s'] / 1e3:.0f} k events per CPU-second; median of 3 by wall time)",
+                    f"wall-second, CPU {r['cpu_s'] / r['wall_s']:.2f} cores busy, the caller's "
+                    f"{r['caller_cpu_s'] / r['wall_s']:.2f} ({r['events'] / r['cpu_s'] / 1e3:.0f} k events per "
+                    f"CPU-second; median of 3 by wall time); max RSS {r['max_rss_mb']:.0f} MB"
+                    + (f", each worker's up to {r['worker_max_rss_mb']:.0f} MB" if w > 1 else ""),
                     flush=True,
                 )
             for w in (1, 2):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,10 @@ class Chunk:
         return Chunk(c(self.x), mask, c(self.y), {k: c(v) for k, v in self.ids.items()}, c(self.source))
 
 
+def _nothing() -> None:
+    """The release of a chunk made in this process (nothing to give back)."""
+
+
 def _label_value(label: Any, path: str) -> float | None:
     if label is None:
         return None
@@ -104,10 +109,10 @@ class Stream:
     holding each event's label. ``specs``: a :class:`Specs`, a specs JSON path, or ``None`` to
     compute them (once, cached under ``cache_dir`` keyed by the files' sizes and mtimes).
     ``ranges``: per file, the ``(start, stop)`` events to use (e.g. a validation split); default
-    the first ``nevts`` (-1: all). ``workers``: 1, everything in the calling thread; 2 or more,
-    the files are read (decompressed, unpacked) in a background thread up to ``workers - 1``
-    chunks ahead while the calling thread assembles the chunk before: two stages, so at most two
-    cores; the chunks are the same whatever ``workers``.
+    the first ``nevts`` (-1: all). ``workers``: 1, everything in the calling process; N of 2 or
+    more, N worker processes each read and assemble every N-th chunk of the epoch, so N cores
+    work, and the calling process only cuts the batches (:mod:`phpo.data.parallel`); the chunks
+    and batches are the same whatever ``workers``.
     """
 
     def __init__(
@@ -475,59 +480,58 @@ class Stream:
             if mf is not None:
                 mf[j:][dst] = valid_is if bad is None else np.where(bad, 1.0 - valid_is, valid_is)
 
-    def _chunk_data(self, plan: list) -> Iterator[tuple[int, list, list]]:
-        """(k, pieces, their raw arrays) of this epoch's chunks ``plan`` (``(k, pieces)``), read
-        here, or with ``workers`` > 1 in a background thread up to ``workers - 1`` chunks ahead."""
-        if self.workers < 2 or len(plan) < 2:
-            for k, pieces in plan:
-                yield k, pieces, self._read_pieces(pieces)
-            return
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
+    def _epoch(self, mine: list, epoch: int, work: bool) -> Iterator[tuple[Chunk, np.ndarray | None, Any]]:
+        """(chunk, order still to apply or None, release) of each of ``mine`` (``(k, pieces)``):
+        made here, or with ``workers`` >= 2 in worker processes (:mod:`phpo.data.parallel`), whose
+        chunks come with their events in order already and must be released before the next."""
+        from . import parallel
 
-        # one reading thread: a reader is only ever used by one thread at a time, in plan order
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="phpo-data-read") as pool:
-            todo = iter(plan)
-            ahead: deque = deque()
-            try:
-                for k, pieces in todo:
-                    ahead.append((k, pieces, pool.submit(self._read_pieces, pieces)))
-                    if len(ahead) >= self.workers - 1 + 1:
-                        k0, p0, f0 = ahead.popleft()
-                        yield k0, p0, f0.result()
-                while ahead:
-                    k0, p0, f0 = ahead.popleft()
-                    yield k0, p0, f0.result()
-            finally:
-                for *_, f in ahead:
-                    f.cancel()
+        if self.workers > 1 and len(mine) > 1:
+            why = parallel.usable()
+            if why is None:
+                for chunk, release in parallel.chunks_in_workers(self, mine, epoch):
+                    yield chunk, None, release
+                return
+            warnings.warn(f"Stream(workers={self.workers}): chunks made in this process: {why}", stacklevel=3)
+        for k, pieces in mine:
+            chunk, order = self._make(
+                pieces, self._read_pieces(pieces), self._order(epoch, k, pieces), work=work
+            )
+            yield chunk, order, _nothing
+
+    def _order(self, epoch: int, k: int, pieces: Sequence[tuple[int, int, int]]) -> np.ndarray | None:
+        """The shuffled order of chunk ``k``'s events in ``epoch`` (None without ``shuffle``)."""
+        if not self.shuffle:
+            return None
+        return np.random.default_rng([self.seed, epoch, k]).permutation(sum(b - a for _, a, b in pieces))
 
     def _mine(self, epoch: int, worker: int, num_workers: int) -> list:
         return [(k, pieces) for k, pieces in enumerate(self.plan(epoch)) if k % num_workers == worker]
 
     def chunks(self, epoch: int = 0, worker: int = 0, num_workers: int = 1) -> Iterator[Chunk]:
-        """The epoch's chunks; worker ``w`` of ``W`` makes chunks ``w, w+W, ...`` (each worker
-        process reads its own part of the files)."""
-        for k, pieces, data in self._chunk_data(self._mine(epoch, worker, num_workers)):
-            n = sum(b - a for _, a, b in pieces)
-            order = np.random.default_rng([self.seed, epoch, k]).permutation(n) if self.shuffle else None
-            yield self._whole_chunk(self._make(pieces, data, order))
+        """The epoch's chunks, each in new arrays; worker ``w`` of ``W`` makes chunks ``w, w+W, ...``
+        (each worker process reads its own part of the files)."""
+        for chunk, order, release in self._epoch(self._mine(epoch, worker, num_workers), epoch, work=False):
+            if release is _nothing:
+                yield self._whole_chunk((chunk, order))
+                continue
+            mask = None if chunk.mask is None else chunk.mask.astype(np.float32)
+            whole = Chunk(chunk.x.copy(), mask, chunk.y, chunk.ids, chunk.source)
+            release()
+            yield whole
 
     def batches(
         self, batch_size: int, epoch: int = 0, worker: int = 0, num_workers: int = 1, drop_last: bool = False
     ) -> Iterator[Chunk]:
         """Batches of ``batch_size`` events cut from the epoch's chunks (the last of a chunk may
         be smaller unless ``drop_last``). Each batch is a new array the caller may keep; the
-        chunk itself is assembled in reused working memory, its events already in the shuffled
-        order (or, on the numpy path, the shuffle is applied while cutting the batches), so a
-        chunk costs no fresh large allocation."""
+        chunk itself is assembled in reused working memory, so a chunk costs no fresh large
+        allocation. In this process the shuffle is applied while cutting the batches; worker
+        processes (``workers`` >= 2) hand over chunks already in the shuffled order."""
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, got {batch_size}")
-        for k, pieces, data in self._chunk_data(self._mine(epoch, worker, num_workers)):
-            n = sum(b - a for _, a, b in pieces)
-            order = np.random.default_rng([self.seed, epoch, k]).permutation(n) if self.shuffle else None
-            chunk, order = self._make(pieces, data, order, work=True)
-            del data
+        for chunk, order, release in self._epoch(self._mine(epoch, worker, num_workers), epoch, work=True):
+            n = len(chunk)
             for s in range(0, n, batch_size):
                 if drop_last and s + batch_size > n:
                     break
@@ -535,6 +539,7 @@ class Stream:
                     yield chunk.take(order[s : s + batch_size])
                 else:
                     yield chunk.cut(s, s + batch_size)
+            release()
 
     def whole(self) -> Chunk:
         """Every event of the stream in one chunk, in file order (for small data and tests)."""

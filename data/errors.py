@@ -10,6 +10,7 @@ class DataError(Exception):
     for callers that want them; the message always carries them."""
 
     def __init__(self, message: str, file: str | None = None, branch: str | None = None):
+        self.message = message
         self.file = file
         self.branch = branch
         where = []
@@ -18,3 +19,6 @@ class DataError(Exception):
         if branch is not None:
             where.append(f"branch '{branch}'")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+    def __reduce__(self):  # pickled whole (from a data worker process): file and branch kept
+        return type(self), (self.message, self.file, self.branch)

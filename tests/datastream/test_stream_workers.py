@@ -1,13 +1,17 @@
-"""A 2-worker stream (reading in a background thread) yields exactly the chunks and batches of a
-1-worker one."""
+"""A stream with 2 or 3 worker processes yields exactly the chunks and batches of a 1-worker one;
+its workers' failures and deaths are errors in the caller, and none outlives its epoch."""
 
 from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
 
 import awkward as ak
 import numpy as np
 import pytest
 
-from phpo.data import DataError, Stream
+from phpo.data import DataError, Stream, compute_specs
 
 from .conftest import COMMON, DY, HZZ, TTBAR
 
@@ -108,7 +112,43 @@ def test_a_stream_stopped_early_with_two_workers_and_bad_workers():
     s = Stream([HZZ], labels=[1], chunk_size=300, workers=2)
     it = s.batches(64)
     first = next(it)
-    it.close()  # the reading thread is stopped and joined, nothing left hanging
+    assert len(mp.active_children()) == 2
+    it.close()  # the worker processes are stopped and reaped, nothing left hanging
+    assert mp.active_children() == []
     np.testing.assert_array_equal(first.x, next(Stream([HZZ], labels=[1], chunk_size=300).batches(64)).x)
     with pytest.raises(DataError, match="workers"):
         Stream([HZZ], labels=[1], workers=0)
+
+
+def test_a_worker_that_fails_or_dies_is_an_error_here_and_none_is_left(tmp_path):
+    specs = compute_specs([HZZ])
+    bad = tmp_path / "cut.root"
+    with open(HZZ, "rb") as f:
+        raw = f.read()
+    bad.write_bytes(raw[:50_000] + b"\0" * 40_000 + raw[90_000:])  # baskets zeroed, metadata kept
+    with pytest.raises(DataError) as e:
+        list(Stream([str(bad)], labels=[1], specs=specs, chunk_size=300, workers=2).batches(64))
+    # raised in a worker process, handed over whole: the same file and branch as in one process
+    assert e.value.file == str(bad) and e.value.branch in specs.fkeys + specs.jkeys
+    assert mp.active_children() == []
+
+    it = Stream([HZZ], labels=[1], chunk_size=100, workers=2).batches(64)
+    next(it)
+    workers = mp.active_children()
+    assert len(workers) == 2
+    os.kill(workers[0].pid, signal.SIGKILL)
+    with pytest.raises(DataError, match="died with exit code -9"):
+        for _ in it:
+            pass
+    assert mp.active_children() == []
+
+
+def test_inside_a_dataloader_worker_it_falls_back_to_one_process():
+    pytest.importorskip("torch")
+    from phpo.data.adapters import torch_loader
+
+    want = np.concatenate([b.x for b in Stream([HZZ], labels=[1], chunk_size=300).batches(50)])
+    s = Stream([HZZ], labels=[1], chunk_size=300, workers=2)
+    loader = torch_loader(s, batch_size=50, num_workers=2)  # daemons: they cannot have children
+    got = np.concatenate([x.numpy() for x, _ in loader])
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
