@@ -56,7 +56,7 @@ test-k8s: install helm-tools image
 
 # the replica tests (several servers on one PostgreSQL) under five times make test's load
 # the CERN pipeline example end to end (features with Dask, HPO, training, serving, a client
-# call): 4-8 minutes of real training, so not in make test
+# call): real training, 31 s on an idle 2-core machine, 4-8 minutes on a loaded one; not in make test
 test-pipeline: install
 	PHPO_TEST_PIPELINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 0 tests/serving/test_cern_pipeline.py $(PYTEST_ARGS)
 
