@@ -322,3 +322,32 @@ def test_assets_are_served_from_the_package_with_gzip_and_nothing_from_outside(w
     assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
     assert httpx.get(f"{web.url}/ui/..%2Fapp.js").status_code == 404
     assert httpx.get(f"{web.url}/ui/nope.js").status_code == 404
+
+
+def test_mlflow_links_appear_without_a_reload_when_the_runs_come_late(tmp_path_factory, page):
+    """MLflow is down while a task runs, so its points' runs are made only once MLflow is up,
+    after the task's counts stopped changing: the open task page shows their links without a
+    reload (it used to look the runs up only when the counts changed, and showed "–" for good)."""
+    root = tmp_path_factory.mktemp("ui-mlflow-late")
+    port = free_port()
+    stack, agent = make_stack(tmp_path_factory, "--mlflow-uri", f"http://127.0.0.1:{port}")
+    mlflow = None
+    try:
+        tid = stack.run_task("late", max_points=3)
+        login(page, stack)
+        page.goto(f"{stack.url}/ui/#/task/{tid}")
+        page.wait_for_function("() => document.querySelectorAll('#points tbody tr[data-id]').length === 3")
+        assert page.locator("#points a.mlflow").count() == 0  # no run yet: MLflow is down
+        mlflow = start_mlflow(root, port)
+        page.wait_for_function(
+            "() => document.querySelectorAll('#points a.mlflow').length === 3", timeout=180_000
+        )
+        with stack.http() as h:
+            runs = h.get(f"/tasks/{tid}/runs").json()
+        links = page.eval_on_selector_all("#points a.mlflow", "as => as.map(a => a.href)")
+        assert sorted(links) == sorted(r["url"] for r in runs["points"].values())
+    finally:
+        stop_agent(agent)
+        stack.server.stop()
+        if mlflow is not None:
+            stop_agent(mlflow)

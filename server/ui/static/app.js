@@ -7,6 +7,8 @@
 const API = "/api/v1";
 const TOKEN_KEY = "phpo.token";
 const POLL_MS = 2000;
+const LIVE = new Set(["ready", "leased"]);   // point states whose MLflow run may still be to come
+const RUNS_RECHECK_MS = 5000;
 const PAGE = 25;
 let timer = null;          // the current page's poll
 let view = 0;              // bumped on every navigation: a late answer for an old page is dropped
@@ -195,12 +197,14 @@ async function taskPage(main, id, pointId) {
   plots.append(...Object.values(boxes));
   const detail = h("div", { id: "point-detail" });
   const paramNames = new Set();
+  let shown = [];   // the points on the page now
   const points = pagedTable({
     id: "points",
     sort: "loss",
     fetchPage: async (q) => {
       const page = await api(`/tasks/${id}/points?sort=${encodeURIComponent(q.sort)}&limit=${q.limit}&offset=${q.offset}`);
       page.items.forEach((p) => Object.keys(p.params).forEach((k) => paramNames.add(k)));
+      shown = page.items;
       return page;
     },
     onRow: (p) => { location.hash = `#/task/${id}/point/${p.id}`; },
@@ -238,7 +242,7 @@ async function taskPage(main, id, pointId) {
   }
   main.replaceChildren(...parts);
   if (pointId) pointDetail(detail, id, Number(pointId), runs).catch(showError);
-  let lastSeen = null;
+  let lastSeen = null, runsCheckedAt = 0;
   poll(async () => {
     const t = await api(`/tasks/${id}`);
     if (v !== view) return;
@@ -251,6 +255,14 @@ async function taskPage(main, id, pointId) {
       await points.load();
       if (segments) await segments.load();
       await Promise.all(kinds.map((k) => drawPlot(boxes[k], id, k)));
+    } else if (runs.mlflow && Date.now() - runsCheckedAt > RUNS_RECHECK_MS
+               && shown.some((p) => !LIVE.has(p.state) && !runs.points[p.id])) {
+      // the MLflow runs are made after the points end (later still when MLflow was down): a
+      // point shown without its run is looked up again every few seconds, with no reload
+      runsCheckedAt = Date.now();
+      const before = Object.keys(runs.points).length;
+      Object.assign(runs, await api(`/tasks/${id}/runs`).catch(() => runs));
+      if (Object.keys(runs.points).length !== before) await points.load();
     }
   });
 }
