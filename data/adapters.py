@@ -1,6 +1,6 @@
 """A :class:`~phpo.data.Stream` for PyTorch, Keras/TensorFlow and plain numpy.
 
-loader = torch_loader(stream, batch_size=256, num_workers=2)   # each worker its own chunks
+loader = torch_loader(stream, batch_size=256)   # Stream(..., workers=2) for 2 cores, not num_workers
 for epoch in range(n):
     loader.dataset.set_epoch(epoch)
     for x, y in loader: ...
