@@ -27,6 +27,10 @@ _COLUMNS = (
 _SEGMENT = (PointRow.task_id == bindparam("task_id"), PointRow.segment_idx == bindparam("segment_idx"))
 _ALL = select(*_COLUMNS).where(*_SEGMENT)
 _SINCE = select(*_COLUMNS).where(*_SEGMENT, PointRow.updated_at >= bindparam("since"))
+_STAMPS_SINCE = select(PointRow.id, PointRow.updated_at).where(
+    *_SEGMENT, PointRow.updated_at >= bindparam("since")
+)
+_BY_ID = select(*_COLUMNS).where(*_SEGMENT, PointRow.id.in_(bindparam("ids", expanding=True)))
 _PRUNED_OF_JOB = (
     select(PointRow.id)
     .where(
@@ -47,6 +51,21 @@ def segment_points_changed(
     if since is None:
         return s.execute(_ALL, params).all()
     return s.execute(_SINCE, {**params, "since": since}).all()
+
+
+def segment_stamps_since(
+    s: Session, *, task_id: int, segment_idx: int, since: datetime
+) -> Sequence[Row[Any]]:
+    """(id, updated_at) of the points of one task segment stamped at or after ``since``: the
+    light query that tells which points changed, before their records are read."""
+    return s.execute(_STAMPS_SINCE, {"task_id": task_id, "segment_idx": segment_idx, "since": since}).all()
+
+
+def segment_points_by_id(s: Session, *, task_id: int, segment_idx: int, ids: list[int]) -> Sequence[Row[Any]]:
+    """The records (as :func:`segment_points_changed`) of the points ``ids`` of one segment."""
+    if not ids:
+        return []
+    return s.execute(_BY_ID, {"task_id": task_id, "segment_idx": segment_idx, "ids": list(ids)}).all()
 
 
 def pruned_points_of_job(s: Session, *, job_id: int, point_ids: list[int]) -> list[int]:

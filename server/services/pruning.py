@@ -10,7 +10,11 @@ FAIL). The decision is the pruner's own ``prune(study, trial)`` (Optuna's classe
 
 The study is a cache: it is keyed by the segment's points changed since the last look (the
 broker stamps ``updated_at`` with every intermediate value and every state change), so one
-report costs one small query plus the new steps. A server started afresh rebuilds it by
+report costs two small queries plus the new steps. A change is stamped before its transaction
+commits, so one can become visible after a later-stamped one was read (another replica, a
+concurrent heartbeat, clocks a little apart): the look goes back ``LATE_COMMIT_S`` before the
+newest stamp seen, reading just ids and stamps there, and reads the record of each point whose
+stamp differs from the one the study holds (the reporting points always). A server started afresh rebuilds it by
 replaying every point's steps in serial order (stateful pruners such as ASHA keep their rungs
 in trial attributes, which the replay sets exactly as the uninterrupted run did): the same
 database gives the same decisions.
@@ -26,7 +30,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -37,10 +41,16 @@ from phpo.steering.pruners import make_pruner
 from sqlalchemy.orm import Session
 
 from ..db.tables import PointRow
-from ..repositories.pruning import pruned_points_of_job, segment_points_changed
+from ..repositories.pruning import (
+    pruned_points_of_job,
+    segment_points_by_id,
+    segment_points_changed,
+    segment_stamps_since,
+)
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+LATE_COMMIT_S = 30.0  # how long before the newest stamp seen a change may still commit
 
 _ENDED = {
     PointState.evaluated: TrialState.COMPLETE,
@@ -73,6 +83,7 @@ class _Segment:
     trial_of: dict[int, int] = field(default_factory=dict)  # point id -> trial id
     steps: dict[int, set[int]] = field(default_factory=dict)  # point id -> steps the study holds
     state: dict[int, str] = field(default_factory=dict)  # point id -> state the study holds
+    stamp: dict[int, datetime] = field(default_factory=dict)  # point id -> updated_at the study holds
     watermark: datetime | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -114,17 +125,25 @@ class PruningDecider:
         assert pruner is not None
         return _Segment(study=study, pruner=pruner)
 
+    @staticmethod
+    def _changed(s: Session, seg: _Segment, task_id: int, seg_idx: int, reporting: set[int]) -> list:
+        """The records of the points changed since the study's last look (all on the first)."""
+        if seg.watermark is None:
+            return list(segment_points_changed(s, task_id=task_id, segment_idx=seg_idx, since=None))
+        since = seg.watermark - timedelta(seconds=LATE_COMMIT_S)
+        stamps = segment_stamps_since(s, task_id=task_id, segment_idx=seg_idx, since=since)
+        ids = set(reporting) | {i for i, at in stamps if seg.stamp.get(i) != at}
+        return list(segment_points_by_id(s, task_id=task_id, segment_idx=seg_idx, ids=sorted(ids)))
+
     def _update(
         self, s: Session, seg: _Segment, task_id: int, seg_idx: int, spec: TaskSpec, reporting: set[int]
     ) -> dict[int, str]:
-        rows = sorted(
-            segment_points_changed(s, task_id=task_id, segment_idx=seg_idx, since=seg.watermark),
-            key=lambda r: r.serial,
-        )
+        rows = sorted(self._changed(s, seg, task_id, seg_idx, reporting), key=lambda r: r.serial)
         storage, sid = seg.study._storage, seg.study._study_id
         for r in rows:
             if seg.watermark is None or r.updated_at > seg.watermark:
                 seg.watermark = r.updated_at
+            seg.stamp[r.id] = r.updated_at
             if r.id not in seg.trial_of:
                 # one trial per point in serial order, whichever point reports first: a trial's
                 # number is its point's place in the segment (Hyperband hashes it into a bracket).

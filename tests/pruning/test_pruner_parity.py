@@ -181,3 +181,46 @@ def test_decisions_are_optunas_own(tmp_path, pruner, options):
         assert [x for (x,) in pruned] == sorted(x for x, _ in decisions)
     finally:
         db.dispose()
+
+
+def test_a_change_committed_after_a_later_stamped_one_is_still_seen(db_url):
+    """A point's end stamped before another point's report but committed only after the decider
+    read that report (a concurrent heartbeat, another replica, clocks a little apart) still
+    reaches the study, and the next decision counts it (it used to be skipped for good: its
+    stamp was older than the newest one seen)."""
+    from datetime import timedelta
+
+    from phpo.server.db.tables import TaskRow
+
+    db = Database(db_url)
+    db.migrate()
+    try:
+        tid = _task(db, "median", {"n_startup_trials": 1, "n_warmup_steps": 0})
+        decider = PruningDecider()
+        with db.read() as s:
+            spec = TaskSpec.model_validate(s.get(TaskRow, tid).spec)
+            a, b, c = (r.id for r in s.query(PointRow).filter_by(task_id=tid).order_by(PointRow.serial)[:3])
+        t0 = utcnow() + timedelta(seconds=5)
+
+        def stamp(pid, state, value, at, **kw):
+            with db.write() as s:
+                p = s.get(PointRow, pid)
+                p.state, p.intermediate, p.updated_at = state, [{"step": 0, "value": value}], at
+                for k, v in kw.items():
+                    setattr(p, k, v)
+
+        def decide(pid):
+            with db.write() as s:
+                return decider.decide(s, tid, 0, spec, {pid})
+
+        stamp(b, "leased", 0.5, t0 + timedelta(seconds=1))
+        assert decide(b) == {}  # nothing completed yet: no pruning before the first result
+        # point a ended (loss 0.1) in a transaction stamped at t0, committed only now
+        stamp(a, "evaluated", 0.1, t0, loss=0.1, loss_value=0.1)
+        stamp(c, "leased", 0.9, t0 + timedelta(seconds=2))
+        decided = decide(c)
+        seg = decider._segments[(tid, 0)]
+        assert seg.state[a] == "evaluated"
+        assert set(decided) == {c}  # 0.9 at step 0 is worse than the one completed trial's 0.1
+    finally:
+        db.dispose()
