@@ -30,7 +30,7 @@ class CatalogError(Exception):
 
 
 def settle_heap() -> None:
-    """Keep the objects alive now (the imported libraries, a loaded model: about a million in a
+    """Keep the objects alive now (the imported libraries, a loaded model: some 320,000 in a
     worker with torch and MLflow) out of Python's full garbage collections from now on.
 
     Without this a worker under load runs a full collection about twice a second, each
