@@ -15,9 +15,9 @@ commits, so one can become visible after a later-stamped one was read (another r
 concurrent heartbeat, clocks a little apart): the look goes back ``LATE_COMMIT_S`` before the
 newest stamp seen, reading just ids and stamps there, and reads the record of each point whose
 stamp differs from the one the study holds (the reporting points always). A server started
-afresh rebuilds the study by replaying every point's steps in serial order (stateful pruners such as ASHA keep their rungs
-in trial attributes, which the replay sets exactly as the uninterrupted run did): the same
-database gives the same decisions.
+afresh rebuilds the study by replaying every point's steps in serial order (stateful pruners
+such as ASHA keep their rungs in trial attributes, which the replay sets exactly as the
+uninterrupted run did): the same database gives the same decisions.
 
 Decisions are stored, not remembered: a pruned point is in state ``pruned`` (with its last
 intermediate value as its loss) and the broker answers every heartbeat of its job with it in
