@@ -99,6 +99,11 @@ class Health(BaseModel):
         default_factory=list,
         description="what is wrong with the database or the artifact store, each naming the path",
     )
+    gc_frozen_objects: int = Field(
+        default=0,
+        description="objects the answering server process keeps out of Python's full garbage "
+        "collections (frozen once it started, so those pause it for milliseconds, not ~50 ms)",
+    )
 
 
 class Me(BaseModel):

@@ -3,6 +3,7 @@ backs this server. 503 with the problems named when either is not usable."""
 
 from __future__ import annotations
 
+import gc
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter
@@ -34,7 +35,11 @@ def _version() -> str:
 def health(ctx: Ctx):
     problems = ctx.health.problems()
     body = Health(
-        status="failing" if problems else "ok", version=_version(), database=ctx.db.backend, problems=problems
+        status="failing" if problems else "ok",
+        version=_version(),
+        database=ctx.db.backend,
+        problems=problems,
+        gc_frozen_objects=gc.get_freeze_count(),
     )
     if problems:
         return JSONResponse(status_code=503, content=body.model_dump(mode="json"))
