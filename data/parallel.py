@@ -10,10 +10,10 @@ in the epoch's chunk order: the chunks and batches are exactly those of ``worker
 
 The workers are forked from the calling process, as PyTorch's ``DataLoader`` does on Linux (no
 module is imported again, nothing needs pickling); each opens its own readers. Where a process
-cannot have children (a ``DataLoader`` worker is a daemon) or fork does not exist, the chunks
-are made in the calling process instead, with a warning. A worker that fails raises its error
-here (a :class:`DataError` names the file and branch as in one process); one that dies is
-reported with its exit code, never waited for forever.
+cannot have children (a ``DataLoader`` worker is a daemon), and off Linux (fork is not safe on
+macOS), the chunks are made in the calling process instead, with a warning. A worker that fails
+raises its error here (a :class:`DataError` names the file and branch as in one process); one
+that dies is reported with its exit code, never waited for forever.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import mmap
 import multiprocessing as mp
 import queue
+import sys
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -39,8 +40,8 @@ POLL_S = 1.0  # how often a wait for a worker checks that it is still alive
 
 def usable() -> str | None:
     """Why chunks cannot be made in worker processes here, or None when they can."""
-    if "fork" not in mp.get_all_start_methods():
-        return "this platform cannot fork"
+    if not sys.platform.startswith("linux") or "fork" not in mp.get_all_start_methods():
+        return f"the workers are forked, which only Linux does safely (this is {sys.platform})"
     if mp.current_process().daemon:
         return "this is a daemon process (a DataLoader worker?), which cannot have children"
     return None
