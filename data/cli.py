@@ -38,7 +38,7 @@ PARAMS_KEYS = (
     "nan",
 )
 # phpo's own additions
-EXTRA_KEYS = ("lr", "seed", "validation_split", "normalise", "jagged_cap", "label_branch")
+EXTRA_KEYS = ("lr", "seed", "validation_split", "normalise", "jagged_cap", "label_branch", "workers")
 # MLaaS4HEP keys that do something phpo does not do: a clear error rather than silence
 UNSUPPORTED_KEYS = {
     "hist": "histograms of the inputs are not made",
@@ -297,6 +297,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         jagged_cap=params.get("jagged_cap"),
         pad_value=_nan(params.get("nan", 0.0)),
         redirector=params.get("redirector") or None,
+        workers=int(params.get("workers", 1)),
     )
     split = float(params.get("validation_split", 0.2))
     train, val = stream.split(split) if split > 0 else (stream, None)

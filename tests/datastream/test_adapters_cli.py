@@ -128,6 +128,11 @@ def test_phpo_data_train_takes_mlaas4hep_files_labels_model_and_params(tmp_path,
     )
     assert 0 < out["loss"] < 0.69 and out["accuracy"] > 0.75 and out["specs"] == "computed"
     assert (tmp_path / "model.pt").stat().st_size > 0
+    # phpo's "workers": the chunks made in 2 processes, the same training to the last digit
+    (tmp_path / "params.json").write_text(json.dumps({**params, "workers": 2}))
+    assert phpo_main(args) == 0
+    two = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (two["loss"], two["accuracy"]) == (out["loss"], out["accuracy"]) and two["specs"] == "cache"
     # an MLaaS4HEP key phpo does not do is refused, not ignored
     (tmp_path / "params.json").write_text(json.dumps({**params, "hist": "pdfs"}))
     assert phpo_main(args) == 2
