@@ -238,7 +238,7 @@ class Gangs:
         leader.payload = {**(leader.payload or {}), "gang": {**g, "ended": why}}
         task = b._task(s, leader.task_id)
         for p in repo.leased_points_for_update(s, job=leader):
-            b._give_back(p, task, info, error=why, spend=False)
+            b.results.give_back(p, task, info, error=why, spend=False)
         self._cancel_members(s, leader, g, why, keep=None)
         set_state(leader, JobState.cancelled, message=why)
         repo.uncount_job_in_segment(s, task_id=leader.task_id, idx=leader.segment_idx)
@@ -282,7 +282,7 @@ class Gangs:
             return
         why = f"node {rank} of the point's gang (job {job.id}, agent {job.agent!r}) ended: {error}"[:2000]
         set_state(leader, JobState.failed, message=why)
-        self.b._release_job_points(s, leader, self.b._task(s, leader.task_id), error=why)
+        self.b.results.release_job_points(s, leader, self.b._task(s, leader.task_id), error=why)
         self._cancel_members(s, leader, g, why, keep=job.id)
 
     # ---------------------------------------------------------------- why a task waits

@@ -50,7 +50,6 @@ from phpo.schemas.jobs import (
 from phpo.schemas.states import TERMINAL_TASK_STATES, JobState, PointState, TaskState
 from phpo.schemas.tasks import TaskSpec
 from phpo.schemas.upstream import needs_container_runtime, evaluation_command
-from sqlalchemy import bindparam
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, defer
 
@@ -58,12 +57,12 @@ from ..auth.identity import Caller
 from ..db.engine import Database, aware, lock_conflict, utcnow
 from ..db.tables import JobRow, PointRow, TaskRow
 from ..errors import Forbidden, InvalidInput, LeaseLost, NotFound
-from ..orchestration.point_rules import AttemptEnded
 from ..orchestration.transitions import set_state, set_states
 from ..repositories import jobs as repo
 from ..settings import Settings
 from .resource_requirements import Requirement, parse_architecture, parse_sites
 from .gangs import Gangs
+from .job_results import JobResults
 from .pruning import PruningDecider, prune_job_points
 from .work_signal import ReadyWork
 
@@ -160,6 +159,7 @@ class JobBroker:
         self._seen: dict[str, SeenAgent] = {}  # agent name -> its last acquire (see unmet_requirement)
         self.gangs = Gangs(self)  # points trained by several agents (nNodesPerPoint)
         self.pruning = PruningDecider()  # decisions come from the database (see pruning.py)
+        self.results = JobResults(self.info, self._task, self.mark_ready)  # what results do to points
 
     # ---------------------------------------------------------------- helpers
 
@@ -506,7 +506,7 @@ class JobBroker:
             if str(point_id) in (job.results or {}):
                 return JobAck(job_id=job.id, state=job.state, duplicate=True)
             if job.state != JobState.running:
-                if not self._accept_late(s, job, [result]):
+                if not self.results.accept_late(s, job, [result]):
                     raise LeaseLost(
                         f"job {job_id} is {job.state}: its lease is gone, the result is not taken",
                         field="job_id",
@@ -514,135 +514,10 @@ class JobBroker:
                 ack = JobAck(job_id=job.id, state=job.state)
                 self._changed(job)
                 return ack
-            self._apply_result(s, job, result)
+            self.results.apply_one(s, job, result)
             ack = JobAck(job_id=job.id, state=job.state)
         self._changed(job)
         return ack
-
-    def _accept_late(self, s: Session, job: JobRow, results: list[PointResult]) -> bool:
-        """Successful results of a job whose lease was lost (e.g. the agent lost the network for
-        longer than the lease) still count for points nobody else has taken since: the work was
-        done, throwing it away would only re-run it. Returns whether any was taken."""
-        task = self._task(s, job.task_id)
-        if task is None or task.state != TaskState.running:
-            return False
-        taken = False
-        ids = set(job.point_ids or [])
-        for r in results:
-            if r.status != 0 or r.point_id not in ids or str(r.point_id) in (job.results or {}):
-                continue
-            p = repo.point_for_update(s, point_id=r.point_id)
-            if p.state != PointState.ready:
-                continue  # re-leased to another job (or ended): that job's result will count
-            set_state(p, PointState.leased)
-            p.job_id = job.id
-            taken = self._apply_result(s, job, r) or taken
-        return taken
-
-    def _apply_result(self, s: Session, job: JobRow, r: PointResult) -> bool:
-        return bool(self._apply_results(s, job, [r]))
-
-    def _apply_results(self, s: Session, job: JobRow, results: list[PointResult]) -> set[int]:
-        """Record results of ``job``, set-based: its points' states are read and locked in one
-        statement (in id order, like every other path) and the successful results written with
-        one executemany UPDATE, so a job of k points costs two statements, not 2k ORM round
-        trips. Failed attempts (rare) take the ORM path of :meth:`_give_back`. Returns the ids of
-        the points now evaluated."""
-        if not results:
-            return set()
-        info = self.info(s, job.task_id)
-        ids = sorted({r.point_id for r in results})
-        held = repo.held_point_ids(s, ids=ids, job_id=job.id)  # points this job holds now (leased to it)
-        recorded = dict(job.results or {})
-        good: dict[int, dict[str, Any]] = {}
-        bad: dict[int, str] = {}
-        for r in results:
-            recorded[str(r.point_id)] = r.status
-            if r.point_id not in held:
-                continue  # already given back (e.g. the task was cancelled); job.results keeps it idempotent
-            held.discard(r.point_id)  # a second result for the same point in one call: the first counts
-            loss, error = self._check_result(info, r)
-            if error is None:
-                good[r.point_id] = {
-                    "pid": r.point_id,
-                    "loss": loss,
-                    "loss_value": loss[0] if isinstance(loss, list) else loss,
-                    "metrics": r.metrics,
-                }
-            else:
-                bad[r.point_id] = error
-        if good:
-            set_states(
-                s,
-                "point",
-                PointState.evaluated,
-                from_state=PointState.leased,
-                rows=list(good.values()),
-                values={
-                    "loss": bindparam("loss"),
-                    "loss_value": bindparam("loss_value"),
-                    "metrics": bindparam("metrics"),
-                    "error": None,
-                },
-            )
-        if bad:
-            task = self._task(s, job.task_id)
-            for p in repo.points_by_id(s, ids=sorted(bad)):
-                self._give_back(p, task, info, error=bad[p.id])
-        job.results = recorded
-        return set(good)
-
-    @staticmethod
-    def _check_result(info: TaskInfo, r: PointResult) -> tuple[Any, str | None]:
-        """(loss as stored, None) for a usable result, else (None, why the attempt failed)."""
-        loss, problem = r.loss, None
-        if r.status == 0:
-            if loss is None:
-                problem = "the evaluation reported status 0 but no loss"
-            elif info.n_objectives == 1 and isinstance(loss, list):
-                if len(loss) == 1:
-                    loss = loss[0]
-                else:
-                    problem = f"the task has one objective but the loss is a list of {len(loss)}"
-            elif info.n_objectives > 1 and (not isinstance(loss, list) or len(loss) != info.n_objectives):
-                problem = f"the task has {info.n_objectives} objectives (directions) but the loss is {loss!r}"
-        if r.status == 0 and problem is None:
-            return loss, None
-        return None, problem or (r.message or f"the evaluation exited with status {r.status}")
-
-    def _give_back(
-        self,
-        p: PointRow,
-        task: TaskRow,
-        info: TaskInfo,
-        *,
-        error: str,
-        spend: bool = True,
-        final: bool = False,
-    ) -> None:
-        """A leased point whose attempt ended without a result: ready again (an attempt spent) or
-        failed when its attempts are used up; cancelled when its task has ended; ready without
-        spending an attempt when its task is paused (the stop was ours): the rules of
-        :mod:`phpo.server.orchestration.point_rules` decide."""
-        set_state(
-            p,
-            PointState.failed,
-            message=error,
-            context=AttemptEnded(
-                task_state=task.state,
-                max_attempts=info.max_attempts,
-                spend=spend,
-                final=final,
-                on_ready=self.mark_ready,
-            ),
-        )
-
-    def _release_job_points(
-        self, s: Session, job: JobRow, task: TaskRow, *, error: str, final: bool = False
-    ) -> None:
-        info = self.info(s, job.task_id)
-        for p in repo.leased_points_for_update(s, job=job):
-            self._give_back(p, task, info, error=error, final=final)
 
     def complete(self, caller: Caller, job_id: int, req: CompleteRequest) -> JobAck:
         with self.db.write() as s:
@@ -650,7 +525,7 @@ class JobBroker:
             if job.state == JobState.succeeded:
                 return JobAck(job_id=job.id, state=job.state, duplicate=True)
             if job.state != JobState.running:
-                if job.kind != "evaluation" or not self._accept_late(s, job, req.results):
+                if job.kind != "evaluation" or not self.results.accept_late(s, job, req.results):
                     raise LeaseLost(
                         f"job {job_id} is {job.state}: its lease is gone, the results are not taken",
                         field="job_id",
@@ -664,10 +539,10 @@ class JobBroker:
                 for r in req.results:
                     if r.point_id not in ids:
                         raise InvalidInput(f"point {r.point_id} is not part of job {job_id}", field="results")
-                self._apply_results(
+                self.results.apply(
                     s, job, [r for r in req.results if str(r.point_id) not in (job.results or {})]
                 )
-                self._release_job_points(
+                self.results.release_job_points(
                     s, job, task, error=req.message or "the job ended without a result for this point"
                 )
                 job.message = req.message or job.message
@@ -691,7 +566,7 @@ class JobBroker:
             task = s.get(TaskRow, job.task_id)
             set_state(job, JobState.failed, message=req.error)
             if job.kind == "evaluation":
-                self._release_job_points(s, job, task, error=req.error, final=not req.retry)
+                self.results.release_job_points(s, job, task, error=req.error, final=not req.retry)
                 self.gangs.ended(s, job, req.error)
             elif self.steering is not None:
                 self.steering.steering_failed(s, job, task, req.error)
@@ -712,7 +587,7 @@ class JobBroker:
         task = s.get(TaskRow, job.task_id)
         set_state(job, JobState.lost, message=message)
         if job.kind == "evaluation":
-            self._release_job_points(s, job, task, error=message)
+            self.results.release_job_points(s, job, task, error=message)
             self.gangs.ended(s, job, message)
         elif self.steering is not None:
             self.steering.steering_failed(s, job, task, message)
