@@ -262,7 +262,10 @@ async function taskPage(main, id, pointId) {
       runsCheckedAt = Date.now();
       const before = Object.keys(runs.points).length;
       Object.assign(runs, await api(`/tasks/${id}/runs`).catch(() => runs));
-      if (Object.keys(runs.points).length !== before) await points.load();
+      if (Object.keys(runs.points).length !== before) {
+        await points.load();
+        if (segments) await segments.load();   // the segments' runs may have come too
+      }
     }
   });
 }
