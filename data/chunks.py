@@ -512,11 +512,8 @@ class Stream:
         """The epoch's chunks, each in new arrays; worker ``w`` of ``W`` makes chunks ``w, w+W, ...``
         (each worker process reads its own part of the files)."""
         for chunk, order, release in self._epoch(self._mine(epoch, worker, num_workers), epoch, work=False):
-            if release is _nothing:
-                yield self._whole_chunk((chunk, order))
-                continue
-            mask = None if chunk.mask is None else chunk.mask.astype(np.float32)
-            whole = Chunk(chunk.x.copy(), mask, chunk.y, chunk.ids, chunk.source)
+            # a worker's chunk is a view of shared memory, in order already: copied out whole
+            whole = self._whole_chunk((chunk, order)) if release is _nothing else chunk.cut(0, len(chunk))
             release()
             yield whole
 

@@ -52,7 +52,6 @@ class _Block:
     nothing to clean up if either side dies)."""
 
     def __init__(self, rows: int, dim: int, with_mask: bool):
-        self.rows, self.dim = rows, dim
         nx = rows * dim * 4
         self.mem = mmap.mmap(-1, max(1, nx + (rows * dim if with_mask else 0)))
         self.x = np.frombuffer(self.mem, dtype=np.float32, count=rows * dim).reshape(rows, dim)
