@@ -16,8 +16,8 @@ The mask has the matrix's shape. Its polarity, ``mask="valid"`` (the default): 1
 is real, 0 where it is padding or was NaN. ``mask="mlaas4hep"``: the other way round, as
 MLaaS4HEP's ``np.isnan(x) * 1`` (1 where padding or NaN). ``mask=None``: no mask.
 
-All of it is vectorised (awkward ``pad_none``/``fill_none`` and numpy on whole columns): no Python
-loop runs per event.
+All of it is vectorised (numpy on whole branches, then on blocks of a few thousand events that
+stay in the core's cache while every column is written): no Python loop runs per event.
 """
 
 from __future__ import annotations
@@ -86,20 +86,20 @@ def _label_value(label: Any, path: str) -> float | None:
         raise DataError(f"the label {label!r} is not a number", path) from None
 
 
-def _positions(offsets: np.ndarray, L: int, base: np.ndarray, dim: int) -> tuple[Any, np.ndarray]:
-    """For a jagged array with ``offsets``: which content entries are kept (the first ``L`` of
-    each event; a slice when none is clipped) and where each goes in the flattened matrix, row
-    ``r`` starting at ``base[r]`` (the branch's column is added by the caller's view)."""
+def _group(offsets: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """For a jagged array with ``offsets``: (entries kept per event, the first ``L`` of each;
+    where each event's kept entries start among all kept ones, ``n + 1`` values; which content
+    entries are kept, a slice when none is clipped)."""
     counts = np.diff(offsets)
-    total = int(offsets[-1] - offsets[0])
-    shift = np.repeat(
-        base - (offsets[:-1] - offsets[0]), counts
-    )  # entry e of event r: base[r] + e - start[r]
-    dst = shift + np.arange(total, dtype=np.int64)
-    if counts.size and int(counts.max()) > L:
-        keep = (dst - np.repeat(base, counts)) < L
-        return np.flatnonzero(keep) + int(offsets[0]), dst[keep]
-    return slice(int(offsets[0]), int(offsets[-1])), dst
+    clipped = bool(counts.size) and int(counts.max()) > L
+    kept = np.minimum(counts, L) if clipped else counts
+    starts = np.empty(len(counts) + 1, dtype=np.int64)
+    starts[0] = 0
+    np.cumsum(kept, out=starts[1:])
+    if not clipped:
+        return kept, starts, slice(int(offsets[0]), int(offsets[-1]))
+    within = np.arange(int(starts[-1]), dtype=np.int64) - np.repeat(starts[:-1], kept)
+    return kept, starts, np.repeat(offsets[:-1], kept) + within
 
 
 class Stream:
@@ -242,6 +242,14 @@ class Stream:
                 off[k], scale[k] = 0.0, 1.0
         return off, scale
 
+    #: bytes of matrix written per block of rows (about a core's L2 cache, see :meth:`_fill`)
+    BLOCK_BYTES = 2 << 20
+
+    @property
+    def block_rows(self) -> int:
+        """Events per block when a chunk's matrix is written (:meth:`_fill`)."""
+        return max(256, min(8192, self.BLOCK_BYTES // (4 * max(1, self.dim))))
+
     @property
     def dim(self) -> int:
         """The number of columns (MLaaS4HEP's ``idim``, what ``model(idim)`` gets)."""
@@ -323,17 +331,13 @@ class Stream:
         chunk (their memory pages are already mapped, which saves most of the cost of a fresh
         100 MB matrix); valid until the next call."""
         n = sum(b - a for _, a, b in pieces)
-        dim, nf = self.dim, len(self.fkeys)
+        dim = self.dim
         valid_is = 1.0 if self.mask_kind == "valid" else 0.0
         if work:
             x, mask = self._working(n)
         else:
             x = np.empty((n, dim), dtype=np.float32)
             mask = np.empty((n, dim), dtype=np.uint8) if self.mask_kind else None
-        x.fill(self.pad_value)  # jagged slots not written below are padding (flat ones all are)
-        if mask is not None:
-            mask.fill(1 - int(valid_is))
-            mask[:, :nf] = int(valid_is)
         y, ids, source = self._labels_ids_source(n)
         row = 0
         for (i, a, b), (arrays, extra) in zip(pieces, data, strict=True):
@@ -384,21 +388,20 @@ class Stream:
         arrays = self._reader(i).read(names, a, b)
         return {k: np.asarray(ak.to_numpy(v)) for k, v in arrays.items()}
 
-    def _normalised(self, k: str, v: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(values as float32 normalised with the specs, NaN positions or None): contiguous
-        arithmetic on the branch's own numbers, before they are spread into the matrix."""
+    def _normalise_into(self, k: str, v: np.ndarray, out: np.ndarray) -> np.ndarray | None:
+        """Branch ``k``'s numbers ``v`` normalised with the specs into ``out`` (float32, contiguous
+        arithmetic before they are spread into the matrix); the NaN positions, now ``pad_value``,
+        or None when there are none."""
         if v.dtype == np.bool_:
             v = v.view(np.uint8)
-        out = np.subtract(v, self._offset[k], dtype=np.float32, casting="unsafe")
+        np.subtract(v, self._offset[k], out=out, dtype=np.float32, casting="unsafe")
         out *= np.float32(self._scale[k])
-        bad = None
         if v.dtype.kind == "f" and self.specs.nan_counts.get(k, 1):
             bad = np.isnan(out)
             if bad.any():
                 out[bad] = self.pad_value
-            else:
-                bad = None
-        return out, bad
+                return bad
+        return None
 
     def _jagged_parts(self, arrays) -> Iterator[tuple[str, int, int, np.ndarray, np.ndarray]]:
         """(branch, its first column, L, offsets, content) of each jagged branch with columns."""
@@ -441,44 +444,67 @@ class Stream:
     def _fill(
         self, arrays, a: int, b: int, row: int, x: np.ndarray, mask: np.ndarray | None, valid_is: float
     ) -> None:
-        """The numpy path: write events [a, b) of a piece into x and mask from row ``row`` on
-        (the caller has put padding in the jagged columns). Flat branch j: its normalised numbers
-        into column j. Jagged branches: the positions of their first L entries in the matrix are
-        worked out once per distinct offsets array and each branch is one scatter of its
-        normalised content, which is what ``ak.fill_none(ak.pad_none(arr, L, clip=True), pad)``
-        followed by ``ak.to_numpy`` gives, without its intermediate arrays."""
+        """The numpy path: write events [a, b) of a piece into x and mask from row ``row`` on.
+
+        First each branch's numbers are normalised where they lie (flat ones into a (branches x
+        events) block, jagged ones' first L entries per event into one array per branch). Then the
+        rows are written in blocks of :attr:`block_rows` events, small enough to stay in the
+        core's cache while every column of the block is written: the jagged columns filled with
+        padding, the flat block's slice copied in transposed, and each jagged branch scattered
+        to the positions of its entries, worked out once per block for each distinct offsets
+        array (Jet_* branches share theirs). That is what ``ak.fill_none(ak.pad_none(arr, L,
+        clip=True), pad)`` followed by ``ak.to_numpy`` gives, without its intermediate arrays;
+        written column by column over the whole 50 MB matrix instead, each column pass went to
+        main memory again and cost a third more."""
         import awkward as ak
 
-        dim = self.dim
-        xf = x.reshape(-1)
-        mf = mask.reshape(-1) if mask is not None else None
-        m = b - a
-        rows = slice(row, row + m)
-        base = np.arange(row, row + m, dtype=np.int64) * dim
-        # flat branches: each normalised into a contiguous row of a (branches x events) block,
-        # then one transposed copy into the matrix (a third of the cost of column-by-column writes)
-        nf = len(self.fkeys)
+        dim, m, nf = self.dim, b - a, len(self.fkeys)
         flat = self._flat_block(m)
+        flat_nan = []
         for j, k in enumerate(self.fkeys):
-            vals, bad = self._normalised(k, np.asarray(ak.to_numpy(arrays[k])))
-            flat[j] = vals
-            if mask is not None and bad is not None:
-                mask[rows, j][bad] = 1.0 - valid_is
-        if nf:
-            x[rows, :nf] = flat.T
+            bad = self._normalise_into(k, np.asarray(ak.to_numpy(arrays[k])), flat[j])
+            if bad is not None:
+                flat_nan.append((j, bad))
         offs: list[np.ndarray] = []
-        where: list[tuple[Any, np.ndarray]] = []  # (src, dst) of each distinct offsets array and L
+        groups: list[tuple[int, np.ndarray, np.ndarray, Any]] = []  # _group's, with L, per offsets and L
+        jagged = []  # (first column, group, normalised kept entries, their NaN positions or None)
         for k, j, L, offsets, content in self._jagged_parts(arrays):
             g = self._same_offsets(offs, offsets)
-            if g < 0 or where[g][2] != L:
+            if g < 0 or groups[g][0] != L:
+                kept, starts, src = _group(offsets, L)
                 offs.append(offsets)
-                where.append((*_positions(offsets, L, base, dim), L))
-                g = len(offs) - 1
-            src, dst = where[g][0], where[g][1]
-            vals, bad = self._normalised(k, content[src])
-            xf[j:][dst] = vals
-            if mf is not None:
-                mf[j:][dst] = valid_is if bad is None else np.where(bad, 1.0 - valid_is, valid_is)
+                groups.append((L, kept, starts, src))
+                g = len(groups) - 1
+            entries = content[groups[g][3]]
+            vals = np.empty(len(entries), dtype=np.float32)
+            jagged.append((j, g, vals, self._normalise_into(k, entries, vals)))
+        pad, valid, invalid = self.pad_value, np.uint8(valid_is), np.uint8(1 - valid_is)
+        B = self.block_rows
+        for r0 in range(0, m, B):
+            r1 = min(m, r0 + B)
+            lo, hi = row + r0, row + r1
+            xb, xbf = x[lo:hi], x.reshape(-1)[lo * dim : hi * dim]
+            xb[:, nf:] = pad  # jagged slots not written below are padding
+            if nf:
+                xb[:, :nf] = flat[:, r0:r1].T
+            if mask is not None:
+                mb, mbf = mask[lo:hi], mask.reshape(-1)[lo * dim : hi * dim]
+                mb[:, nf:] = invalid
+                mb[:, :nf] = valid
+                for j, bad in flat_nan:
+                    mb[:, j][bad[r0:r1]] = invalid
+            row_at = np.arange(0, (r1 - r0) * dim, dim, dtype=np.int64)
+            where = []  # per group: (its entries in this block, their places in the block)
+            for _, kept, starts, _ in groups:
+                e0, e1 = int(starts[r0]), int(starts[r1])
+                dst = np.repeat(row_at - (starts[r0:r1] - e0), kept[r0:r1])  # entry e of event r
+                dst += np.arange(e1 - e0, dtype=np.int64)  # goes to r * dim + e (+ its column)
+                where.append((slice(e0, e1), dst))
+            for j, g, vals, bad in jagged:
+                entries, dst = where[g]
+                xbf[j:][dst] = vals[entries]
+                if mask is not None:
+                    mbf[j:][dst] = valid if bad is None else np.where(bad[entries], invalid, valid)
 
     def _epoch(self, mine: list, epoch: int, work: bool) -> Iterator[tuple[Chunk, np.ndarray | None, Any]]:
         """(chunk, order still to apply or None, release) of each of ``mine`` (``(k, pieces)``):

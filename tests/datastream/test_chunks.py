@@ -21,8 +21,14 @@ def hzz():
 
 
 @pytest.mark.parametrize("cap", [None, 2])
-def test_padding_and_mask_equal_awkward(cap):
+@pytest.mark.parametrize("blocks", ["one block", "blocks of 256 events"])
+def test_padding_and_mask_equal_awkward(cap, blocks):
     s = Stream([HZZ], labels=[1], shuffle=False, normalise=None, jagged_cap=cap, pad_value=-7.0)
+    if blocks != "one block":
+        s.BLOCK_BYTES = 1  # the matrix written 256 events at a time: 10 blocks, the last partial
+        assert s.block_rows == 256
+    else:
+        assert s.block_rows >= s.num_events
     whole = s.whole()
     arrays = uproot.open(HZZ)["events"].arrays(s.jkeys + s.fkeys, library="ak", how=dict)
     for k in s.jkeys:
@@ -230,3 +236,34 @@ def test_nan_values_become_the_pad_value_with_mask_zero(tmp_path):
     np.testing.assert_array_equal(c.mask, [[1, 1, 0], [0, 0, 0], [1, 1, 0]])
     m = Stream([str(p)], labels=[1], shuffle=False, mask="mlaas4hep").whole().mask
     np.testing.assert_array_equal(m, 1 - c.mask)
+
+
+def test_nan_values_across_blocks_of_rows(tmp_path):
+    """NaN in flat and jagged branches of a file written in many blocks of rows: each value and
+    mask entry equals the event-by-event reference."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(5)
+    n = 1000
+    flat = rng.normal(size=n)
+    flat[rng.random(n) < 0.1] = np.nan
+    jag = [list(rng.normal(size=rng.integers(0, 5))) for _ in range(n)]
+    for ev in jag:
+        for i in range(len(ev)):
+            if rng.random() < 0.1:
+                ev[i] = np.nan
+    p = tmp_path / "nan.parquet"
+    pq.write_table(pa.table({"a": flat, "j": jag}), p)
+    s = Stream([str(p)], labels=[1], shuffle=False, normalise=None, pad_value=-1, jagged_cap=3)
+    s.BLOCK_BYTES = 1
+    assert s.block_rows == 256 and s.columns == ["a", "j_0", "j_1", "j_2"]
+    c = s.whole()
+    want_x = np.full((n, 4), -1, dtype=np.float32)
+    want_m = np.zeros((n, 4), dtype=np.float32)
+    for r in range(n):
+        for col, v in enumerate([flat[r], *jag[r][:3]]):
+            if not np.isnan(v):
+                want_x[r, col], want_m[r, col] = v, 1
+    np.testing.assert_array_equal(c.x, want_x)
+    np.testing.assert_array_equal(c.mask, want_m)
