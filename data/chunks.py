@@ -50,9 +50,28 @@ class Chunk:
     y: np.ndarray | None
     ids: dict[str, np.ndarray]
     source: np.ndarray
+    #: inside a stream only: the mask kept as one row of a :class:`MaskTable` per event
+    mask_rows: tuple[np.ndarray, MaskTable] | None = None
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def _mask(self, idx, out: np.ndarray | None = None, dtype=np.float32) -> np.ndarray | None:
+        """The mask of the events ``idx`` (indices or a slice) as a new ``dtype`` array (or into
+        ``out``)."""
+        if self.mask_rows is not None:
+            codes, table = self.mask_rows
+            rows = table.rows if dtype == np.float32 else table.rows_u8
+            return np.take(rows, codes[idx], axis=0, out=out, mode="clip")
+        if self.mask is None:
+            return None
+        if isinstance(idx, slice):
+            if out is None:
+                return self.mask[idx].astype(dtype)
+            out[...] = self.mask[idx]
+            return out
+        m = np.take(self.mask, idx, axis=0, out=out if dtype == np.uint8 else None, mode="clip")
+        return m if out is not None else m.astype(dtype, copy=False)
 
     def take(self, idx: np.ndarray) -> Chunk:
         """The events ``idx`` (indices) as new arrays (the mask as float32)."""
@@ -60,8 +79,9 @@ class Chunk:
         def t(a):
             return None if a is None else np.take(a, idx, axis=0)
 
-        mask = None if self.mask is None else t(self.mask).astype(np.float32, copy=False)
-        return Chunk(t(self.x), mask, t(self.y), {k: t(v) for k, v in self.ids.items()}, t(self.source))
+        return Chunk(
+            t(self.x), self._mask(idx), t(self.y), {k: t(v) for k, v in self.ids.items()}, t(self.source)
+        )
 
     def cut(self, start: int, stop: int) -> Chunk:
         """Events ``start .. stop`` as new arrays (the mask as float32): ``take`` of a range."""
@@ -69,8 +89,37 @@ class Chunk:
         def c(a):
             return None if a is None else a[start:stop].copy()
 
-        mask = None if self.mask is None else self.mask[start:stop].astype(np.float32)
-        return Chunk(c(self.x), mask, c(self.y), {k: c(v) for k, v in self.ids.items()}, c(self.source))
+        rows = slice(start, stop)
+        return Chunk(
+            c(self.x), self._mask(rows), c(self.y), {k: c(v) for k, v in self.ids.items()}, c(self.source)
+        )
+
+
+class MaskTable:
+    """Every mask row a chunk without NaN can have: an event's mask is set by how many entries
+    of each jagged collection it has (``kept``, at most L), so it is row ``sum(kept_g *
+    stride_g)`` of this table. Chunks then keep one int32 per event instead of a mask row, and
+    a batch's mask is a gather from a table small enough to stay in cache."""
+
+    MAX_ROWS = 4096
+
+    def __init__(self, nf: int, dim: int, groups: tuple[tuple[int, tuple[int, ...]], ...], valid_is: float):
+        valid, invalid = np.uint8(valid_is), np.uint8(1 - valid_is)
+        self.strides = np.cumprod([1] + [L + 1 for L, _ in groups], dtype=np.int64)[: len(groups)]
+        size = self.size(groups)
+        code = np.arange(size)
+        rows = np.full((size, dim), invalid, dtype=np.uint8)
+        rows[:, :nf] = valid
+        for (L, columns), stride in zip(groups, self.strides, strict=True):
+            kept = (code // int(stride)) % (L + 1)
+            pattern = np.where(np.arange(L)[None, :] < kept[:, None], valid, invalid)
+            for j in columns:
+                rows[:, j : j + L] = pattern
+        self.rows_u8, self.rows = rows, rows.astype(np.float32)
+
+    @classmethod
+    def size(cls, groups) -> int:
+        return int(np.prod([L + 1 for L, _ in groups])) if groups else 1
 
 
 def _nothing() -> None:
@@ -100,6 +149,29 @@ def _group(offsets: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray, Any]:
         return kept, starts, slice(int(offsets[0]), int(offsets[-1]))
     within = np.arange(int(starts[-1]), dtype=np.int64) - np.repeat(starts[:-1], kept)
     return kept, starts, np.repeat(offsets[:-1], kept) + within
+
+
+@dataclass
+class _Piece:
+    """A piece's branches normalised and its jagged layout worked out (:meth:`Stream._prepare`),
+    ready to be written."""
+
+    m: int
+    flat: np.ndarray
+    flat_nan: list[tuple[int, np.ndarray]]
+    groups: list[tuple[int, np.ndarray, np.ndarray, Any]]
+    jagged: list[tuple[int, int, np.ndarray, np.ndarray | None]]
+
+    @property
+    def has_nan(self) -> bool:
+        return bool(self.flat_nan) or any(bad is not None for *_, bad in self.jagged)
+
+    @property
+    def shape(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """Per group: L and the first columns of its branches."""
+        return tuple(
+            (L, tuple(j for j, g2, _, _ in self.jagged if g2 == g)) for g, (L, *_) in enumerate(self.groups)
+        )
 
 
 class Stream:
@@ -272,7 +344,8 @@ class Stream:
 
     def _with_ranges(self, ranges: list[tuple[int, int]]) -> Stream:
         other = object.__new__(Stream)
-        other.__dict__.update(self.__dict__)
+        # its own working memory: batches of the two may be drawn in turns
+        other.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_work", "_flat")})
         other.ranges = ranges
         return other
 
@@ -307,10 +380,8 @@ class Stream:
 
     def _whole_chunk(self, made: tuple[Chunk, np.ndarray | None]) -> Chunk:
         chunk, order = made
-        if order is None:
-            if chunk.mask is not None:
-                chunk.mask = chunk.mask.astype(np.float32)
-            return chunk
+        if order is None:  # the chunk's own arrays, its mask made float32
+            return Chunk(chunk.x, chunk._mask(slice(None)), chunk.y, chunk.ids, chunk.source)
         return chunk.take(order)
 
     def _read_pieces(self, pieces: Sequence[tuple[int, int, int]]) -> list[tuple[dict, dict]]:
@@ -333,19 +404,29 @@ class Stream:
         n = sum(b - a for _, a, b in pieces)
         dim = self.dim
         valid_is = 1.0 if self.mask_kind == "valid" else 0.0
+        flat, at, prepared = self._flat_block(n), 0, []
+        for (_, a, b), (arrays, _) in zip(pieces, data, strict=True):
+            prepared.append(self._prepare(arrays, b - a, flat[:, at : at + b - a]))
+            at += b - a
+        table = self._mask_table(prepared, valid_is)
+        with_mask = bool(self.mask_kind) and table is None
         if work:
-            x, mask = self._working(n)
+            x, mask = self._working(n, with_mask)
         else:
             x = np.empty((n, dim), dtype=np.float32)
-            mask = np.empty((n, dim), dtype=np.uint8) if self.mask_kind else None
+            mask = np.empty((n, dim), dtype=np.uint8) if with_mask else None
+        codes = np.zeros(n, dtype=np.int32) if table is not None else None
         y, ids, source = self._labels_ids_source(n)
         row = 0
-        for (i, a, b), (arrays, extra) in zip(pieces, data, strict=True):
+        for (i, a, b), (_, extra), p in zip(pieces, data, prepared, strict=True):
             rows = slice(row, row + b - a)
-            self._fill(arrays, a, b, row, x, mask, valid_is)
+            self._write(p, row, x, mask, valid_is)
+            if codes is not None:
+                for (_, kept, _, _), stride in zip(p.groups, table.strides, strict=True):
+                    codes[rows] += kept * stride
             self._put_extras(i, rows, extra, n, y, ids, source)
             row += b - a
-        return Chunk(x, mask, y, ids, source)
+        return Chunk(x, mask, y, ids, source, None if table is None else (codes, table))
 
     def _labels_ids_source(self, n: int) -> tuple[np.ndarray | None, dict[str, np.ndarray], np.ndarray]:
         y = np.empty(n, dtype=np.float32) if (self.labels is not None or self.label_branch) else None
@@ -369,14 +450,15 @@ class Stream:
             f = self._flat = np.empty((len(self.fkeys), m), dtype=np.float32)
         return f[:, :m]
 
-    def _working(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The working matrices for a chunk of n events (reused: their pages are already mapped)."""
+    def _working(self, n: int, with_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The working matrices for a chunk of n events (reused: their pages are already mapped);
+        the mask only ``with_mask`` (made the first time one is needed)."""
         w = getattr(self, "_work", None)
         if w is None or w[0].shape[0] < n or w[2] != os.getpid():
-            x = np.empty((n, self.dim), dtype=np.float32)
-            m = np.empty((n, self.dim), dtype=np.uint8) if self.mask_kind else None
-            w = self._work = (x, m, os.getpid())
-        return w[0][:n], (w[1][:n] if w[1] is not None else None)
+            w = self._work = [np.empty((n, self.dim), dtype=np.float32), None, os.getpid()]
+        if with_mask and (w[1] is None or w[1].shape[0] < n):
+            w[1] = np.empty((w[0].shape[0], self.dim), dtype=np.uint8)
+        return w[0][:n], (w[1][:n] if with_mask else None)
 
     def _extras(self, i: int, a: int, b: int) -> dict[str, np.ndarray]:
         """Identifier and label branches of events [a, b) of file i, as numpy."""
@@ -441,47 +523,46 @@ class Stream:
                 return g
         return -1
 
-    def _fill(
-        self, arrays, a: int, b: int, row: int, x: np.ndarray, mask: np.ndarray | None, valid_is: float
-    ) -> None:
-        """The numpy path: write events [a, b) of a piece into x and mask from row ``row`` on.
-
-        First each branch's numbers are normalised where they lie (flat ones into a (branches x
-        events) block, jagged ones' first L entries per event into one array per branch). Then the
-        rows are written in blocks of :attr:`block_rows` events, small enough to stay in the
-        core's cache while every column of the block is written: the jagged columns filled with
-        padding, the flat block's slice copied in transposed, and each jagged branch scattered
-        to the positions of its entries, worked out once per block for each distinct offsets
-        array (Jet_* branches share theirs). That is what ``ak.fill_none(ak.pad_none(arr, L,
-        clip=True), pad)`` followed by ``ak.to_numpy`` gives, without its intermediate arrays;
-        written column by column over the whole 50 MB matrix instead, each column pass went to
-        main memory again and cost a third more."""
+    def _prepare(self, arrays, m: int, flat: np.ndarray) -> _Piece:
+        """A piece's branches normalised where they lie, before anything is written: flat ones
+        into ``flat`` (branches x events), jagged ones' first L entries per event into one array
+        per branch, with the kept counts and their starts once per distinct offsets array
+        (Jet_* branches share theirs), and where NaN was found."""
         import awkward as ak
 
-        dim, m, nf = self.dim, b - a, len(self.fkeys)
-        flat = self._flat_block(m)
         flat_nan = []
         for j, k in enumerate(self.fkeys):
             bad = self._normalise_into(k, np.asarray(ak.to_numpy(arrays[k])), flat[j])
             if bad is not None:
                 flat_nan.append((j, bad))
         offs: list[np.ndarray] = []
-        groups: list[tuple[int, np.ndarray, np.ndarray, Any]] = []  # _group's, with L, per offsets and L
+        groups: list[tuple[int, np.ndarray, np.ndarray, Any]] = []  # (L, *_group) per offsets and L
         jagged = []  # (first column, group, normalised kept entries, their NaN positions or None)
         for k, j, L, offsets, content in self._jagged_parts(arrays):
             g = self._same_offsets(offs, offsets)
             if g < 0 or groups[g][0] != L:
-                kept, starts, src = _group(offsets, L)
                 offs.append(offsets)
-                groups.append((L, kept, starts, src))
+                groups.append((L, *_group(offsets, L)))
                 g = len(groups) - 1
             entries = content[groups[g][3]]
             vals = np.empty(len(entries), dtype=np.float32)
             jagged.append((j, g, vals, self._normalise_into(k, entries, vals)))
+        return _Piece(m, flat, flat_nan, groups, jagged)
+
+    def _write(self, p: _Piece, row: int, x: np.ndarray, mask: np.ndarray | None, valid_is: float) -> None:
+        """Write a prepared piece into x (and mask) from row ``row`` on, in blocks of
+        :attr:`block_rows` events, small enough to stay in the core's cache while every column
+        of the block is written: the jagged columns filled with padding, the flat block's slice
+        copied in transposed, and each jagged branch scattered to the positions of its entries,
+        worked out once per block and offsets array. That is what ``ak.fill_none(ak.pad_none(arr,
+        L, clip=True), pad)`` followed by ``ak.to_numpy`` gives, without its intermediate arrays;
+        written column by column over the whole 50 MB matrix instead, each column pass went to
+        main memory again and cost a third more."""
+        dim, nf, flat = self.dim, len(self.fkeys), p.flat
         pad, valid, invalid = self.pad_value, np.uint8(valid_is), np.uint8(1 - valid_is)
         B = self.block_rows
-        for r0 in range(0, m, B):
-            r1 = min(m, r0 + B)
+        for r0 in range(0, p.m, B):
+            r1 = min(p.m, r0 + B)
             lo, hi = row + r0, row + r1
             xb, xbf = x[lo:hi], x.reshape(-1)[lo * dim : hi * dim]
             xb[:, nf:] = pad  # jagged slots not written below are padding
@@ -491,20 +572,37 @@ class Stream:
                 mb, mbf = mask[lo:hi], mask.reshape(-1)[lo * dim : hi * dim]
                 mb[:, nf:] = invalid
                 mb[:, :nf] = valid
-                for j, bad in flat_nan:
+                for j, bad in p.flat_nan:
                     mb[:, j][bad[r0:r1]] = invalid
             row_at = np.arange(0, (r1 - r0) * dim, dim, dtype=np.int64)
             where = []  # per group: (its entries in this block, their places in the block)
-            for _, kept, starts, _ in groups:
+            for _, kept, starts, _ in p.groups:
                 e0, e1 = int(starts[r0]), int(starts[r1])
                 dst = np.repeat(row_at - (starts[r0:r1] - e0), kept[r0:r1])  # entry e of event r
                 dst += np.arange(e1 - e0, dtype=np.int64)  # goes to r * dim + e (+ its column)
                 where.append((slice(e0, e1), dst))
-            for j, g, vals, bad in jagged:
+            for j, g, vals, bad in p.jagged:
                 entries, dst = where[g]
                 xbf[j:][dst] = vals[entries]
                 if mask is not None:
                     mbf[j:][dst] = valid if bad is None else np.where(bad[entries], invalid, valid)
+
+    def _mask_table(self, prepared: list[_Piece], valid_is: float) -> MaskTable | None:
+        """The :class:`MaskTable` for a chunk of these pieces, or None when its mask has to be
+        written out: a NaN anywhere, pieces whose branches group differently, or more than
+        :attr:`MaskTable.MAX_ROWS` possible rows."""
+        if not self.mask_kind or any(p.has_nan for p in prepared):
+            return None
+        shapes = {p.shape for p in prepared}
+        if len(shapes) != 1:
+            return None
+        (shape,) = shapes
+        if MaskTable.size(shape) > MaskTable.MAX_ROWS:
+            return None
+        tables = self.__dict__.setdefault("_mask_tables", {})
+        if shape not in tables:
+            tables[shape] = MaskTable(len(self.fkeys), self.dim, shape, valid_is)
+        return tables[shape]
 
     def _epoch(self, mine: list, epoch: int, work: bool) -> Iterator[tuple[Chunk, np.ndarray | None, Any]]:
         """(chunk, order still to apply or None, release) of each of ``mine`` (``(k, pieces)``):

@@ -82,14 +82,12 @@ def _work(stream: Stream, mine: list, epoch: int, block: _Block, free, out) -> N
             n = len(chunk)
             free.acquire()
             y, ids, source = chunk.y, chunk.ids, chunk.source
+            if block.mask is not None:
+                chunk._mask(slice(0, n) if order is None else order, out=block.mask[:n], dtype=np.uint8)
             if order is None:
                 block.x[:n] = chunk.x
-                if block.mask is not None:
-                    block.mask[:n] = chunk.mask
             else:
                 np.take(chunk.x, order, axis=0, out=block.x[:n], mode="clip")  # clip: not buffered
-                if block.mask is not None:
-                    np.take(chunk.mask, order, axis=0, out=block.mask[:n], mode="clip")
                 y = None if y is None else np.take(y, order)
                 ids = {key: np.take(v, order) for key, v in ids.items()}
                 source = np.take(source, order)

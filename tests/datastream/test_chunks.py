@@ -50,6 +50,32 @@ def test_padding_and_mask_equal_awkward(cap, blocks):
     assert s.dim == len(s.fkeys) + sum(s.jlen.values()) == whole.x.shape[1]
 
 
+@pytest.mark.parametrize("kind", ["valid", "mlaas4hep"])
+@pytest.mark.parametrize("cap", [None, 2])
+def test_a_mask_kept_as_table_rows_equals_the_mask_written_out(kind, cap, monkeypatch):
+    """A chunk without NaN keeps its mask as one row of a small table per event; the batches'
+    masks (and everything else) equal those of the mask written out element by element."""
+    from phpo.data.chunks import MaskTable
+
+    def epoch():
+        s = Stream([HZZ], labels=[1], chunk_size=700, seed=2, mask=kind, jagged_cap=cap)
+        pieces = s.plan(0)[0]
+        inner, _ = s._make(pieces, s._read_pieces(pieces), None)
+        return inner, list(s.batches(100, 0)), s.whole()
+
+    table_chunk, table_batches, table_whole = epoch()
+    assert table_chunk.mask is None and table_chunk.mask_rows is not None
+    monkeypatch.setattr(MaskTable, "MAX_ROWS", 0)
+    written_chunk, written_batches, written_whole = epoch()
+    assert written_chunk.mask is not None and written_chunk.mask_rows is None
+    assert len(table_batches) == len(written_batches) == 28  # 4 chunks of ~605 events: 7 batches each
+    for a, b in zip(table_batches, written_batches, strict=True):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.mask.dtype == np.float32 and a.mask.flags.c_contiguous
+    np.testing.assert_array_equal(table_whole.mask, written_whole.mask)
+
+
 def test_mlaas4hep_mask_polarity_is_the_inverse():
     a = Stream([DY], labels=[0], shuffle=False).whole()
     b = Stream([DY], labels=[0], shuffle=False, mask="mlaas4hep").whole()
@@ -120,6 +146,24 @@ def test_labels_from_a_branch_and_a_validation_split():
     np.testing.assert_array_equal(s.whole().y, uproot.open(DY)["tree"]["nMuon"].array(library="np"))
     train, val = Stream([TTBAR, DY], labels=[1, 0], branches=COMMON).split(0.2)
     assert train.num_events + val.num_events == 701 and val.num_events == 40 + 100
+
+
+def test_training_and_validation_batches_drawn_in_turns_after_an_epoch():
+    """The two halves of a split made after an epoch have their own working memory: batches of
+    one drawn between batches of the other leave both as they are alone."""
+    s = Stream([TTBAR, DY], labels=[1, 0], branches=COMMON, chunk_size=200)
+    sum(len(b) for b in s.batches(50))  # the working matrices exist before the split
+    train, val = s.split(0.5)
+    alone = [b.x for b in train.batches(50)], [b.x for b in val.batches(50)]
+    t, v = train.batches(50), val.batches(50)
+    turns = [[], []]
+    for pair in zip(t, v, strict=False):  # one of each in turn, both in the middle of a chunk
+        turns[0].append(pair[0].x)
+        turns[1].append(pair[1].x)
+    turns[0] += [b.x for b in t]
+    turns[1] += [b.x for b in v]
+    for got, want in zip(turns, alone, strict=True):
+        np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
 
 
 def test_the_same_data_from_parquet_csv_and_json_lines(tmp_path):
